@@ -1,0 +1,75 @@
+//! `schemas/` is generated from the types; this test fails when they drift apart.
+//! Regenerate with `RIDEHAIL_UPDATE_SCHEMAS=1 cargo test -p ridehail-events --test schemas`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use ridehail_events::schema::catalogue;
+
+fn schemas_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
+}
+
+fn json_files_under(dir: &Path, base: &Path, out: &mut BTreeSet<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            json_files_under(&path, base, out);
+        } else if path.extension().is_some_and(|e| e == "json") {
+            out.insert(path.strip_prefix(base).unwrap().to_string_lossy().replace('\\', "/"));
+        }
+    }
+}
+
+#[test]
+fn schemas_on_disk_match_the_types() {
+    let dir = schemas_dir();
+    let files = catalogue();
+    if std::env::var_os("RIDEHAIL_UPDATE_SCHEMAS").is_some() {
+        for file in &files {
+            let path = dir.join(&file.path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, file.contents()).unwrap();
+        }
+    }
+    let mut drifted = Vec::new();
+    for file in &files {
+        match std::fs::read_to_string(dir.join(&file.path)) {
+            Ok(on_disk) if on_disk == file.contents() => {}
+            Ok(_) => drifted.push(format!("{} differs", file.path)),
+            Err(_) => drifted.push(format!("{} is missing", file.path)),
+        }
+    }
+    let expected: BTreeSet<String> = files.iter().map(|f| f.path.clone()).collect();
+    let mut on_disk = BTreeSet::new();
+    json_files_under(&dir, &dir, &mut on_disk);
+    for stale in on_disk.difference(&expected) {
+        drifted.push(format!("{stale} has no type behind it"));
+    }
+    assert!(
+        drifted.is_empty(),
+        "schemas/ drifted from the types (regenerate with RIDEHAIL_UPDATE_SCHEMAS=1):\n{}",
+        drifted.join("\n")
+    );
+}
+
+#[test]
+fn internal_messages_have_no_public_schema() {
+    let paths: Vec<String> = catalogue().into_iter().map(|f| f.path).collect();
+    assert!(paths.iter().any(|p| p == "events/user/UserRegistered.v1.json"));
+    assert!(!paths.iter().any(|p| p.contains("PasswordSet")));
+    assert!(!paths.iter().any(|p| p.contains("EmailClaimed")));
+}
+
+#[test]
+fn every_schema_pins_its_type_and_version() {
+    for file in catalogue() {
+        let props = &file.schema["properties"];
+        let type_field = if file.path.starts_with("commands/") { "command_type" } else { "event_type" };
+        let name = props[type_field]["const"].as_str().unwrap();
+        assert!(file.path.contains(&format!("/{name}.v")), "{} pins {name}", file.path);
+        assert!(props["schema_version"]["const"].is_u64(), "{}", file.path);
+        assert!(props["payload"].is_object(), "{}", file.path);
+    }
+}
