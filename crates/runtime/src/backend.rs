@@ -1,0 +1,65 @@
+//! The set of ports one deployment is wired with.
+
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::ports::{
+    CommandStatusStore, DriverLocator, EventStore, IdempotencyStore, MessageBus, RideViews, TimerStore,
+    UserViews,
+};
+
+/// Every port a service may need, as shared trait objects. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    pub bus: Arc<dyn MessageBus>,
+    pub events: Arc<dyn EventStore>,
+    pub rides: Arc<dyn RideViews>,
+    pub users: Arc<dyn UserViews>,
+    pub drivers: Arc<dyn DriverLocator>,
+    pub commands: Arc<dyn CommandStatusStore>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    pub timers: Arc<dyn TimerStore>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The outcome of one dependency check, for readiness probes.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DependencyHealth {
+    pub name: &'static str,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Backend {
+    /// Pings every dependency concurrently.
+    pub async fn check(&self) -> Vec<DependencyHealth> {
+        let (bus, events, rides, users, drivers, commands, idempotency, timers) = tokio::join!(
+            self.bus.ping(),
+            self.events.ping(),
+            self.rides.ping(),
+            self.users.ping(),
+            self.drivers.ping(),
+            self.commands.ping(),
+            self.idempotency.ping(),
+            self.timers.ping(),
+        );
+        [
+            ("bus", bus),
+            ("event_store", events),
+            ("ride_views", rides),
+            ("user_views", users),
+            ("driver_locator", drivers),
+            ("command_status", commands),
+            ("idempotency", idempotency),
+            ("timers", timers),
+        ]
+        .into_iter()
+        .map(|(name, result)| DependencyHealth {
+            name,
+            ok: result.is_ok(),
+            error: result.err().map(|e| format!("{e:#}")),
+        })
+        .collect()
+    }
+}

@@ -1,0 +1,316 @@
+//! The embedded message bus: a partitioned log in SQLite with committed offsets per consumer group.
+//!
+//! A group has a single member in this adapter (it is assigned every partition); one process is
+//! expected per data directory. Publishing wakes local subscribers at once; a subscriber also looks
+//! again every 50 ms so records written by another process are still seen.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, params};
+use tokio::sync::Notify;
+
+use super::sqlite::{Db, from_millis, millis};
+use crate::ports::{BusError, IncomingMessage, MessageBus, OutgoingMessage, PartitionOffset, StartFrom, Subscription};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS topics (topic TEXT PRIMARY KEY, partitions INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
+    key TEXT NOT NULL, headers TEXT NOT NULL, payload BLOB NOT NULL, ts INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition, offset)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_offsets (
+    group_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (group_id, topic, partition)
+) WITHOUT ROWID;
+";
+
+#[derive(Debug)]
+struct Inner {
+    db: Db,
+    topics: HashMap<String, u32>,
+    published: Notify,
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub struct EmbeddedBus {
+    inner: Arc<Inner>,
+}
+
+/// FNV-1a: a stable hash, so a key maps to the same partition in every run.
+fn partition_for(key: &str, partitions: u32) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in key.as_bytes() {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % partitions.max(1)
+}
+
+impl EmbeddedBus {
+    /// Opens the log, creating the listed topics; an existing topic keeps its partition count.
+    pub fn open(path: &Path, topics: &[(&str, u32)]) -> anyhow::Result<Self> {
+        let db = Db::open(path)?;
+        db.migrate(SCHEMA)?;
+        let topics = db.with(|conn| {
+            let tx = conn.transaction()?;
+            for (topic, partitions) in topics {
+                tx.execute(
+                    "INSERT OR IGNORE INTO topics (topic, partitions) VALUES (?1, ?2)",
+                    params![topic, partitions],
+                )?;
+            }
+            let mut map = HashMap::new();
+            {
+                let mut stmt = tx.prepare("SELECT topic, partitions FROM topics")?;
+                let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))?;
+                for row in rows {
+                    let (topic, partitions) = row?;
+                    map.insert(topic, partitions);
+                }
+            }
+            tx.commit()?;
+            Ok(map)
+        })?;
+        Ok(Self { inner: Arc::new(Inner { db, topics, published: Notify::new() }) })
+    }
+
+    fn partitions_of(&self, topic: &str) -> Result<u32, BusError> {
+        self.inner.topics.get(topic).copied().ok_or_else(|| BusError::UnknownTopic(topic.to_owned()))
+    }
+}
+
+#[async_trait]
+impl MessageBus for EmbeddedBus {
+    async fn publish(&self, topic: &str, messages: Vec<OutgoingMessage>) -> Result<(), BusError> {
+        let partitions = self.partitions_of(topic)?;
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let now = millis(chrono::Utc::now());
+        self.inner.db.with(|conn| {
+            let tx = conn.transaction()?;
+            let mut next: HashMap<u32, u64> = HashMap::new();
+            for message in &messages {
+                let partition = partition_for(&message.key, partitions);
+                let offset = match next.get(&partition) {
+                    Some(offset) => *offset,
+                    None => tx.query_row(
+                        "SELECT COALESCE(MAX(offset) + 1, 0) FROM messages WHERE topic = ?1 AND partition = ?2",
+                        params![topic, partition],
+                        |r| r.get::<_, u64>(0),
+                    )?,
+                };
+                tx.execute(
+                    "INSERT INTO messages (topic, partition, offset, key, headers, payload, ts)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        topic,
+                        partition,
+                        offset,
+                        message.key,
+                        serde_json::to_string(&message.headers)?,
+                        message.payload,
+                        now
+                    ],
+                )?;
+                next.insert(partition, offset + 1);
+            }
+            tx.commit()?;
+            Ok(())
+        })?;
+        self.inner.published.notify_waiters();
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        group: &str,
+        topics: &[&str],
+        start: StartFrom,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        let mut assigned = Vec::new();
+        for topic in topics {
+            let partitions = self.partitions_of(topic)?;
+            assigned.extend((0..partitions).map(|p| ((*topic).to_owned(), p)));
+        }
+        let group = group.to_owned();
+        let positions = self.inner.db.with(|conn| {
+            let mut positions = BTreeMap::new();
+            for (topic, partition) in &assigned {
+                let committed: Option<u64> = conn
+                    .query_row(
+                        "SELECT next_offset FROM group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3",
+                        params![group, topic, partition],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let end: u64 = conn.query_row(
+                    "SELECT COALESCE(MAX(offset) + 1, 0) FROM messages WHERE topic = ?1 AND partition = ?2",
+                    params![topic, partition],
+                    |r| r.get(0),
+                )?;
+                let position = match &start {
+                    StartFrom::Committed => committed.unwrap_or(0),
+                    StartFrom::Earliest => 0,
+                    StartFrom::Latest => end,
+                    StartFrom::Timestamp(at) => conn
+                        .query_row(
+                            "SELECT MIN(offset) FROM messages WHERE topic = ?1 AND partition = ?2 AND ts >= ?3",
+                            params![topic, partition, millis(*at)],
+                            |r| r.get::<_, Option<u64>>(0),
+                        )?
+                        .unwrap_or(end),
+                    StartFrom::Offsets(offsets) => offsets
+                        .iter()
+                        .find(|o| &o.topic == topic && o.partition == *partition)
+                        .map(|o| o.offset)
+                        .unwrap_or(committed.unwrap_or(0)),
+                };
+                positions.insert((topic.clone(), *partition), position);
+            }
+            Ok(positions)
+        })?;
+        Ok(Box::new(EmbeddedSubscription { bus: self.clone(), group, positions }))
+    }
+
+    async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
+        self.partitions_of(topic)
+    }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        self.inner.db.ping()
+    }
+}
+
+#[derive(Debug)]
+struct EmbeddedSubscription {
+    bus: EmbeddedBus,
+    group: String,
+    /// Next offset to read, per assigned partition.
+    positions: BTreeMap<(String, u32), u64>,
+}
+
+impl EmbeddedSubscription {
+    fn fetch(&self, max: usize) -> anyhow::Result<Vec<IncomingMessage>> {
+        let per_partition = (max / self.positions.len().max(1)).max(1);
+        self.bus.inner.db.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT offset, key, headers, payload, ts FROM messages
+                 WHERE topic = ?1 AND partition = ?2 AND offset >= ?3 ORDER BY offset LIMIT ?4",
+            )?;
+            let mut out = Vec::new();
+            for ((topic, partition), position) in &self.positions {
+                if out.len() >= max {
+                    break;
+                }
+                let rows = stmt.query_map(params![topic, partition, position, per_partition], |r| {
+                    Ok((
+                        r.get::<_, u64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                })?;
+                for row in rows {
+                    let (offset, key, headers, payload, ts) = row?;
+                    out.push(IncomingMessage {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset,
+                        key,
+                        headers: serde_json::from_str(&headers).context("decoding stored headers")?,
+                        payload,
+                        timestamp: from_millis(ts),
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+#[async_trait]
+impl Subscription for EmbeddedSubscription {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<IncomingMessage>, BusError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.bus.inner.published.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let batch = self.fetch(max)?;
+            if !batch.is_empty() {
+                for message in &batch {
+                    self.positions.insert((message.topic.clone(), message.partition), message.offset + 1);
+                }
+                return Ok(batch);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let nap = (deadline - now).min(Duration::from_millis(50));
+            let _ = tokio::time::timeout(nap, notified).await;
+        }
+    }
+
+    async fn commit(&mut self, offsets: &[PartitionOffset]) -> Result<(), BusError> {
+        let group = self.group.clone();
+        self.bus.inner.db.with(|conn| {
+            let tx = conn.transaction()?;
+            for o in offsets {
+                tx.execute(
+                    "INSERT INTO group_offsets (group_id, topic, partition, next_offset) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                    params![group, o.topic, o.partition, o.offset],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    async fn committed(&self) -> Result<Vec<PartitionOffset>, BusError> {
+        let group = self.group.clone();
+        let assigned: Vec<(String, u32)> = self.positions.keys().cloned().collect();
+        let offsets = self.bus.inner.db.with(|conn| {
+            let mut out = Vec::new();
+            for (topic, partition) in assigned {
+                let offset: Option<u64> = conn
+                    .query_row(
+                        "SELECT next_offset FROM group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3",
+                        params![group, topic, partition],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(offset) = offset {
+                    out.push(PartitionOffset { topic, partition, offset });
+                }
+            }
+            Ok(out)
+        })?;
+        Ok(offsets)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_for;
+
+    #[test]
+    fn a_key_always_maps_to_the_same_partition() {
+        let p = partition_for("ride-42", 8);
+        assert!(p < 8);
+        assert_eq!(partition_for("ride-42", 8), p);
+        let spread: std::collections::HashSet<u32> = (0..100).map(|i| partition_for(&format!("k{i}"), 8)).collect();
+        assert!(spread.len() > 4, "keys should spread over partitions: {spread:?}");
+    }
+}

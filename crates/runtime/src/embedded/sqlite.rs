@@ -1,0 +1,57 @@
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use rusqlite::Connection;
+
+/// One SQLite database file with its single connection.
+#[derive(Clone)]
+pub struct Db {
+    path: Arc<PathBuf>,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.path).finish()
+    }
+}
+
+impl Db {
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "busy_timeout", 5000)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.pragma_update(None, "cache_size", -8000)?;
+        Ok(Self { path: Arc::new(path.to_path_buf()), conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// Runs `f` with the connection. A poisoned lock is recovered: SQLite rolls back any transaction
+    /// a panicking holder left open when the `Transaction` guard dropped.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Connection) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut conn).with_context(|| format!("sqlite {}", self.path.display()))
+    }
+
+    pub fn migrate(&self, schema: &str) -> anyhow::Result<()> {
+        self.with(|conn| conn.execute_batch(schema).map_err(Into::into))
+    }
+
+    pub fn ping(&self) -> anyhow::Result<()> {
+        self.with(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+    }
+}
+
+/// Milliseconds since the epoch, the time column format of the embedded tables.
+pub fn millis(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub fn from_millis(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
