@@ -19,6 +19,7 @@ pub mod ride;
 pub mod schema;
 pub mod topics;
 pub mod user;
+pub mod validation;
 
 pub use envelope::{
     Actor, AggregateType, CommandEnvelope, DecodeError, EventEnvelope, Message, WireCommand, WireEvent,

@@ -1,4 +1,63 @@
 //! ride-worker: consumes ride commands, decides with the pure ride domain, appends and publishes the
-//! events, projects the ride read model and schedules the ride's timers.
+//! events, projects the ride read model, holds and releases drivers in the geo index, and schedules
+//! the ride's timers (offer expiry, wider search).
+//!
+//! - [`domain`]: the pure core (`decide`/`evolve`, fares, matching policy).
+//! - [`handler`]: one command record, end to end.
+//! - [`projection`]: the ride read model.
+//! - [`run`]: the consumer and the timer service, until shutdown.
 
 pub mod domain;
+pub mod handler;
+pub mod projection;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ridehail_runtime::Backend;
+use ridehail_runtime::consumer::{self, ConsumerConfig};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+pub use domain::{MatchingPolicy, PricingPolicy};
+pub use handler::RideCommandHandler;
+
+/// ride-worker's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RideWorkerConfig {
+    /// Consumer group on the ride command topic.
+    pub group: String,
+    pub pricing: PricingPolicy,
+    pub matching: MatchingPolicy,
+    /// How often the timer service looks for due timers, in milliseconds.
+    pub timer_tick_ms: u64,
+}
+
+impl Default for RideWorkerConfig {
+    fn default() -> Self {
+        Self {
+            group: "ride-worker".into(),
+            pricing: PricingPolicy::default(),
+            matching: MatchingPolicy::default(),
+            timer_tick_ms: 100,
+        }
+    }
+}
+
+/// Runs the ride command consumer and the timer service until `shutdown`; both finish their work in
+/// hand first.
+pub async fn run(backend: Backend, config: RideWorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let handler = Arc::new(RideCommandHandler::new(backend.clone(), config.pricing.clone(), config.matching.clone()));
+    let consumer_config = ConsumerConfig::new(config.group.clone(), &[ridehail_events::topics::RIDE_COMMANDS]);
+    let timers = ridehail_runtime::timers::run(
+        backend.timers.clone(),
+        backend.bus.clone(),
+        backend.clock.clone(),
+        Duration::from_millis(config.timer_tick_ms),
+        shutdown.clone(),
+    );
+    let consumer = consumer::run(backend.bus.clone(), handler, consumer_config, shutdown);
+    tokio::try_join!(consumer, timers)?;
+    Ok(())
+}

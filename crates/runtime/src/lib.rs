@@ -22,6 +22,7 @@ pub mod ports;
 pub mod secrets;
 pub mod telemetry;
 pub mod timers;
+pub mod worker;
 
 pub use backend::Backend;
 pub use clock::{Clock, ManualClock, SystemClock};

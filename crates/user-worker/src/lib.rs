@@ -1,4 +1,40 @@
-//! user-worker: consumes user commands, decides with the pure user domain (and the e-mail claim),
-//! appends and publishes events, projects profiles and credentials, and feeds the driver geo index.
+//! user-worker: consumes user commands, decides with the pure user domain (and the e-mail claim that
+//! keeps addresses unique), appends and publishes events, projects profiles and credentials, and
+//! feeds the driver geo index.
+//!
+//! - [`domain`]: the pure core and the field rules shared with the edge.
+//! - [`handler`]: one command record, end to end.
+//! - [`projection`]: profile and credentials read models.
 
 pub mod domain;
+pub mod handler;
+pub mod projection;
+
+use std::sync::Arc;
+
+use ridehail_runtime::Backend;
+use ridehail_runtime::consumer::{self, ConsumerConfig};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+pub use handler::UserCommandHandler;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserWorkerConfig {
+    /// Consumer group on the user command topic.
+    pub group: String,
+}
+
+impl Default for UserWorkerConfig {
+    fn default() -> Self {
+        Self { group: "user-worker".into() }
+    }
+}
+
+/// Consumes user commands until `shutdown`, finishing the batch in hand.
+pub async fn run(backend: Backend, config: UserWorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let handler = Arc::new(UserCommandHandler::new(backend.clone()));
+    let consumer_config = ConsumerConfig::new(config.group, &[ridehail_events::topics::USER_COMMANDS]);
+    consumer::run(backend.bus.clone(), handler, consumer_config, shutdown).await
+}

@@ -3,7 +3,7 @@
 use ridehail_events::user::*;
 use ridehail_events::GeoPoint;
 
-use super::validation::{invalid_vehicle_field, valid_email, valid_name};
+use ridehail_events::validation::{invalid_vehicle_field, valid_email, valid_name};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserState {

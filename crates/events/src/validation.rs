@@ -1,6 +1,7 @@
-//! Field rules for user data, used by the domain and by the edge (which names the failing field).
+//! Field rules for user data: part of the contract, applied by the edge (which names the failing
+//! field) and again by the user domain.
 
-use ridehail_events::user::Vehicle;
+use crate::user::Vehicle;
 
 pub const MAX_EMAIL_CHARS: usize = 254;
 pub const MAX_NAME_CHARS: usize = 100;

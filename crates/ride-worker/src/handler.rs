@@ -1,0 +1,265 @@
+//! Handles one ride command record: load the ride, look up the outside facts the command needs
+//! (surge, the nearest free driver, held atomically in the geo index), decide, append with optimistic
+//! concurrency (reload and decide again on conflict), then complete the effects: publish the events,
+//! project the read model, schedule or cancel timers, hold or release drivers, record the outcome.
+//!
+//! Redelivery is safe: a command whose outcome is recorded is skipped; one whose events were appended
+//! but whose effects may be unfinished is recognised by its causation id and only its effects re-run.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use ridehail_events::ride::{ExpireOffer, RetryMatching, RideCommand, RideEvent};
+use ridehail_events::{Actor, CommandEnvelope, CorrelationId, EventEnvelope, RideId, UserId};
+use ridehail_runtime::Backend;
+use ridehail_runtime::consumer::{HandleError, MessageHandler};
+use ridehail_runtime::ports::{AppendError, IncomingMessage, Rejection, RejectionKind, Timer};
+use ridehail_runtime::worker::{self, Outcome};
+use tracing::{debug, warn};
+
+use crate::domain::{DriverCandidate, Facts, MatchingPolicy, PricingPolicy, RideRejection, RideState, decide, evolve, search_for};
+use crate::projection::project;
+
+/// A driver stays held this long after their offer expires, so the expiry timer fires first.
+const HOLD_GRACE: Duration = Duration::seconds(10);
+
+#[derive(Debug, Clone)]
+pub struct RideCommandHandler {
+    backend: Backend,
+    pricing: Arc<PricingPolicy>,
+    matching: Arc<MatchingPolicy>,
+}
+
+impl RideCommandHandler {
+    pub fn new(backend: Backend, pricing: PricingPolicy, matching: MatchingPolicy) -> Self {
+        Self { backend, pricing: Arc::new(pricing), matching: Arc::new(matching) }
+    }
+
+    /// Decides and applies `command`; returns its outcome once every effect is durable.
+    pub async fn process(&self, command: &CommandEnvelope<RideCommand>) -> anyhow::Result<Outcome> {
+        let b = &self.backend;
+        let ride_id = RideId(command.aggregate_id);
+        for _ in 0..worker::MAX_CONFLICT_RETRIES {
+            let history = worker::load::<RideEvent>(&*b.events, command.aggregate_id).await?;
+            let already = worker::caused_by(&history, command.command_id.0);
+            if !already.is_empty() {
+                self.complete_effects(ride_id, &history, &already).await?;
+                return Ok(accepted(&already));
+            }
+            let state = fold(&history);
+            let now = b.clock.now();
+            let surge_bps = match &command.command {
+                RideCommand::RequestRide(c) if state.is_none() => self.surge_at(&c.pickup.cell(), now).await?,
+                _ => crate::domain::fare::SURGE_ONE,
+            };
+            let candidate = match search_for(&state, &command.command, &self.matching) {
+                Some(search) => {
+                    let hold_until = now + self.matching.offer_timeout() + HOLD_GRACE;
+                    b.drivers
+                        .reserve_nearest(search.at, search.radius_m, &search.exclude, ride_id, hold_until, now)
+                        .await?
+                        .map(|c| DriverCandidate { driver_id: c.driver_id, distance_m: c.distance_m.round() as u32 })
+                }
+                None => None,
+            };
+            let facts = Facts { now, pricing: &self.pricing, matching: &self.matching, surge_bps, candidate };
+            let decided = decide(&state, &command.command, &facts);
+            let events = match decided {
+                Ok(events) => events,
+                Err(rejection) => {
+                    self.release_unused(candidate, &[], ride_id).await?;
+                    return Ok(Outcome::Rejected(rejection_of(&rejection)));
+                }
+            };
+            let version = history.len() as u64;
+            let new = worker::envelopes(command, command.aggregate_id, version, events, now);
+            match worker::append(&*b.events, version, &new).await {
+                Ok(()) => {
+                    self.release_unused(candidate, &new, ride_id).await?;
+                    let mut all = history;
+                    all.extend(new.iter().cloned());
+                    self.complete_effects(ride_id, &all, &new).await?;
+                    return Ok(accepted(&new));
+                }
+                Err(AppendError::Conflict { .. }) => {
+                    debug!(%ride_id, "append conflict; deciding again");
+                    self.release_unused(candidate, &[], ride_id).await?;
+                }
+                Err(e) => {
+                    self.release_unused(candidate, &[], ride_id).await?;
+                    return Err(e.into());
+                }
+            }
+        }
+        anyhow::bail!("ride {ride_id}: gave up after {} append conflicts", worker::MAX_CONFLICT_RETRIES)
+    }
+
+    async fn surge_at(&self, cell: &str, now: DateTime<Utc>) -> anyhow::Result<u32> {
+        let b = &self.backend;
+        let (waiting, available) = tokio::try_join!(b.rides.count_waiting_in_cell(cell), b.drivers.available_in_cell(cell, now))?;
+        Ok(self.pricing.surge_bps(waiting + 1, available))
+    }
+
+    /// Frees a reserved driver that the decided events did not offer the ride to.
+    async fn release_unused(
+        &self,
+        candidate: Option<DriverCandidate>,
+        events: &[EventEnvelope<RideEvent>],
+        ride_id: RideId,
+    ) -> anyhow::Result<()> {
+        let Some(candidate) = candidate else { return Ok(()) };
+        let offered = events.iter().any(|e| matches!(&e.event, RideEvent::DriverOffered(o) if o.driver_id == candidate.driver_id));
+        if !offered {
+            self.backend.drivers.release(candidate.driver_id, ride_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Everything that follows an append; each step is idempotent.
+    async fn complete_effects(
+        &self,
+        ride_id: RideId,
+        all: &[EventEnvelope<RideEvent>],
+        new: &[EventEnvelope<RideEvent>],
+    ) -> anyhow::Result<()> {
+        let b = &self.backend;
+        let view = project(all).context("a ride stream without RideRequested")?;
+        b.rides.upsert(&view).await?;
+        let state = fold(all);
+        let now = b.clock.now();
+        for envelope in new {
+            self.driver_and_timer_effects(ride_id, state.as_ref(), envelope, now).await?;
+        }
+        worker::publish_events(&*b.bus, ridehail_events::topics::RIDE_EVENTS, new).await?;
+        Ok(())
+    }
+
+    async fn driver_and_timer_effects(
+        &self,
+        ride_id: RideId,
+        state: Option<&RideState>,
+        envelope: &EventEnvelope<RideEvent>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let b = &self.backend;
+        let release = |driver: UserId| b.drivers.release(driver, ride_id);
+        match &envelope.event {
+            RideEvent::DriverOffered(e) => {
+                let timer_id = offer_timer_id(ride_id, e.offer_number);
+                let command = RideCommand::ExpireOffer(ExpireOffer { driver_id: e.driver_id, offer_number: e.offer_number });
+                b.timers.schedule(&self.timer(&timer_id, e.expires_at, ride_id, envelope, command)).await?;
+            }
+            RideEvent::MatchingRetryScheduled(e) => {
+                let timer_id = format!("ride:{ride_id}:retry:{}", e.attempt);
+                let command = RideCommand::RetryMatching(RetryMatching { attempt: e.attempt });
+                b.timers.schedule(&self.timer(&timer_id, e.retry_at, ride_id, envelope, command)).await?;
+            }
+            RideEvent::DriverAssigned(e) => {
+                b.timers.cancel(&offer_timer_id(ride_id, e.offer_number)).await?;
+                let still_theirs = state.is_some_and(|s| s.driver_id == Some(e.driver_id) && !s.status.is_terminal());
+                if still_theirs && !b.drivers.hold(e.driver_id, ride_id, None, now).await? {
+                    warn!(%ride_id, "assigned driver is held for another ride");
+                }
+            }
+            RideEvent::DriverDeclined(e) => {
+                b.timers.cancel(&offer_timer_id(ride_id, e.offer_number)).await?;
+                release(e.driver_id).await?;
+            }
+            RideEvent::OfferExpired(e) => release(e.driver_id).await?,
+            RideEvent::RideCancelled(e) => {
+                if let Some(s) = state {
+                    b.timers.cancel(&offer_timer_id(ride_id, s.offers_made)).await?;
+                    b.timers.cancel(&format!("ride:{ride_id}:retry:{}", s.search_attempt)).await?;
+                }
+                if let Some(driver) = e.released_driver_id {
+                    release(driver).await?;
+                }
+            }
+            RideEvent::RideCompleted(e) => release(e.driver_id).await?,
+            RideEvent::RideRequested(_)
+            | RideEvent::DriverArrived(_)
+            | RideEvent::RideStarted(_)
+            | RideEvent::RideExpired(_)
+            | RideEvent::RideRated(_) => {}
+        }
+        Ok(())
+    }
+
+    fn timer(
+        &self,
+        timer_id: &str,
+        due_at: DateTime<Utc>,
+        ride_id: RideId,
+        cause: &EventEnvelope<RideEvent>,
+        command: RideCommand,
+    ) -> Timer {
+        let envelope = CommandEnvelope {
+            command_id: worker::timer_command_id(timer_id),
+            aggregate_id: ride_id.0,
+            correlation_id: CorrelationId(cause.correlation_id.0),
+            causation_id: Some(cause.event_id.0),
+            actor: Actor::System { component: "ride-worker.timers".into() },
+            issued_at: due_at,
+            command,
+        };
+        let record = worker::command_record(&envelope.to_wire());
+        Timer {
+            id: timer_id.to_owned(),
+            due_at,
+            topic: ridehail_events::topics::RIDE_COMMANDS.to_owned(),
+            key: record.key,
+            headers: record.headers,
+            payload: record.payload,
+        }
+    }
+}
+
+fn offer_timer_id(ride_id: RideId, offer_number: u32) -> String {
+    format!("ride:{ride_id}:offer:{offer_number}")
+}
+
+fn fold(history: &[EventEnvelope<RideEvent>]) -> Option<RideState> {
+    history.iter().fold(None, |s, e| evolve(s, &e.event, e.occurred_at))
+}
+
+fn accepted(events: &[EventEnvelope<RideEvent>]) -> Outcome {
+    use ridehail_events::Message;
+    Outcome::Accepted(events.iter().map(|e| e.event.type_name().to_owned()).collect())
+}
+
+fn rejection_of(rejection: &RideRejection) -> Rejection {
+    let kind = match rejection {
+        RideRejection::RideNotFound => RejectionKind::NotFound,
+        RideRejection::InvalidLocation { .. }
+        | RideRejection::TripTooShort
+        | RideRejection::ReasonTooLong
+        | RideRejection::CommentTooLong
+        | RideRejection::InvalidStars => RejectionKind::Invalid,
+        RideRejection::NotTheRider | RideRejection::NotAssignedDriver | RideRejection::NotOfferedToDriver => {
+            RejectionKind::Forbidden
+        }
+        RideRejection::RideAlreadyExists
+        | RideRejection::InvalidState { .. }
+        | RideRejection::OfferExpired
+        | RideRejection::AlreadyInProgress
+        | RideRejection::AlreadyRated
+        | RideRejection::StaleTimer => RejectionKind::Conflict,
+    };
+    Rejection { kind, code: rejection.code().to_owned(), detail: rejection.to_string() }
+}
+
+#[async_trait]
+impl MessageHandler for RideCommandHandler {
+    async fn handle(&self, message: &IncomingMessage) -> Result<(), HandleError> {
+        let command = worker::decode_command::<RideCommand>(message)?;
+        if worker::already_done(&*self.backend.commands, command.command_id).await? {
+            return Ok(());
+        }
+        let outcome = self.process(&command).await?;
+        let resource = Some(format!("/v1/rides/{}", command.aggregate_id));
+        worker::record_outcome(&*self.backend.commands, &command, resource, outcome, self.backend.clock.now()).await?;
+        Ok(())
+    }
+}

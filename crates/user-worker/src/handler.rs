@@ -1,0 +1,145 @@
+//! Handles one user command record: validate and decide on the user stream, claim the e-mail (for
+//! sign-ups) on its own stream, append, then publish public events, project the profile and
+//! credentials, update the driver geo index, and record the outcome. Redelivery is safe for the same
+//! reasons as in ride-worker (outcome recorded → skip; events appended → only effects re-run).
+
+use async_trait::async_trait;
+use ridehail_events::ids::email_claim_id;
+use ridehail_events::user::{EmailClaimEvent, Role, UserCommand, UserEvent};
+use ridehail_events::{CommandEnvelope, EventEnvelope, Message, UserId};
+use ridehail_runtime::Backend;
+use ridehail_runtime::consumer::{HandleError, MessageHandler};
+use ridehail_runtime::ports::{AppendError, IncomingMessage, Rejection, RejectionKind};
+use ridehail_runtime::worker::{self, Outcome};
+
+use crate::domain::{EmailTaken, UserRejection, UserState, decide, decide_claim, evolve, evolve_claim};
+use crate::projection::{project_credentials, project_profile};
+
+#[derive(Debug, Clone)]
+pub struct UserCommandHandler {
+    backend: Backend,
+}
+
+impl UserCommandHandler {
+    pub fn new(backend: Backend) -> Self {
+        Self { backend }
+    }
+
+    pub async fn process(&self, command: &CommandEnvelope<UserCommand>) -> anyhow::Result<Outcome> {
+        let b = &self.backend;
+        let user_id = UserId(command.aggregate_id);
+        for _ in 0..worker::MAX_CONFLICT_RETRIES {
+            let history = worker::load::<UserEvent>(&*b.events, command.aggregate_id).await?;
+            let already = worker::caused_by(&history, command.command_id.0);
+            if !already.is_empty() {
+                self.complete_effects(user_id, &history, &already).await?;
+                return Ok(accepted(&already));
+            }
+            let state: Option<UserState> = history.iter().fold(None, |s, e| evolve(s, &e.event));
+            let events = match decide(&state, &command.command) {
+                Ok(events) => events,
+                Err(rejection) => return Ok(Outcome::Rejected(rejection_of(&rejection))),
+            };
+            if let UserCommand::RegisterUser(c) = &command.command {
+                match self.claim_email(command, &c.email, user_id).await? {
+                    Ok(()) => {}
+                    Err(EmailTaken) => return Ok(Outcome::Rejected(rejection_of(&UserRejection::EmailTaken))),
+                }
+            }
+            let version = history.len() as u64;
+            let now = b.clock.now();
+            let new = worker::envelopes(command, command.aggregate_id, version, events, now);
+            match worker::append(&*b.events, version, &new).await {
+                Ok(()) => {
+                    let mut all = history;
+                    all.extend(new.iter().cloned());
+                    self.complete_effects(user_id, &all, &new).await?;
+                    return Ok(accepted(&new));
+                }
+                Err(AppendError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!("user {user_id}: gave up after {} append conflicts", worker::MAX_CONFLICT_RETRIES)
+    }
+
+    /// Claims the address for the user on its claim stream; the first append wins a race.
+    async fn claim_email(
+        &self,
+        command: &CommandEnvelope<UserCommand>,
+        email: &str,
+        user_id: UserId,
+    ) -> anyhow::Result<Result<(), EmailTaken>> {
+        let b = &self.backend;
+        let claim_id = email_claim_id(email);
+        for _ in 0..worker::MAX_CONFLICT_RETRIES {
+            let history = worker::load::<EmailClaimEvent>(&*b.events, claim_id).await?;
+            let owner = history.iter().fold(None, |o, e| evolve_claim(o, &e.event));
+            let events = match decide_claim(owner, user_id) {
+                Ok(events) => events,
+                Err(taken) => return Ok(Err(taken)),
+            };
+            let version = history.len() as u64;
+            let new = worker::envelopes(command, claim_id, version, events, b.clock.now());
+            match worker::append(&*b.events, version, &new).await {
+                Ok(()) => return Ok(Ok(())),
+                Err(AppendError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!("e-mail claim: gave up after {} append conflicts", worker::MAX_CONFLICT_RETRIES)
+    }
+
+    async fn complete_effects(
+        &self,
+        user_id: UserId,
+        all: &[EventEnvelope<UserEvent>],
+        new: &[EventEnvelope<UserEvent>],
+    ) -> anyhow::Result<()> {
+        let b = &self.backend;
+        if let Some(profile) = project_profile(all) {
+            b.users.upsert_profile(&profile).await?;
+        }
+        if let Some(credentials) = project_credentials(all) {
+            b.users.upsert_credentials(&credentials).await?;
+        }
+        let state: Option<UserState> = all.iter().fold(None, |s, e| evolve(s, &e.event));
+        if let Some(s) = state.filter(|s| s.role == Role::Driver) {
+            b.drivers.update_driver(user_id, s.location, s.online, all.len() as u64).await?;
+        }
+        worker::publish_events(&*b.bus, ridehail_events::topics::USER_EVENTS, new).await?;
+        Ok(())
+    }
+}
+
+fn accepted(events: &[EventEnvelope<UserEvent>]) -> Outcome {
+    Outcome::Accepted(events.iter().filter(|e| e.event.is_public()).map(|e| e.event.type_name().to_owned()).collect())
+}
+
+fn rejection_of(rejection: &UserRejection) -> Rejection {
+    let kind = match rejection {
+        UserRejection::UserNotFound => RejectionKind::NotFound,
+        UserRejection::AlreadyRegistered | UserRejection::EmailTaken => RejectionKind::Conflict,
+        UserRejection::NotADriver => RejectionKind::Forbidden,
+        UserRejection::InvalidField { .. }
+        | UserRejection::VehicleRequired
+        | UserRejection::VehicleNotAllowed
+        | UserRejection::LocationRequired
+        | UserRejection::NothingToUpdate => RejectionKind::Invalid,
+    };
+    Rejection { kind, code: rejection.code().to_owned(), detail: rejection.to_string() }
+}
+
+#[async_trait]
+impl MessageHandler for UserCommandHandler {
+    async fn handle(&self, message: &IncomingMessage) -> Result<(), HandleError> {
+        let command = worker::decode_command::<UserCommand>(message)?;
+        if worker::already_done(&*self.backend.commands, command.command_id).await? {
+            return Ok(());
+        }
+        let outcome = self.process(&command).await?;
+        let resource = Some(format!("/v1/users/{}", command.aggregate_id));
+        worker::record_outcome(&*self.backend.commands, &command, resource, outcome, self.backend.clock.now()).await?;
+        Ok(())
+    }
+}
