@@ -1,1 +1,139 @@
-//! placeholder
+//! api-edge: Ridehail's HTTP edge. It authenticates (JWT), validates, and publishes commands,
+//! answering `202 Accepted` with ids to follow; queries are served from the read models.
+//!
+//! - [`router`] builds the whole `Router` from an [`AppState`] (tests drive it with `oneshot`);
+//!   [`serve`] runs it on a listener until shutdown.
+//! - [`submit`]: the single command-submission path (idempotency keys, status, publish, `Prefer: wait`).
+//! - [`error`]: the one error type, mapped to `application/problem+json` in one place.
+//! - [`auth`], [`password`], [`extract`]: tokens, argon2id, request parsing.
+//! - [`routes`]: one file per resource.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod password;
+pub mod routes;
+pub mod submit;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::routing::{get, post, put};
+use ridehail_runtime::Backend;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::TimeoutLayer;
+
+use crate::auth::JwtKeys;
+use crate::error::{ApiError, problem};
+
+/// The edge's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// Origins allowed to call the API from a browser; empty = no CORS headers at all.
+    pub cors_allowed_origins: Vec<String>,
+    /// Whole-request deadline; longer than the longest `Prefer: wait`.
+    pub request_timeout_seconds: u64,
+    /// Cap on `Prefer: wait=N`.
+    pub max_wait_seconds: u64,
+    pub idempotency_ttl_hours: u32,
+    pub token_ttl_minutes: u32,
+    pub token_issuer: String,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 16 * 1024,
+            cors_allowed_origins: Vec::new(),
+            request_timeout_seconds: 15,
+            max_wait_seconds: 10,
+            idempotency_ttl_hours: 24,
+            token_ttl_minutes: 60,
+            token_issuer: "ridehail".into(),
+        }
+    }
+}
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub backend: Backend,
+    pub keys: Arc<JwtKeys>,
+    pub config: Arc<EdgeConfig>,
+}
+
+impl AppState {
+    pub fn new(backend: Backend, keys: JwtKeys, config: EdgeConfig) -> Self {
+        Self { backend, keys: Arc::new(keys), config: Arc::new(config) }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    use routes::*;
+    let config = state.config.clone();
+    let api = Router::new()
+        .route("/v1/users", post(users::register))
+        .route("/v1/sessions", post(sessions::login))
+        .route("/v1/me", get(users::me))
+        .route("/v1/rides", post(rides::request).get(rides::list))
+        .route("/v1/rides/{id}", get(rides::get))
+        .route("/v1/rides/{id}/history", get(rides::history))
+        .route("/v1/rides/{id}/cancel", post(rides::cancel))
+        .route("/v1/rides/{id}/rating", post(rides::rate))
+        .route("/v1/rides/{id}/accept", post(rides::accept))
+        .route("/v1/rides/{id}/decline", post(rides::decline))
+        .route("/v1/rides/{id}/arrive", post(rides::arrive))
+        .route("/v1/rides/{id}/start", post(rides::start))
+        .route("/v1/rides/{id}/complete", post(rides::complete))
+        .route("/v1/drivers/me/availability", put(drivers::set_availability))
+        .route("/v1/drivers/me/location", put(drivers::set_location))
+        .route("/v1/commands/{id}", get(commands::get))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .fallback(|| async { ApiError::NotFound("no such route") })
+        .method_not_allowed_fallback(|| async {
+            problem(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed", None, vec![])
+        })
+        .with_state(state);
+    api.layer(axum::middleware::from_fn(extract::correlation_layer))
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(config.request_timeout_seconds),
+        ))
+        .layer(cors(&config.cors_allowed_origins))
+        .layer(CatchPanicLayer::custom(|_| {
+            problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", None, vec![])
+        }))
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allowed: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allowed))
+        .allow_methods([Method::GET, Method::POST, Method::PUT])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("idempotency-key"),
+            header::HeaderName::from_static("prefer"),
+            header::HeaderName::from_static("x-correlation-id"),
+        ])
+        .expose_headers([header::LOCATION, header::HeaderName::from_static("x-correlation-id")])
+        .max_age(Duration::from_secs(600))
+}
+
+/// Serves until `shutdown`, then stops accepting and lets requests in flight finish.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
+    Ok(())
+}

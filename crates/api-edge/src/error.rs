@@ -1,0 +1,143 @@
+//! The edge's one error type, mapped to RFC 9457 `application/problem+json` in exactly one place.
+//! 5xx details are logged once here and never sent to the client.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ridehail_runtime::ports::{Rejection, RejectionKind};
+use serde::Serialize;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request body is not valid JSON")]
+    MalformedJson(String),
+    #[error("the request body does not match the expected shape")]
+    InvalidBody { status: StatusCode, detail: String, field: Option<String> },
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("authentication required")]
+    Unauthenticated(&'static str),
+    #[error("forbidden")]
+    Forbidden(&'static str),
+    #[error("not found")]
+    NotFound(&'static str),
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("idempotency key reused with a different request")]
+    IdempotencyMismatch,
+    #[error("a request with this idempotency key is in progress")]
+    IdempotencyInProgress,
+    #[error("the command was rejected")]
+    Rejected(Rejection),
+    #[error("a dependency is unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("unexpected error")]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        Self::Validation(vec![FieldError { field: field.to_owned(), message: message.into() }])
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Problem {
+    #[serde(rename = "type")]
+    kind: String,
+    title: String,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<FieldError>,
+}
+
+/// Builds a problem response; also used for rejections replayed from command status.
+pub fn problem(status: StatusCode, code: &str, title: &str, detail: Option<String>, errors: Vec<FieldError>) -> Response {
+    let body = Problem {
+        kind: format!("https://ridehail.example/problems/{code}"),
+        title: title.to_owned(),
+        status: status.as_u16(),
+        detail,
+        code: Some(code.to_owned()),
+        errors,
+    };
+    let mut response = (status, axum::Json(body)).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+}
+
+pub fn rejection_status(kind: RejectionKind) -> StatusCode {
+    match kind {
+        RejectionKind::NotFound => StatusCode::NOT_FOUND,
+        RejectionKind::Conflict => StatusCode::CONFLICT,
+        RejectionKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+        RejectionKind::Forbidden => StatusCode::FORBIDDEN,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        use StatusCode as S;
+        match self {
+            Self::MalformedJson(detail) => problem(S::BAD_REQUEST, "malformed_json", "Malformed JSON", Some(detail), vec![]),
+            Self::InvalidBody { status, detail, field } => {
+                let errors = field.map(|field| vec![FieldError { field, message: detail.clone() }]).unwrap_or_default();
+                problem(status, "invalid_body", "Invalid request body", Some(detail), errors)
+            }
+            Self::Validation(errors) => {
+                let detail = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
+                problem(S::UNPROCESSABLE_ENTITY, "validation_failed", "Validation failed", Some(detail), errors)
+            }
+            Self::Unauthenticated(why) => {
+                let mut response = problem(S::UNAUTHORIZED, "unauthenticated", "Authentication required", Some(why.into()), vec![]);
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
+            }
+            Self::Forbidden(why) => problem(S::FORBIDDEN, "forbidden", "Forbidden", Some(why.into()), vec![]),
+            Self::NotFound(what) => problem(S::NOT_FOUND, "not_found", "Not found", Some(what.into()), vec![]),
+            Self::InvalidCredentials => {
+                problem(S::UNAUTHORIZED, "invalid_credentials", "Invalid credentials", Some("e-mail or password is wrong".into()), vec![])
+            }
+            Self::IdempotencyMismatch => problem(
+                S::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "Idempotency key reused",
+                Some("this Idempotency-Key was used with a different request".into()),
+                vec![],
+            ),
+            Self::IdempotencyInProgress => problem(
+                S::CONFLICT,
+                "idempotency_key_in_progress",
+                "Request in progress",
+                Some("a request with this Idempotency-Key is still being processed; retry later".into()),
+                vec![],
+            ),
+            Self::Rejected(rejection) => {
+                problem(rejection_status(rejection.kind), &rejection.code, "Command rejected", Some(rejection.detail), vec![])
+            }
+            Self::Unavailable(e) => {
+                tracing::error!(error = format!("{e:#}"), "dependency unavailable");
+                let mut response =
+                    problem(S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", Some("try again shortly".into()), vec![]);
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+            Self::Unexpected(e) => {
+                tracing::error!(error = format!("{e:#}"), "unexpected error");
+                problem(S::INTERNAL_SERVER_ERROR, "internal", "Internal error", None, vec![])
+            }
+        }
+    }
+}

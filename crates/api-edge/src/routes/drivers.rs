@@ -1,0 +1,60 @@
+//! Driver endpoints on the driver's own user: availability and location.
+
+use axum::extract::State;
+use axum::response::Response;
+use ridehail_events::user::{Role, SetAvailability, UpdateLocation, UserCommand};
+use ridehail_events::{Actor, topics};
+use serde::{Deserialize, Serialize};
+
+use super::Position;
+use crate::AppState;
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::extract::{CommandHeaders, ValidJson};
+use crate::submit::{Resource, Submission, fingerprint, submit};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AvailabilityRequest {
+    pub online: bool,
+    #[serde(default)]
+    pub location: Option<Position>,
+}
+
+fn driver_submission(user: AuthUser, command: UserCommand) -> Submission<UserCommand> {
+    Submission {
+        topic: topics::USER_COMMANDS,
+        aggregate_id: user.user_id.0,
+        actor: Actor::User { user_id: user.user_id.0, role: user.role },
+        command,
+        resource: Resource::User(user.user_id.0),
+        creates: false,
+        viewer: Some(user),
+    }
+}
+
+pub async fn set_availability(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: CommandHeaders,
+    ValidJson(req): ValidJson<AvailabilityRequest>,
+) -> Result<Response, ApiError> {
+    user.require(Role::Driver)?;
+    let location = req.location.map(|l| l.check("location")).transpose()?;
+    let fp = fingerprint("PUT /v1/drivers/me/availability", &req);
+    let command = UserCommand::SetAvailability(SetAvailability { online: req.online, location });
+    submit(&state, &headers, &user.user_id.to_string(), fp, driver_submission(user, command)).await
+}
+
+pub async fn set_location(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: CommandHeaders,
+    ValidJson(req): ValidJson<Position>,
+) -> Result<Response, ApiError> {
+    user.require(Role::Driver)?;
+    let location = req.check("location")?;
+    let fp = fingerprint("PUT /v1/drivers/me/location", &req);
+    let command = UserCommand::UpdateLocation(UpdateLocation { location });
+    submit(&state, &headers, &user.user_id.to_string(), fp, driver_submission(user, command)).await
+}

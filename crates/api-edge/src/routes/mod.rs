@@ -1,0 +1,27 @@
+//! One file per resource.
+
+pub mod commands;
+pub mod drivers;
+pub mod health;
+pub mod rides;
+pub mod sessions;
+pub mod users;
+
+use ridehail_events::GeoPoint;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// A position in a request body; range-checked before anything is published.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Position {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+impl Position {
+    pub fn check(&self, field: &str) -> Result<GeoPoint, ApiError> {
+        GeoPoint::new(self.lat, self.lon).map_err(|e| ApiError::field(field, e.to_string()))
+    }
+}

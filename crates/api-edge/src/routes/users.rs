@@ -1,0 +1,103 @@
+//! `POST /v1/users` (sign up) and `GET /v1/me`.
+
+use axum::extract::State;
+use axum::response::Response;
+use ridehail_events::user::{PasswordHash, RegisterUser, Role, UserCommand, Vehicle};
+use ridehail_events::validation::{invalid_vehicle_field, valid_email, valid_name, valid_password, MIN_PASSWORD_CHARS};
+use ridehail_events::{Actor, UserId, topics};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::auth::AuthUser;
+use crate::error::{ApiError, FieldError};
+use crate::extract::{CommandHeaders, ValidJson};
+use crate::password;
+use crate::submit::{Resource, Submission, fingerprint, submit};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub email: String,
+    pub password: String,
+    pub name: String,
+    pub role: Role,
+    #[serde(default)]
+    pub vehicle: Option<Vehicle>,
+}
+
+/// What identifies a sign-up for idempotency; the password is left out on purpose (only its
+/// presence matters; it is never stored in the idempotency record).
+#[derive(Serialize)]
+struct RegisterFingerprint<'a> {
+    email: &'a str,
+    name: &'a str,
+    role: Role,
+    vehicle: &'a Option<Vehicle>,
+}
+
+fn validate(req: &RegisterRequest) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    let mut fail = |field: &str, message: &str| errors.push(FieldError { field: field.into(), message: message.into() });
+    if !valid_email(&req.email) {
+        fail("email", "must be an e-mail address");
+    }
+    if !valid_password(&req.password) {
+        fail("password", &format!("must be at least {MIN_PASSWORD_CHARS} characters"));
+    }
+    if !valid_name(&req.name) {
+        fail("name", "must be 1 to 100 characters");
+    }
+    match (req.role, &req.vehicle) {
+        (Role::Driver, None) => fail("vehicle", "drivers must give their vehicle"),
+        (Role::Rider, Some(_)) => fail("vehicle", "only drivers have a vehicle"),
+        (Role::Driver, Some(v)) => {
+            if let Some(field) = invalid_vehicle_field(v) {
+                fail(&format!("vehicle.{field}"), "must be non-empty and not too long");
+            }
+        }
+        (Role::Rider, None) => {}
+    }
+    if errors.is_empty() { Ok(()) } else { Err(ApiError::Validation(errors)) }
+}
+
+pub async fn register(
+    State(state): State<AppState>,
+    headers: CommandHeaders,
+    ValidJson(req): ValidJson<RegisterRequest>,
+) -> Result<Response, ApiError> {
+    validate(&req)?;
+    let fp = fingerprint(
+        "POST /v1/users",
+        &RegisterFingerprint { email: &req.email, name: &req.name, role: req.role, vehicle: &req.vehicle },
+    );
+    let password_hash = password::hash(SecretString::from(req.password)).await?;
+    let user_id = UserId::new();
+    let command = UserCommand::RegisterUser(RegisterUser {
+        email: req.email.trim().to_owned(),
+        name: req.name,
+        role: req.role,
+        password_hash: PasswordHash(password_hash),
+        vehicle: req.vehicle,
+    });
+    let submission = Submission {
+        topic: topics::USER_COMMANDS,
+        aggregate_id: user_id.0,
+        actor: Actor::Anonymous,
+        command,
+        resource: Resource::User(user_id.0),
+        creates: true,
+        viewer: None,
+    };
+    submit(&state, &headers, "anonymous", fp, submission).await
+}
+
+/// The profile as JSON, if projected.
+pub async fn profile_json(state: &AppState, user_id: UserId) -> Result<Option<serde_json::Value>, ApiError> {
+    let profile = state.backend.users.profile(user_id).await.map_err(ApiError::Unavailable)?;
+    Ok(profile.map(|p| serde_json::to_value(p).unwrap_or_default()))
+}
+
+pub async fn me(State(state): State<AppState>, user: AuthUser) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    profile_json(&state, user.user_id).await?.map(axum::Json).ok_or(ApiError::NotFound("no profile for this user yet"))
+}

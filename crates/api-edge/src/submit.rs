@@ -1,0 +1,226 @@
+//! Command submission: the one path every write endpoint takes.
+//!
+//! 1. `Idempotency-Key`: a retry of the same request replays the first response; the same key with a
+//!    different request is a 422; a concurrent duplicate is a 409.
+//! 2. The command's status is recorded as pending, then the command is published, keyed by aggregate.
+//! 3. `202 Accepted` with the command id, correlation id and `Location` of the status — or, with
+//!    `Prefer: wait=N`, the outcome once known: `201`/`200` with the resource, or the rejection.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ridehail_events::{Actor, CommandEnvelope, CommandId, Message};
+use ridehail_runtime::ports::{CommandState, CommandStatus, IdempotencyClaim, StoredResponse};
+use ridehail_runtime::worker::command_record;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::{ApiError, problem, rejection_status};
+use crate::extract::CommandHeaders;
+
+/// What a command acts on, to link to it and to show it once the command is accepted.
+#[derive(Debug, Clone, Copy)]
+pub enum Resource {
+    Ride(Uuid),
+    User(Uuid),
+}
+
+impl Resource {
+    pub fn url(&self) -> String {
+        match self {
+            Self::Ride(id) => format!("/v1/rides/{id}"),
+            Self::User(_) => "/v1/me".to_owned(),
+        }
+    }
+
+    fn id_field(&self) -> (&'static str, Uuid) {
+        match self {
+            Self::Ride(id) => ("ride_id", *id),
+            Self::User(id) => ("user_id", *id),
+        }
+    }
+}
+
+/// One command to submit.
+#[derive(Debug)]
+pub struct Submission<C> {
+    pub topic: &'static str,
+    pub aggregate_id: Uuid,
+    pub actor: Actor,
+    pub command: C,
+    pub resource: Resource,
+    /// Answer 201 (a new resource) rather than 200 when the command is accepted in time.
+    pub creates: bool,
+    /// Who may read the resource after acceptance (for `Prefer: wait`); `None` for sign-ups.
+    pub viewer: Option<crate::auth::AuthUser>,
+}
+
+/// Hash of what identifies a request for idempotency: route and parsed body.
+pub fn fingerprint(route: &str, body: &impl Serialize) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(route.as_bytes());
+    hasher.update([0]);
+    hasher.update(serde_json::to_vec(body).unwrap_or_default());
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub async fn submit<C: Message>(
+    state: &AppState,
+    headers: &CommandHeaders,
+    scope: &str,
+    fingerprint: String,
+    submission: Submission<C>,
+) -> Result<Response, ApiError> {
+    let Some(key) = headers.idempotency_key.as_deref() else {
+        return submit_once(state, headers, submission).await;
+    };
+    let now = state.backend.clock.now();
+    let ttl = chrono::Duration::hours(i64::from(state.config.idempotency_ttl_hours));
+    match state.backend.idempotency.claim(scope, key, &fingerprint, now, ttl).await.map_err(ApiError::Unavailable)? {
+        IdempotencyClaim::Replay(stored) => return Ok(replay(stored)),
+        IdempotencyClaim::Mismatch => return Err(ApiError::IdempotencyMismatch),
+        IdempotencyClaim::InProgress => return Err(ApiError::IdempotencyInProgress),
+        IdempotencyClaim::Claimed => {}
+    }
+    match submit_once(state, headers, submission).await {
+        Ok(response) => {
+            let (response, stored) = store(response).await?;
+            state.backend.idempotency.complete(scope, key, &stored).await.map_err(ApiError::Unavailable)?;
+            Ok(response)
+        }
+        Err(error) => {
+            // Nothing was published (or the outcome is unknown): let the client retry with the key.
+            if let Err(e) = state.backend.idempotency.release(scope, key).await {
+                tracing::warn!(error = format!("{e:#}"), "could not release an idempotency key");
+            }
+            Err(error)
+        }
+    }
+}
+
+async fn submit_once<C: Message>(
+    state: &AppState,
+    headers: &CommandHeaders,
+    submission: Submission<C>,
+) -> Result<Response, ApiError> {
+    let b = &state.backend;
+    let now = b.clock.now();
+    let envelope = CommandEnvelope {
+        command_id: CommandId::new(),
+        aggregate_id: submission.aggregate_id,
+        correlation_id: headers.correlation_id,
+        causation_id: None,
+        actor: submission.actor.clone(),
+        issued_at: now,
+        command: submission.command,
+    };
+    let issued_by = match &envelope.actor {
+        Actor::User { user_id, .. } => Some(*user_id),
+        _ => None,
+    };
+    let pending = CommandStatus {
+        command_id: envelope.command_id,
+        correlation_id: envelope.correlation_id,
+        command_type: envelope.command.type_name().to_owned(),
+        aggregate_id: envelope.aggregate_id,
+        issued_by,
+        state: CommandState::Pending,
+        rejection: None,
+        events: Vec::new(),
+        resource: Some(submission.resource.url()),
+        submitted_at: now,
+        completed_at: None,
+    };
+    b.commands.record(&pending).await.map_err(ApiError::Unavailable)?;
+    let record = command_record(&envelope.to_wire());
+    b.bus.publish(submission.topic, vec![record]).await.map_err(|e| ApiError::Unavailable(e.into()))?;
+    tracing::info!(command_id = %envelope.command_id, command_type = envelope.command.type_name(), "command published");
+
+    if let Some(wait) = headers.wait {
+        let status = b.commands.wait_final(envelope.command_id, wait).await.map_err(ApiError::Unavailable)?;
+        if let Some(status) = status.filter(|s| s.state != CommandState::Pending) {
+            let mut response = outcome_response(state, &status, submission.resource, submission.creates, submission.viewer).await?;
+            let preference = format!("wait={}", wait.as_secs());
+            if let Ok(value) = HeaderValue::from_str(&preference) {
+                response.headers_mut().insert("preference-applied", value);
+            }
+            return Ok(response);
+        }
+    }
+    Ok(accepted_response(&pending, submission.resource))
+}
+
+/// `202 Accepted` pointing at the command's status.
+fn accepted_response(status: &CommandStatus, resource: Resource) -> Response {
+    let status_url = format!("/v1/commands/{}", status.command_id);
+    let (id_name, id) = resource.id_field();
+    let body = json!({
+        "command_id": status.command_id,
+        "correlation_id": status.correlation_id,
+        "status": "pending",
+        "status_url": status_url,
+        id_name: id,
+        "resource_url": resource.url(),
+    });
+    let mut response = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&status_url) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// The answer once a command reached a final state.
+async fn outcome_response(
+    state: &AppState,
+    status: &CommandStatus,
+    resource: Resource,
+    creates: bool,
+    viewer: Option<crate::auth::AuthUser>,
+) -> Result<Response, ApiError> {
+    if let Some(rejection) = &status.rejection {
+        return Ok(problem(rejection_status(rejection.kind), &rejection.code, "Command rejected", Some(rejection.detail.clone()), vec![]));
+    }
+    let body = match resource {
+        Resource::Ride(id) => crate::routes::rides::visible_ride(state, id.into(), viewer)
+            .await?
+            .map(|v| serde_json::to_value(v).unwrap_or_default()),
+        Resource::User(id) => crate::routes::users::profile_json(state, id.into()).await?,
+    };
+    let body = body.unwrap_or_else(|| json!({ "command_id": status.command_id, "status": "accepted" }));
+    let code = if creates { StatusCode::CREATED } else { StatusCode::OK };
+    let mut response = (code, axum::Json(body)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&resource.url()) {
+        let name = if creates { header::LOCATION } else { header::CONTENT_LOCATION };
+        response.headers_mut().insert(name, location);
+    }
+    Ok(response)
+}
+
+/// Buffers a response so it can be both sent and kept for replays.
+async fn store(response: Response) -> Result<(Response, StoredResponse), ApiError> {
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.map_err(|e| ApiError::Unexpected(anyhow::anyhow!("{e}")))?;
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != header::CONTENT_LENGTH)
+        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+        .collect();
+    let stored = StoredResponse { status: parts.status.as_u16(), headers, body: bytes.to_vec() };
+    Ok((Response::from_parts(parts, Body::from(bytes)), stored))
+}
+
+fn replay(stored: StoredResponse) -> Response {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &stored.headers {
+        if let (Ok(name), Ok(value)) = (name.parse::<header::HeaderName>(), HeaderValue::from_str(value)) {
+            headers.insert(name, value);
+        }
+    }
+    headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    (status, headers, stored.body).into_response()
+}
