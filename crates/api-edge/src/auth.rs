@@ -164,6 +164,8 @@ mod tests {
 
     #[test]
     fn short_secrets_are_refused() {
-        assert!(JwtKeys::new(&SecretString::from("short".to_owned()), "ridehail", chrono::Duration::minutes(1)).is_err());
+        assert!(
+            JwtKeys::new(&SecretString::from("short".to_owned()), "ridehail", chrono::Duration::minutes(1)).is_err()
+        );
     }
 }

@@ -64,7 +64,13 @@ struct Problem {
 }
 
 /// Builds a problem response; also used for rejections replayed from command status.
-pub fn problem(status: StatusCode, code: &str, title: &str, detail: Option<String>, errors: Vec<FieldError>) -> Response {
+pub fn problem(
+    status: StatusCode,
+    code: &str,
+    title: &str,
+    detail: Option<String>,
+    errors: Vec<FieldError>,
+) -> Response {
     let body = Problem {
         kind: format!("https://ridehail.example/problems/{code}"),
         title: title.to_owned(),
@@ -91,25 +97,33 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         use StatusCode as S;
         match self {
-            Self::MalformedJson(detail) => problem(S::BAD_REQUEST, "malformed_json", "Malformed JSON", Some(detail), vec![]),
+            Self::MalformedJson(detail) => {
+                problem(S::BAD_REQUEST, "malformed_json", "Malformed JSON", Some(detail), vec![])
+            }
             Self::InvalidBody { status, detail, field } => {
                 let errors = field.map(|field| vec![FieldError { field, message: detail.clone() }]).unwrap_or_default();
                 problem(status, "invalid_body", "Invalid request body", Some(detail), errors)
             }
             Self::Validation(errors) => {
-                let detail = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
+                let detail =
+                    errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
                 problem(S::UNPROCESSABLE_ENTITY, "validation_failed", "Validation failed", Some(detail), errors)
             }
             Self::Unauthenticated(why) => {
-                let mut response = problem(S::UNAUTHORIZED, "unauthenticated", "Authentication required", Some(why.into()), vec![]);
+                let mut response =
+                    problem(S::UNAUTHORIZED, "unauthenticated", "Authentication required", Some(why.into()), vec![]);
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 response
             }
             Self::Forbidden(why) => problem(S::FORBIDDEN, "forbidden", "Forbidden", Some(why.into()), vec![]),
             Self::NotFound(what) => problem(S::NOT_FOUND, "not_found", "Not found", Some(what.into()), vec![]),
-            Self::InvalidCredentials => {
-                problem(S::UNAUTHORIZED, "invalid_credentials", "Invalid credentials", Some("e-mail or password is wrong".into()), vec![])
-            }
+            Self::InvalidCredentials => problem(
+                S::UNAUTHORIZED,
+                "invalid_credentials",
+                "Invalid credentials",
+                Some("e-mail or password is wrong".into()),
+                vec![],
+            ),
             Self::IdempotencyMismatch => problem(
                 S::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",
@@ -124,13 +138,22 @@ impl IntoResponse for ApiError {
                 Some("a request with this Idempotency-Key is still being processed; retry later".into()),
                 vec![],
             ),
-            Self::Rejected(rejection) => {
-                problem(rejection_status(rejection.kind), &rejection.code, "Command rejected", Some(rejection.detail), vec![])
-            }
+            Self::Rejected(rejection) => problem(
+                rejection_status(rejection.kind),
+                &rejection.code,
+                "Command rejected",
+                Some(rejection.detail),
+                vec![],
+            ),
             Self::Unavailable(e) => {
                 tracing::error!(error = format!("{e:#}"), "dependency unavailable");
-                let mut response =
-                    problem(S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", Some("try again shortly".into()), vec![]);
+                let mut response = problem(
+                    S::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Service unavailable",
+                    Some("try again shortly".into()),
+                    vec![],
+                );
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 response
             }

@@ -72,7 +72,7 @@ pub async fn correlation_layer(mut req: Request, next: Next) -> Response {
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
-        route = req.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        path = %req.uri().path(),
         correlation_id = %correlation_id,
         status = tracing::field::Empty,
     );

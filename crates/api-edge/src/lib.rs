@@ -133,7 +133,11 @@ fn cors(origins: &[String]) -> CorsLayer {
 }
 
 /// Serves until `shutdown`, then stops accepting and lets requests in flight finish.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
     Ok(())
 }

@@ -142,7 +142,8 @@ async fn submit_once<C: Message>(
     if let Some(wait) = headers.wait {
         let status = b.commands.wait_final(envelope.command_id, wait).await.map_err(ApiError::Unavailable)?;
         if let Some(status) = status.filter(|s| s.state != CommandState::Pending) {
-            let mut response = outcome_response(state, &status, submission.resource, submission.creates, submission.viewer).await?;
+            let mut response =
+                outcome_response(state, &status, submission.resource, submission.creates, submission.viewer).await?;
             let preference = format!("wait={}", wait.as_secs());
             if let Ok(value) = HeaderValue::from_str(&preference) {
                 response.headers_mut().insert("preference-applied", value);
@@ -181,7 +182,13 @@ async fn outcome_response(
     viewer: Option<crate::auth::AuthUser>,
 ) -> Result<Response, ApiError> {
     if let Some(rejection) = &status.rejection {
-        return Ok(problem(rejection_status(rejection.kind), &rejection.code, "Command rejected", Some(rejection.detail.clone()), vec![]));
+        return Ok(problem(
+            rejection_status(rejection.kind),
+            &rejection.code,
+            "Command rejected",
+            Some(rejection.detail.clone()),
+            vec![],
+        ));
     }
     let body = match resource {
         Resource::Ride(id) => crate::routes::rides::visible_ride(state, id.into(), viewer)

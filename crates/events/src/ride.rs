@@ -77,8 +77,12 @@ pub struct Fare {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "party", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Canceller {
-    Rider { rider_id: UserId },
-    Driver { driver_id: UserId },
+    Rider {
+        rider_id: UserId,
+    },
+    Driver {
+        driver_id: UserId,
+    },
     /// Ridehail itself (operations).
     System,
 }

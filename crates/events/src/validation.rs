@@ -35,7 +35,12 @@ pub fn valid_password(password: &str) -> bool {
 
 /// The first vehicle field that is empty or too long.
 pub fn invalid_vehicle_field(vehicle: &Vehicle) -> Option<&'static str> {
-    let fields = [("make", &vehicle.make, 50), ("model", &vehicle.model, 50), ("colour", &vehicle.colour, 30), ("plate", &vehicle.plate, 15)];
+    let fields = [
+        ("make", &vehicle.make, 50),
+        ("model", &vehicle.model, 50),
+        ("colour", &vehicle.colour, 30),
+        ("plate", &vehicle.plate, 15),
+    ];
     fields
         .into_iter()
         .find(|(_, value, max)| value.trim().is_empty() || value.chars().count() > *max)
@@ -50,7 +55,17 @@ mod tests {
     fn emails() {
         assert!(valid_email("ana@example.com"));
         assert!(valid_email(" Ana.Silva+rides@mail.example.pt "));
-        for bad in ["", "ana", "ana@", "@example.com", "ana@example", "a b@example.com", "ana@@example.com", "ana@.com", "ana@example..com"] {
+        for bad in [
+            "",
+            "ana",
+            "ana@",
+            "@example.com",
+            "ana@example",
+            "a b@example.com",
+            "ana@@example.com",
+            "ana@.com",
+            "ana@example..com",
+        ] {
             assert!(!valid_email(bad), "{bad:?} should be refused");
         }
     }
@@ -68,7 +83,8 @@ mod tests {
         assert!(valid_name("Ana Silva"));
         assert!(!valid_name("  "));
         assert!(!valid_name(&"x".repeat(101)));
-        let mut v = Vehicle { make: "Toyota".into(), model: "Prius".into(), colour: "white".into(), plate: "AA-00-BB".into() };
+        let mut v =
+            Vehicle { make: "Toyota".into(), model: "Prius".into(), colour: "white".into(), plate: "AA-00-BB".into() };
         assert_eq!(invalid_vehicle_field(&v), None);
         v.plate = " ".into();
         assert_eq!(invalid_vehicle_field(&v), Some("plate"));

@@ -25,8 +25,8 @@ fn text() -> impl Strategy<Value = String> {
     "\\PC{0,40}"
 }
 fn fare() -> impl Strategy<Value = Fare> {
-    (any::<i64>(), any::<i64>(), any::<i64>(), any::<u32>(), any::<i64>(), any::<u32>(), any::<u32>())
-        .prop_map(|(b, d, t, s, total, m, secs)| Fare {
+    (any::<i64>(), any::<i64>(), any::<i64>(), any::<u32>(), any::<i64>(), any::<u32>(), any::<u32>()).prop_map(
+        |(b, d, t, s, total, m, secs)| Fare {
             currency: "EUR".into(),
             base_minor: b,
             distance_minor: d,
@@ -35,7 +35,8 @@ fn fare() -> impl Strategy<Value = Fare> {
             total_minor: total,
             distance_meters: m,
             duration_seconds: secs,
-        })
+        },
+    )
 }
 fn canceller() -> impl Strategy<Value = Canceller> {
     prop_oneof![
@@ -68,21 +69,27 @@ fn ride_event() -> impl Strategy<Value = RideEvent> {
                 expires_at,
             })
         }),
-        (user_id(), any::<u32>())
-            .prop_map(|(driver_id, offer_number)| RideEvent::DriverDeclined(DriverDeclined { driver_id, offer_number })),
+        (user_id(), any::<u32>()).prop_map(|(driver_id, offer_number)| RideEvent::DriverDeclined(DriverDeclined {
+            driver_id,
+            offer_number
+        })),
         (user_id(), any::<u32>())
             .prop_map(|(driver_id, offer_number)| RideEvent::OfferExpired(OfferExpired { driver_id, offer_number })),
         (any::<u32>(), any::<u32>(), time()).prop_map(|(attempt, search_radius_meters, retry_at)| {
             RideEvent::MatchingRetryScheduled(MatchingRetryScheduled { attempt, search_radius_meters, retry_at })
         }),
-        (user_id(), any::<u32>())
-            .prop_map(|(driver_id, offer_number)| RideEvent::DriverAssigned(DriverAssigned { driver_id, offer_number })),
+        (user_id(), any::<u32>()).prop_map(|(driver_id, offer_number)| RideEvent::DriverAssigned(DriverAssigned {
+            driver_id,
+            offer_number
+        })),
         user_id().prop_map(|driver_id| RideEvent::DriverArrived(DriverArrived { driver_id })),
         user_id().prop_map(|driver_id| RideEvent::RideStarted(RideStarted { driver_id })),
         (user_id(), fare()).prop_map(|(driver_id, fare)| RideEvent::RideCompleted(RideCompleted { driver_id, fare })),
-        (canceller(), text(), proptest::option::of(user_id())).prop_map(|(cancelled_by, reason, released_driver_id)| {
-            RideEvent::RideCancelled(RideCancelled { cancelled_by, reason, released_driver_id })
-        }),
+        (canceller(), text(), proptest::option::of(user_id())).prop_map(
+            |(cancelled_by, reason, released_driver_id)| {
+                RideEvent::RideCancelled(RideCancelled { cancelled_by, reason, released_driver_id })
+            }
+        ),
         (any::<u32>(), any::<u32>()).prop_map(|(search_attempts, offers_made)| {
             RideEvent::RideExpired(RideExpired { search_attempts, offers_made })
         }),
@@ -108,8 +115,11 @@ fn user_event() -> impl Strategy<Value = UserEvent> {
 
 fn ride_command() -> impl Strategy<Value = RideCommand> {
     prop_oneof![
-        (user_id(), point(), point())
-            .prop_map(|(rider_id, pickup, dropoff)| RideCommand::RequestRide(RequestRide { rider_id, pickup, dropoff })),
+        (user_id(), point(), point()).prop_map(|(rider_id, pickup, dropoff)| RideCommand::RequestRide(RequestRide {
+            rider_id,
+            pickup,
+            dropoff
+        })),
         user_id().prop_map(|driver_id| RideCommand::AcceptRide(AcceptRide { driver_id })),
         user_id().prop_map(|driver_id| RideCommand::DeclineRide(DeclineRide { driver_id })),
         user_id().prop_map(|driver_id| RideCommand::ArriveAtPickup(ArriveAtPickup { driver_id })),
@@ -117,7 +127,8 @@ fn ride_command() -> impl Strategy<Value = RideCommand> {
         (user_id(), proptest::option::of(any::<u32>())).prop_map(|(driver_id, distance_meters)| {
             RideCommand::CompleteRide(CompleteRide { driver_id, distance_meters })
         }),
-        (canceller(), text()).prop_map(|(cancelled_by, reason)| RideCommand::CancelRide(CancelRide { cancelled_by, reason })),
+        (canceller(), text())
+            .prop_map(|(cancelled_by, reason)| RideCommand::CancelRide(CancelRide { cancelled_by, reason })),
         (party(), user_id(), 1u8..=5, proptest::option::of(text())).prop_map(|(by, rater_id, stars, comment)| {
             RideCommand::RateRide(RateRide { by, rater_id, stars, comment })
         }),
@@ -129,9 +140,11 @@ fn ride_command() -> impl Strategy<Value = RideCommand> {
 
 fn user_command() -> impl Strategy<Value = UserCommand> {
     prop_oneof![
-        (text(), text(), role(), text(), proptest::option::of(vehicle())).prop_map(|(email, name, role, h, vehicle)| {
-            UserCommand::RegisterUser(RegisterUser { email, name, role, password_hash: PasswordHash(h), vehicle })
-        }),
+        (text(), text(), role(), text(), proptest::option::of(vehicle())).prop_map(
+            |(email, name, role, h, vehicle)| {
+                UserCommand::RegisterUser(RegisterUser { email, name, role, password_hash: PasswordHash(h), vehicle })
+            }
+        ),
         (proptest::option::of(text()), proptest::option::of(vehicle()))
             .prop_map(|(name, vehicle)| UserCommand::UpdateProfile(UpdateProfile { name, vehicle })),
         (any::<bool>(), proptest::option::of(point()))

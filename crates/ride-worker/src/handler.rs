@@ -19,7 +19,9 @@ use ridehail_runtime::ports::{AppendError, IncomingMessage, Rejection, Rejection
 use ridehail_runtime::worker::{self, Outcome};
 use tracing::{debug, warn};
 
-use crate::domain::{DriverCandidate, Facts, MatchingPolicy, PricingPolicy, RideRejection, RideState, decide, evolve, search_for};
+use crate::domain::{
+    DriverCandidate, Facts, MatchingPolicy, PricingPolicy, RideRejection, RideState, decide, evolve, search_for,
+};
 use crate::projection::project;
 
 /// A driver stays held this long after their offer expires, so the expiry timer fires first.
@@ -98,7 +100,8 @@ impl RideCommandHandler {
 
     async fn surge_at(&self, cell: &str, now: DateTime<Utc>) -> anyhow::Result<u32> {
         let b = &self.backend;
-        let (waiting, available) = tokio::try_join!(b.rides.count_waiting_in_cell(cell), b.drivers.available_in_cell(cell, now))?;
+        let (waiting, available) =
+            tokio::try_join!(b.rides.count_waiting_in_cell(cell), b.drivers.available_in_cell(cell, now))?;
         Ok(self.pricing.surge_bps(waiting + 1, available))
     }
 
@@ -110,7 +113,9 @@ impl RideCommandHandler {
         ride_id: RideId,
     ) -> anyhow::Result<()> {
         let Some(candidate) = candidate else { return Ok(()) };
-        let offered = events.iter().any(|e| matches!(&e.event, RideEvent::DriverOffered(o) if o.driver_id == candidate.driver_id));
+        let offered = events
+            .iter()
+            .any(|e| matches!(&e.event, RideEvent::DriverOffered(o) if o.driver_id == candidate.driver_id));
         if !offered {
             self.backend.drivers.release(candidate.driver_id, ride_id).await?;
         }
@@ -148,7 +153,8 @@ impl RideCommandHandler {
         match &envelope.event {
             RideEvent::DriverOffered(e) => {
                 let timer_id = offer_timer_id(ride_id, e.offer_number);
-                let command = RideCommand::ExpireOffer(ExpireOffer { driver_id: e.driver_id, offer_number: e.offer_number });
+                let command =
+                    RideCommand::ExpireOffer(ExpireOffer { driver_id: e.driver_id, offer_number: e.offer_number });
                 b.timers.schedule(&self.timer(&timer_id, e.expires_at, ride_id, envelope, command)).await?;
             }
             RideEvent::MatchingRetryScheduled(e) => {

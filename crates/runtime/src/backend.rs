@@ -4,8 +4,7 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::ports::{
-    CommandStatusStore, DriverLocator, EventStore, IdempotencyStore, MessageBus, RideViews, TimerStore,
-    UserViews,
+    CommandStatusStore, DriverLocator, EventStore, IdempotencyStore, MessageBus, RideViews, TimerStore, UserViews,
 };
 
 /// Every port a service may need, as shared trait objects. Cheap to clone.

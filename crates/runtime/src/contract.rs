@@ -273,7 +273,8 @@ pub async fn ride_views_page_a_party_s_rides_newest_first(views: &dyn RideViews)
     offered.offered_driver_id = Some(driver);
     views.upsert(&offered).await.unwrap();
 
-    let page1 = views.list(&RideQuery { party: RideParty::Rider(rider), status: None, limit: 2, before: None }).await.unwrap();
+    let page1 =
+        views.list(&RideQuery { party: RideParty::Rider(rider), status: None, limit: 2, before: None }).await.unwrap();
     let page1_ids: Vec<RideId> = page1.iter().map(|r| r.ride_id).collect();
     assert_eq!(page1_ids, [ids[4], ids[3]]);
     let page2 = views
@@ -283,13 +284,20 @@ pub async fn ride_views_page_a_party_s_rides_newest_first(views: &dyn RideViews)
     assert_eq!(page2.iter().map(|r| r.ride_id).collect::<Vec<_>>(), [ids[2], ids[1]]);
 
     let completed = views
-        .list(&RideQuery { party: RideParty::Rider(rider), status: Some(RideStatus::Completed), limit: 10, before: None })
+        .list(&RideQuery {
+            party: RideParty::Rider(rider),
+            status: Some(RideStatus::Completed),
+            limit: 10,
+            before: None,
+        })
         .await
         .unwrap();
     assert_eq!(completed.iter().map(|r| r.ride_id).collect::<Vec<_>>(), [ids[4], ids[2], ids[0]]);
 
-    let for_driver =
-        views.list(&RideQuery { party: RideParty::Driver(driver), status: None, limit: 10, before: None }).await.unwrap();
+    let for_driver = views
+        .list(&RideQuery { party: RideParty::Driver(driver), status: None, limit: 10, before: None })
+        .await
+        .unwrap();
     let mut expected = vec![offered.ride_id, ids[4], ids[2], ids[0]];
     expected.sort();
     expected.reverse();
@@ -492,10 +500,14 @@ pub async fn idempotency_replays_and_detects_mismatches(store: &dyn IdempotencyS
     assert_eq!(store.claim(&scope, "k1", "fp-a", t(0), ttl).await.unwrap(), IdempotencyClaim::Claimed);
     assert_eq!(store.claim(&scope, "k1", "fp-a", t(1), ttl).await.unwrap(), IdempotencyClaim::InProgress);
     assert_eq!(store.claim(&scope, "k1", "fp-b", t(1), ttl).await.unwrap(), IdempotencyClaim::Mismatch);
-    let response = StoredResponse { status: 202, headers: vec![("location".into(), "/v1/x".into())], body: b"{}".to_vec() };
+    let response =
+        StoredResponse { status: 202, headers: vec![("location".into(), "/v1/x".into())], body: b"{}".to_vec() };
     store.complete(&scope, "k1", &response).await.unwrap();
     assert_eq!(store.claim(&scope, "k1", "fp-a", t(2), ttl).await.unwrap(), IdempotencyClaim::Replay(response));
-    assert_eq!(store.claim(&format!("{scope}-other"), "k1", "fp-b", t(2), ttl).await.unwrap(), IdempotencyClaim::Claimed);
+    assert_eq!(
+        store.claim(&format!("{scope}-other"), "k1", "fp-b", t(2), ttl).await.unwrap(),
+        IdempotencyClaim::Claimed
+    );
     // After the TTL the key is forgotten.
     let later = t(0) + ttl + chrono::Duration::seconds(1);
     assert_eq!(store.claim(&scope, "k1", "fp-b", later, ttl).await.unwrap(), IdempotencyClaim::Claimed);

@@ -12,8 +12,8 @@ pub fn from_env_or_file(name: &str) -> anyhow::Result<Option<SecretString>> {
     let file_var = format!("{name}_FILE");
     match std::env::var(&file_var) {
         Ok(path) => {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| anyhow::anyhow!("cannot read {file_var} ({path}): {e}"))?;
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read {file_var} ({path}): {e}"))?;
             Ok(Some(SecretString::from(text.trim_end_matches(['\n', '\r']).to_owned())))
         }
         Err(_) => Ok(None),

@@ -21,7 +21,11 @@ pub async fn fire_due(timers: &dyn TimerStore, bus: &dyn MessageBus, clock: &dyn
             return Ok(fired);
         }
         for timer in due {
-            let record = OutgoingMessage { key: timer.key.clone(), headers: timer.headers.clone(), payload: timer.payload.clone() };
+            let record = OutgoingMessage {
+                key: timer.key.clone(),
+                headers: timer.headers.clone(),
+                payload: timer.payload.clone(),
+            };
             bus.publish(&timer.topic, vec![record]).await?;
             timers.cancel(&timer.id).await?;
             fired += 1;

@@ -153,7 +153,10 @@ pub async fn record_outcome<C: Message>(
 }
 
 /// True when the command already reached a final state (a redelivery to skip).
-pub async fn already_done(store: &dyn CommandStatusStore, command_id: ridehail_events::CommandId) -> anyhow::Result<bool> {
+pub async fn already_done(
+    store: &dyn CommandStatusStore,
+    command_id: ridehail_events::CommandId,
+) -> anyhow::Result<bool> {
     Ok(store.get(command_id).await?.is_some_and(|s| s.state != CommandState::Pending))
 }
 

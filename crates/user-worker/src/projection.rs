@@ -1,9 +1,9 @@
 //! User read models folded from the user's whole stream: the profile (no credential) and the
 //! credentials used by login.
 
+use ridehail_events::ids::normalise_email;
 use ridehail_events::user::UserEvent;
 use ridehail_events::{EventEnvelope, UserId};
-use ridehail_events::ids::normalise_email;
 use ridehail_runtime::ports::{Credentials, UserProfile};
 
 pub fn project_profile(events: &[EventEnvelope<UserEvent>]) -> Option<UserProfile> {

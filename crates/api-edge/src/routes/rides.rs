@@ -25,7 +25,11 @@ pub const MAX_PAGE: usize = 100;
 const DEFAULT_PAGE: usize = 20;
 
 /// The ride if `viewer` may see it: its rider, its driver, or the driver it is offered to.
-pub async fn visible_ride(state: &AppState, ride_id: RideId, viewer: Option<AuthUser>) -> Result<Option<RideView>, ApiError> {
+pub async fn visible_ride(
+    state: &AppState,
+    ride_id: RideId,
+    viewer: Option<AuthUser>,
+) -> Result<Option<RideView>, ApiError> {
     let Some(viewer) = viewer else { return Ok(None) };
     let view = state.backend.rides.get(ride_id).await.map_err(ApiError::Unavailable)?;
     Ok(view.filter(|v| {
@@ -78,7 +82,11 @@ pub async fn request(
     submit(&state, &headers, &user.user_id.to_string(), fp, ride_submission(user, ride_id, command, true)).await
 }
 
-pub async fn get(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<Json<RideView>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<RideView>, ApiError> {
     Ok(Json(own_ride(&state, &id, user).await?))
 }
 
@@ -109,7 +117,8 @@ pub async fn list(
         Role::Rider => RideParty::Rider(user.user_id),
         Role::Driver => RideParty::Driver(user.user_id),
     };
-    let rides = state.backend.rides.list(&RideQuery { party, status, limit, before }).await.map_err(ApiError::Unavailable)?;
+    let rides =
+        state.backend.rides.list(&RideQuery { party, status, limit, before }).await.map_err(ApiError::Unavailable)?;
     let next_cursor = (rides.len() == limit).then(|| rides.last().map(|r| encode_cursor(r.ride_id))).flatten();
     Ok(Json(json!({ "items": rides, "next_cursor": next_cursor })))
 }
@@ -120,8 +129,10 @@ fn encode_cursor(ride_id: RideId) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Result<RideId, ApiError> {
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| ApiError::field("cursor", "is not a cursor from this API"))?;
-    let uuid = uuid::Uuid::from_slice(&bytes).map_err(|_| ApiError::field("cursor", "is not a cursor from this API"))?;
+    let bytes =
+        URL_SAFE_NO_PAD.decode(cursor).map_err(|_| ApiError::field("cursor", "is not a cursor from this API"))?;
+    let uuid =
+        uuid::Uuid::from_slice(&bytes).map_err(|_| ApiError::field("cursor", "is not a cursor from this API"))?;
     Ok(RideId(uuid))
 }
 
@@ -197,7 +208,8 @@ pub async fn rate(
         Role::Driver => RatingParty::Driver,
     };
     let fp = fingerprint(&format!("POST /v1/rides/{}/rating", ride.ride_id), &req);
-    let command = RideCommand::RateRide(RateRide { by, rater_id: user.user_id, stars: req.stars, comment: req.comment });
+    let command =
+        RideCommand::RateRide(RateRide { by, rater_id: user.user_id, stars: req.stars, comment: req.comment });
     submit(&state, &headers, &user.user_id.to_string(), fp, ride_submission(user, ride.ride_id, command, false)).await
 }
 
@@ -228,7 +240,11 @@ fn optional_body<T: Default + serde::de::DeserializeOwned>(body: &Bytes) -> Resu
         if e.is_syntax() || e.is_eof() {
             ApiError::MalformedJson(e.to_string())
         } else {
-            ApiError::InvalidBody { status: axum::http::StatusCode::UNPROCESSABLE_ENTITY, detail: e.to_string(), field: None }
+            ApiError::InvalidBody {
+                status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                detail: e.to_string(),
+                field: None,
+            }
         }
     })
 }

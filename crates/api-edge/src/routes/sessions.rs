@@ -19,7 +19,10 @@ pub struct LoginRequest {
     pub password: String,
 }
 
-pub async fn login(State(state): State<AppState>, ValidJson(req): ValidJson<LoginRequest>) -> Result<Json<Value>, ApiError> {
+pub async fn login(
+    State(state): State<AppState>,
+    ValidJson(req): ValidJson<LoginRequest>,
+) -> Result<Json<Value>, ApiError> {
     if req.password.len() > 1024 {
         return Err(ApiError::InvalidCredentials);
     }

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::response::Response;
 use ridehail_events::user::{PasswordHash, RegisterUser, Role, UserCommand, Vehicle};
-use ridehail_events::validation::{invalid_vehicle_field, valid_email, valid_name, valid_password, MIN_PASSWORD_CHARS};
+use ridehail_events::validation::{MIN_PASSWORD_CHARS, invalid_vehicle_field, valid_email, valid_name, valid_password};
 use ridehail_events::{Actor, UserId, topics};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -38,7 +38,8 @@ struct RegisterFingerprint<'a> {
 
 fn validate(req: &RegisterRequest) -> Result<(), ApiError> {
     let mut errors = Vec::new();
-    let mut fail = |field: &str, message: &str| errors.push(FieldError { field: field.into(), message: message.into() });
+    let mut fail =
+        |field: &str, message: &str| errors.push(FieldError { field: field.into(), message: message.into() });
     if !valid_email(&req.email) {
         fail("email", "must be an e-mail address");
     }

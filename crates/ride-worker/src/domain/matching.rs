@@ -21,7 +21,13 @@ pub struct MatchingPolicy {
 
 impl Default for MatchingPolicy {
     fn default() -> Self {
-        Self { initial_radius_m: 2_000, radius_step_m: 2_000, max_radius_m: 8_000, retry_interval_s: 10, offer_timeout_s: 20 }
+        Self {
+            initial_radius_m: 2_000,
+            radius_step_m: 2_000,
+            max_radius_m: 8_000,
+            retry_interval_s: 10,
+            offer_timeout_s: 20,
+        }
     }
 }
 

@@ -116,7 +116,7 @@ fn invalid_state(state: &RideState, action: &'static str) -> RideRejection {
     RideRejection::InvalidState { status: state.status, action }
 }
 
-fn existing<'a>(state: &'a Option<RideState>) -> Result<&'a RideState, RideRejection> {
+fn existing(state: &Option<RideState>) -> Result<&RideState, RideRejection> {
     state.as_ref().ok_or(RideRejection::RideNotFound)
 }
 
@@ -131,7 +131,12 @@ fn offer_to<'a>(state: &'a RideState, driver_id: UserId, action: &'static str) -
     }
 }
 
-fn assigned(state: &RideState, driver_id: UserId, expected: RideStatus, action: &'static str) -> Result<(), RideRejection> {
+fn assigned(
+    state: &RideState,
+    driver_id: UserId,
+    expected: RideStatus,
+    action: &'static str,
+) -> Result<(), RideRejection> {
     if state.driver_id != Some(driver_id) {
         return Err(RideRejection::NotAssignedDriver);
     }
@@ -167,14 +172,16 @@ fn next_search(state: &RideState, attempt: u32, policy: &MatchingPolicy) -> Sear
 }
 
 fn timed_out_offer<'a>(state: &'a RideState, timer: &ExpireOffer) -> Option<&'a Offer> {
-    state
-        .offer
-        .as_ref()
-        .filter(|o| state.status == RideStatus::Requested && o.driver_id == timer.driver_id && o.offer_number == timer.offer_number)
+    state.offer.as_ref().filter(|o| {
+        state.status == RideStatus::Requested && o.driver_id == timer.driver_id && o.offer_number == timer.offer_number
+    })
 }
 
 fn retry_applies(state: &RideState, timer: &RetryMatching) -> bool {
-    state.status == RideStatus::Requested && state.retry_pending && state.offer.is_none() && state.search_attempt == timer.attempt
+    state.status == RideStatus::Requested
+        && state.retry_pending
+        && state.offer.is_none()
+        && state.search_attempt == timer.attempt
 }
 
 /// What happens after a search: offer the ride to the candidate, or widen the search, or give up.
@@ -199,7 +206,11 @@ fn after_search(state: &RideState, attempt: u32, facts: &Facts<'_>) -> RideEvent
 }
 
 /// Decides what a command does to a ride. Pure: same inputs, same answer.
-pub fn decide(state: &Option<RideState>, command: &RideCommand, facts: &Facts<'_>) -> Result<Vec<RideEvent>, RideRejection> {
+pub fn decide(
+    state: &Option<RideState>,
+    command: &RideCommand,
+    facts: &Facts<'_>,
+) -> Result<Vec<RideEvent>, RideRejection> {
     match command {
         RideCommand::RequestRide(c) => {
             if state.is_some() {
@@ -231,12 +242,16 @@ pub fn decide(state: &Option<RideState>, command: &RideCommand, facts: &Facts<'_
             if facts.now >= offer.expires_at {
                 return Err(RideRejection::OfferExpired);
             }
-            Ok(vec![RideEvent::DriverAssigned(DriverAssigned { driver_id: *driver_id, offer_number: offer.offer_number })])
+            Ok(vec![RideEvent::DriverAssigned(DriverAssigned {
+                driver_id: *driver_id,
+                offer_number: offer.offer_number,
+            })])
         }
         RideCommand::DeclineRide(DeclineRide { driver_id }) => {
             let s = existing(state)?;
             let offer = offer_to(s, *driver_id, "decline")?;
-            let declined = RideEvent::DriverDeclined(DriverDeclined { driver_id: *driver_id, offer_number: offer.offer_number });
+            let declined =
+                RideEvent::DriverDeclined(DriverDeclined { driver_id: *driver_id, offer_number: offer.offer_number });
             let after = evolve(state.clone(), &declined, facts.now);
             let next = after.as_ref().map(|a| after_search(a, a.search_attempt, facts));
             Ok(std::iter::once(declined).chain(next).collect())
@@ -247,7 +262,8 @@ pub fn decide(state: &Option<RideState>, command: &RideCommand, facts: &Facts<'_
             if facts.now < offer.expires_at {
                 return Err(RideRejection::StaleTimer);
             }
-            let expired = RideEvent::OfferExpired(OfferExpired { driver_id: c.driver_id, offer_number: c.offer_number });
+            let expired =
+                RideEvent::OfferExpired(OfferExpired { driver_id: c.driver_id, offer_number: c.offer_number });
             let after = evolve(state.clone(), &expired, facts.now);
             let next = after.as_ref().map(|a| after_search(a, a.search_attempt, facts));
             Ok(std::iter::once(expired).chain(next).collect())
@@ -326,7 +342,12 @@ pub fn decide(state: &Option<RideState>, command: &RideCommand, facts: &Facts<'_
             if already {
                 return Err(RideRejection::AlreadyRated);
             }
-            Ok(vec![RideEvent::RideRated(RideRated { by: *by, rater_id: *rater_id, stars: *stars, comment: comment.clone() })])
+            Ok(vec![RideEvent::RideRated(RideRated {
+                by: *by,
+                rater_id: *rater_id,
+                stars: *stars,
+                comment: comment.clone(),
+            })])
         }
     }
 }

@@ -116,14 +116,19 @@ fn started() -> RideEvent {
     RideEvent::RideStarted(RideStarted { driver_id: DRIVER })
 }
 fn completed() -> RideEvent {
-    RideEvent::RideCompleted(RideCompleted { driver_id: DRIVER, fare: PricingPolicy::default().fare(2_000, 600, SURGE_ONE) })
+    RideEvent::RideCompleted(RideCompleted {
+        driver_id: DRIVER,
+        fare: PricingPolicy::default().fare(2_000, 600, SURGE_ONE),
+    })
 }
 
 fn history(name: &str) -> Vec<RideEvent> {
     let mut h = match name {
         "none" => return vec![],
         "searching" => return vec![requested(), retry_scheduled(1)],
-        "expired" => return vec![requested(), RideEvent::RideExpired(RideExpired { search_attempts: 4, offers_made: 0 })],
+        "expired" => {
+            return vec![requested(), RideEvent::RideExpired(RideExpired { search_attempts: 4, offers_made: 0 })];
+        }
         _ => vec![requested(), offered(DRIVER, 1)],
     };
     let steps: &[fn() -> RideEvent] = match name {
@@ -211,7 +216,11 @@ fn matrix() -> Vec<(&'static str, &'static str, Expect)> {
             _ => Some(bad(st, action)),
         };
         rows.push((s, "accept", offer_answer("accept").unwrap_or(Events(&["DriverAssigned"]))));
-        rows.push((s, "decline", offer_answer("decline").unwrap_or(Events(&["DriverDeclined", "MatchingRetryScheduled"]))));
+        rows.push((
+            s,
+            "decline",
+            offer_answer("decline").unwrap_or(Events(&["DriverDeclined", "MatchingRetryScheduled"])),
+        ));
         // Driver progress: arrive -> start -> complete, each from exactly one state.
         for (action, from, event) in [
             ("arrive", S::DriverAssigned, "DriverArrived"),
@@ -242,7 +251,11 @@ fn matrix() -> Vec<(&'static str, &'static str, Expect)> {
         ));
         rows.push((s, "rate", if st == S::Completed { Events(&["RideRated"]) } else { bad(st, "rate") }));
         rows.push((s, "expire_offer", Reject(StaleTimer)));
-        rows.push((s, "retry", if s == "searching" { Events(&["MatchingRetryScheduled"]) } else { Reject(StaleTimer) }));
+        rows.push((
+            s,
+            "retry",
+            if s == "searching" { Events(&["MatchingRetryScheduled"]) } else { Reject(StaleTimer) },
+        ));
     }
     rows
 }
@@ -307,7 +320,12 @@ fn search_asks_for_the_first_radius_then_skips_drivers_already_tried() {
     let search = search_for(&None, &command("request"), &policy).unwrap();
     assert_eq!((search.at, search.radius_m, search.exclude.len()), (pickup(), 2_000, 0));
 
-    let g = given(vec![requested(), offered(OTHER_DRIVER, 1), RideEvent::DriverDeclined(DriverDeclined { driver_id: OTHER_DRIVER, offer_number: 1 }), offered(DRIVER, 2)]);
+    let g = given(vec![
+        requested(),
+        offered(OTHER_DRIVER, 1),
+        RideEvent::DriverDeclined(DriverDeclined { driver_id: OTHER_DRIVER, offer_number: 1 }),
+        offered(DRIVER, 2),
+    ]);
     let search = search_for(&g.state(), &command("decline"), &policy).unwrap();
     assert_eq!(search.exclude, vec![OTHER_DRIVER, DRIVER]);
     // Commands that will be refused need no lookup.
@@ -326,7 +344,10 @@ fn a_decline_offers_the_ride_to_the_next_driver() {
 #[test]
 fn only_the_offered_driver_may_answer_and_only_in_time() {
     let g = given(history("offered"));
-    assert_eq!(g.when(RideCommand::AcceptRide(AcceptRide { driver_id: STRANGER })), Err(RideRejection::NotOfferedToDriver));
+    assert_eq!(
+        g.when(RideCommand::AcceptRide(AcceptRide { driver_id: STRANGER })),
+        Err(RideRejection::NotOfferedToDriver)
+    );
     let late = given(history("offered")).at(t0() + Duration::seconds(20));
     assert_eq!(late.when(command("accept")), Err(RideRejection::OfferExpired));
 }
@@ -338,8 +359,13 @@ fn an_unanswered_offer_expires_when_due_and_moves_on() {
     assert_eq!(events[0], RideEvent::OfferExpired(OfferExpired { driver_id: DRIVER, offer_number: 1 }));
     assert!(matches!(&events[1], RideEvent::DriverOffered(o) if o.driver_id == OTHER_DRIVER && o.offer_number == 2));
     // A timer for an older offer is stale.
-    let stale = given(vec![requested(), offered(DRIVER, 1), RideEvent::DriverDeclined(DriverDeclined { driver_id: DRIVER, offer_number: 1 }), offered(OTHER_DRIVER, 2)])
-        .at(t0() + Duration::seconds(60));
+    let stale = given(vec![
+        requested(),
+        offered(DRIVER, 1),
+        RideEvent::DriverDeclined(DriverDeclined { driver_id: DRIVER, offer_number: 1 }),
+        offered(OTHER_DRIVER, 2),
+    ])
+    .at(t0() + Duration::seconds(60));
     assert_eq!(stale.when(command("expire_offer")), Err(RideRejection::StaleTimer));
 }
 
@@ -423,7 +449,8 @@ fn cancelling_releases_whoever_holds_the_ride_and_records_who_cancelled() {
 
 #[test]
 fn each_side_rates_once_with_one_to_five_stars() {
-    let rate = |by, rater_id, stars| RideCommand::RateRide(RateRide { by, rater_id, stars, comment: Some("great".into()) });
+    let rate =
+        |by, rater_id, stars| RideCommand::RateRide(RateRide { by, rater_id, stars, comment: Some("great".into()) });
     let g = given(history("completed"));
     assert!(g.when(rate(RatingParty::Driver, DRIVER, 4)).is_ok());
     assert_eq!(g.when(rate(RatingParty::Rider, RIDER, 0)), Err(RideRejection::InvalidStars));
@@ -447,5 +474,8 @@ fn evolve_tracks_offers_tried_drivers_and_the_start_time() {
     assert_eq!(s.tried, vec![DRIVER]);
     assert_eq!(s.started_at, Some(t0() + Duration::minutes(3)));
     let offered_state = given(history("offered")).state().unwrap();
-    assert_eq!(offered_state.offer, Some(Offer { driver_id: DRIVER, offer_number: 1, expires_at: t0() + Duration::seconds(20) }));
+    assert_eq!(
+        offered_state.offer,
+        Some(Offer { driver_id: DRIVER, offer_number: 1, expires_at: t0() + Duration::seconds(20) })
+    );
 }

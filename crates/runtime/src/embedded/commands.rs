@@ -56,8 +56,10 @@ impl CommandStatusStore for EmbeddedCommandStatus {
                 .query_row(params![command_id.to_string()], |r| r.get(0))
                 .optional()?)
         })?;
-        body.map(|b| serde_json::from_str(&b).map_err(|e| anyhow::anyhow!("stored command status does not decode: {e}")))
-            .transpose()
+        body.map(|b| {
+            serde_json::from_str(&b).map_err(|e| anyhow::anyhow!("stored command status does not decode: {e}"))
+        })
+        .transpose()
     }
 
     async fn wait_final(&self, command_id: CommandId, timeout: Duration) -> anyhow::Result<Option<CommandStatus>> {

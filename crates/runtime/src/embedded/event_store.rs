@@ -9,8 +9,8 @@ use rusqlite::params;
 use uuid::Uuid;
 
 use super::sqlite::Db;
-use crate::ports::{AppendError, EventStore, ReadAllPage};
 use crate::ports::event_store_validate as validate_batch;
+use crate::ports::{AppendError, EventStore, ReadAllPage};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -81,8 +81,7 @@ impl EventStore for EmbeddedEventStore {
 
     async fn read_stream(&self, aggregate_id: Uuid) -> anyhow::Result<Vec<WireEvent>> {
         self.db.with(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT body FROM events WHERE aggregate_id = ?1 ORDER BY sequence")?;
+            let mut stmt = conn.prepare_cached("SELECT body FROM events WHERE aggregate_id = ?1 ORDER BY sequence")?;
             let rows = stmt.query_map(params![aggregate_id.to_string()], |r| r.get::<_, String>(0))?;
             let mut out = Vec::new();
             for body in rows {
@@ -98,9 +97,10 @@ impl EventStore for EmbeddedEventStore {
             None => 0,
         };
         self.db.with(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT position, body FROM events WHERE position > ?1 ORDER BY position LIMIT ?2")?;
-            let rows = stmt.query_map(params![after, limit as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+            let mut stmt = conn
+                .prepare_cached("SELECT position, body FROM events WHERE position > ?1 ORDER BY position LIMIT ?2")?;
+            let rows =
+                stmt.query_map(params![after, limit as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
             let mut events = Vec::new();
             let mut last = None;
             for row in rows {

@@ -109,10 +109,9 @@ impl RideViews for EmbeddedRideViews {
 
     async fn count_waiting_in_cell(&self, cell: &str) -> anyhow::Result<u64> {
         self.db.with(|conn| {
-            Ok(conn.prepare_cached("SELECT COUNT(*) FROM rides WHERE pickup_cell = ?1 AND status = 'requested'")?.query_row(
-                params![cell],
-                |r| r.get(0),
-            )?)
+            Ok(conn
+                .prepare_cached("SELECT COUNT(*) FROM rides WHERE pickup_cell = ?1 AND status = 'requested'")?
+                .query_row(params![cell], |r| r.get(0))?)
         })
     }
 

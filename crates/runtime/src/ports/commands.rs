@@ -66,11 +66,7 @@ pub trait CommandStatusStore: Send + Sync + std::fmt::Debug {
     async fn get(&self, command_id: CommandId) -> anyhow::Result<Option<CommandStatus>>;
 
     /// Waits up to `timeout` for the command to reach a final state; returns the latest status seen.
-    async fn wait_final(
-        &self,
-        command_id: CommandId,
-        timeout: Duration,
-    ) -> anyhow::Result<Option<CommandStatus>> {
+    async fn wait_final(&self, command_id: CommandId, timeout: Duration) -> anyhow::Result<Option<CommandStatus>> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut pause = Duration::from_millis(2);
         loop {

@@ -1,7 +1,7 @@
 //! The user aggregate: registration, profile, and (for drivers) availability and location.
 
-use ridehail_events::user::*;
 use ridehail_events::GeoPoint;
+use ridehail_events::user::*;
 
 use ridehail_events::validation::{invalid_vehicle_field, valid_email, valid_name};
 
@@ -146,7 +146,13 @@ pub fn decide(state: &Option<UserState>, command: &UserCommand) -> Result<Vec<Us
 
 pub fn evolve(state: Option<UserState>, event: &UserEvent) -> Option<UserState> {
     if let UserEvent::UserRegistered(e) = event {
-        return Some(UserState { role: e.role, name: e.name.clone(), vehicle: e.vehicle.clone(), online: false, location: None });
+        return Some(UserState {
+            role: e.role,
+            name: e.name.clone(),
+            vehicle: e.vehicle.clone(),
+            online: false,
+            location: None,
+        });
     }
     let mut s = state?;
     match event {
