@@ -102,7 +102,7 @@ impl IntoResponse for ApiError {
             }
             Self::InvalidBody { status, detail, field } => {
                 let errors = field.map(|field| vec![FieldError { field, message: detail.clone() }]).unwrap_or_default();
-                problem(status, "invalid_body", "Invalid request body", Some(detail), errors)
+                problem(status, "invalid_request", "Invalid request", Some(detail), errors)
             }
             Self::Validation(errors) => {
                 let detail =

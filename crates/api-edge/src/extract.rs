@@ -49,6 +49,23 @@ fn json_problem(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// Query parameters; a malformed query string is a 400 problem naming the parameter.
+#[derive(Debug, Clone)]
+pub struct ValidQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ValidQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                Err(ApiError::InvalidBody { status: rejection.status(), detail: rejection.body_text(), field: None })
+            }
+        }
+    }
+}
+
 /// Parses an id from a path segment, or fails naming the parameter.
 pub fn parse_id<T: std::str::FromStr>(raw: &str, name: &str) -> Result<T, ApiError> {
     raw.parse().map_err(|_| ApiError::field(name, "must be a UUID"))

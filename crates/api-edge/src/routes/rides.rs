@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -18,7 +18,7 @@ use super::Position;
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
-use crate::extract::{CommandHeaders, ValidJson, parse_id};
+use crate::extract::{CommandHeaders, ValidJson, ValidQuery, parse_id};
 use crate::submit::{Resource, Submission, fingerprint, submit};
 
 pub const MAX_PAGE: usize = 100;
@@ -101,7 +101,7 @@ pub struct ListParams {
 pub async fn list(
     State(state): State<AppState>,
     user: AuthUser,
-    Query(params): Query<ListParams>,
+    ValidQuery(params): ValidQuery<ListParams>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
