@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 pub const SURGE_ONE: u32 = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct PricingPolicy {
     /// ISO 4217 code of every amount below.
     pub currency: String,

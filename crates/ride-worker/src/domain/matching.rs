@@ -8,7 +8,7 @@ use ridehail_events::{GeoPoint, UserId};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct MatchingPolicy {
     pub initial_radius_m: u32,
     pub radius_step_m: u32,

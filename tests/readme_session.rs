@@ -1,0 +1,218 @@
+//! The README's curl session against the real binary, then `kill -9`, a restart on the same data
+//! directory, and a check that every user, ride and history survived.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::{Api, Server};
+
+const DRIVER_EMAIL: &str = "dora@example.com";
+const DRIVER_PASSWORD: &str = "dora-drives-safely";
+const RIDER_EMAIL: &str = "rui@example.com";
+const RIDER_PASSWORD: &str = "rui-rides-often";
+
+/// The README session, step by step. Returns the ride id.
+async fn readme_session(api: &Api) -> String {
+    // Register a driver and a rider.
+    let (status, driver) = api
+        .send(
+            "POST",
+            "/v1/users",
+            None,
+            Some(json!({
+                "email": DRIVER_EMAIL, "password": DRIVER_PASSWORD, "name": "Dora", "role": "driver",
+                "vehicle": { "make": "Toyota", "model": "Prius", "colour": "white", "plate": "AA-11-BB" }
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{driver}");
+    let (status, rider) = api
+        .send(
+            "POST",
+            "/v1/users",
+            None,
+            Some(json!({ "email": RIDER_EMAIL, "password": RIDER_PASSWORD, "name": "Rui", "role": "rider" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{rider}");
+
+    // Log in.
+    let (driver_id, driver_token) = api.login(DRIVER_EMAIL, DRIVER_PASSWORD).await;
+    let (rider_id, rider_token) = api.login(RIDER_EMAIL, RIDER_PASSWORD).await;
+
+    // The driver goes online near the pickup.
+    let (status, body) = api
+        .send(
+            "PUT",
+            "/v1/drivers/me/availability",
+            Some(&driver_token),
+            Some(json!({ "online": true, "location": { "lat": 38.7230, "lon": -9.1400 } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["online"], true);
+
+    // The rider requests a ride; it is offered to the driver.
+    let (status, ride) = api
+        .send(
+            "POST",
+            "/v1/rides",
+            Some(&rider_token),
+            Some(
+                json!({ "pickup": { "lat": 38.7223, "lon": -9.1393 }, "dropoff": { "lat": 38.7369, "lon": -9.1427 } }),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{ride}");
+    assert_eq!(ride["offered_driver_id"], driver_id.as_str());
+    let ride_id = ride["ride_id"].as_str().unwrap().to_owned();
+
+    // The driver accepts, arrives, starts and completes.
+    for (action, expected) in [("accept", "driver_assigned"), ("arrive", "driver_arrived"), ("start", "in_progress")] {
+        let (status, body) =
+            api.send("POST", &format!("/v1/rides/{ride_id}/{action}"), Some(&driver_token), None).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some(expected)), "{action}: {body}");
+    }
+    let (status, body) = api
+        .send(
+            "POST",
+            &format!("/v1/rides/{ride_id}/complete"),
+            Some(&driver_token),
+            Some(json!({ "distance_meters": 2300 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["fare"]["distance_meters"], 2300);
+
+    // Both rate.
+    let (status, body) = api
+        .send(
+            "POST",
+            &format!("/v1/rides/{ride_id}/rating"),
+            Some(&rider_token),
+            Some(json!({ "stars": 5, "comment": "smooth" })),
+        )
+        .await;
+    assert_eq!((status, &body["rider_rating"]), (200, &json!(5)), "{body}");
+    let (status, body) = api
+        .send("POST", &format!("/v1/rides/{ride_id}/rating"), Some(&driver_token), Some(json!({ "stars": 4 })))
+        .await;
+    assert_eq!((status, &body["driver_rating"]), (200, &json!(4)), "{body}");
+
+    // The rider reads the ride and its history.
+    let (status, ride) = api.send("GET", &format!("/v1/rides/{ride_id}"), Some(&rider_token), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(ride["rider_id"], rider_id.as_str());
+    assert_eq!(ride["driver_id"], driver_id.as_str());
+    assert!(ride["fare"]["total_minor"].as_i64().unwrap() >= 500);
+    let (status, history) = api.send("GET", &format!("/v1/rides/{ride_id}/history"), Some(&rider_token), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        event_types(&history),
+        [
+            "RideRequested",
+            "DriverOffered",
+            "DriverAssigned",
+            "DriverArrived",
+            "RideStarted",
+            "RideCompleted",
+            "RideRated",
+            "RideRated"
+        ]
+    );
+    ride_id
+}
+
+fn event_types(history: &Value) -> Vec<&str> {
+    history["events"].as_array().unwrap().iter().map(|e| e["event_type"].as_str().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn the_readme_session_survives_kill_9_and_restart() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let api = Api::new(&server.url);
+    let ride_id = readme_session(&api).await;
+    let (_, rider_token) = api.login(RIDER_EMAIL, RIDER_PASSWORD).await;
+    let (_, ride_before) = api.send("GET", &format!("/v1/rides/{ride_id}"), Some(&rider_token), None).await;
+    let (_, history_before) = api.send("GET", &format!("/v1/rides/{ride_id}/history"), Some(&rider_token), None).await;
+    let (_, me_before) = api.send("GET", "/v1/me", Some(&rider_token), None).await;
+
+    server.kill_9();
+    let server = Server::start(dir.path(), &[]);
+    let api = Api::new(&server.url);
+
+    // Tokens issued before the restart are still valid (the development secret is kept on disk).
+    let (_, me_after) = api.send("GET", "/v1/me", Some(&rider_token), None).await;
+    assert_eq!(me_after, me_before);
+    let (_, driver_token) = api.login(DRIVER_EMAIL, DRIVER_PASSWORD).await;
+    let (_, ride_after) = api.send("GET", &format!("/v1/rides/{ride_id}"), Some(&rider_token), None).await;
+    assert_eq!(ride_after, ride_before);
+    let (_, history_after) = api.send("GET", &format!("/v1/rides/{ride_id}/history"), Some(&rider_token), None).await;
+    assert_eq!(history_after, history_before);
+    let (_, driver_rides) = api.send("GET", "/v1/rides", Some(&driver_token), None).await;
+    assert_eq!(driver_rides["items"][0]["ride_id"], ride_id.as_str());
+    // And the restarted system keeps working.
+    let (status, me) = api.send("GET", "/v1/me", Some(&driver_token), None).await;
+    assert_eq!((status, me["online"].as_bool()), (200, Some(true)));
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_process_cleanly() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let api = Api::new(&server.url);
+    let (status, _) = api.send("GET", "/health/ready", None, None).await;
+    assert_eq!(status, 200);
+    let started = std::time::Instant::now();
+    let exit = server.terminate();
+    assert!(exit.success(), "exit status {exit:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn an_offer_timeout_fires_after_a_restart() {
+    let dir = tempfile::TempDir::new().unwrap();
+    // Short offers, and a single search radius so that the ride expires once its only driver is gone.
+    let env = [
+        ("RIDEHAIL__RIDE_WORKER__MATCHING__OFFER_TIMEOUT_S", "2"),
+        ("RIDEHAIL__RIDE_WORKER__MATCHING__MAX_RADIUS_M", "2000"),
+    ];
+    let mut server = Server::start(dir.path(), &env);
+    let api = Api::new(&server.url);
+    let driver = json!({
+        "email": "tom@example.com", "password": "tom-is-never-on-time", "name": "Tom", "role": "driver",
+        "vehicle": { "make": "Fiat", "model": "Panda", "colour": "blue", "plate": "TT-00-TT" }
+    });
+    assert_eq!(api.send("POST", "/v1/users", None, Some(driver)).await.0, 201);
+    let rider =
+        json!({ "email": "ana@example.com", "password": "ana-waits-patiently", "name": "Ana", "role": "rider" });
+    assert_eq!(api.send("POST", "/v1/users", None, Some(rider)).await.0, 201);
+    let (_, driver_token) = api.login("tom@example.com", "tom-is-never-on-time").await;
+    let (_, rider_token) = api.login("ana@example.com", "ana-waits-patiently").await;
+    let online = json!({ "online": true, "location": { "lat": 38.7230, "lon": -9.1400 } });
+    assert_eq!(api.send("PUT", "/v1/drivers/me/availability", Some(&driver_token), Some(online)).await.0, 200);
+    let trip = json!({ "pickup": { "lat": 38.7223, "lon": -9.1393 }, "dropoff": { "lat": 38.7369, "lon": -9.1427 } });
+    let (_, ride) = api.send("POST", "/v1/rides", Some(&rider_token), Some(trip)).await;
+    let ride_id = ride["ride_id"].as_str().unwrap().to_owned();
+    assert!(ride["offered_driver_id"].is_string(), "{ride}");
+
+    // Down while the offer runs out.
+    server.kill_9();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let server = Server::start(dir.path(), &env);
+    let api = Api::new(&server.url);
+
+    let mut ride = Value::Null;
+    for _ in 0..100 {
+        ride = api.send("GET", &format!("/v1/rides/{ride_id}"), Some(&rider_token), None).await.1;
+        if ride["status"] == "expired" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(ride["status"], "expired", "{ride}");
+    let (_, history) = api.send("GET", &format!("/v1/rides/{ride_id}/history"), Some(&rider_token), None).await;
+    assert_eq!(event_types(&history), ["RideRequested", "DriverOffered", "OfferExpired", "RideExpired"]);
+}
