@@ -1,0 +1,191 @@
+//! ride-worker's handler on a real embedded backend, with time under the test's control.
+
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use ride_worker::{MatchingPolicy, PricingPolicy, RideCommandHandler};
+use ridehail_events::ride::*;
+use ridehail_events::{Actor, CommandEnvelope, CommandId, CorrelationId, GeoPoint, RideId, UserId, WireCommand};
+use ridehail_runtime::consumer::MessageHandler;
+use ridehail_runtime::ports::{CommandState, IncomingMessage, StartFrom};
+use ridehail_runtime::worker::command_record;
+use ridehail_runtime::{Backend, Clock, ManualClock};
+use tempfile::TempDir;
+
+struct World {
+    backend: Backend,
+    clock: Arc<ManualClock>,
+    handler: RideCommandHandler,
+    _dir: TempDir,
+}
+
+const PICKUP: GeoPoint = GeoPoint { lat: 38.7223, lon: -9.1393 };
+const DROPOFF: GeoPoint = GeoPoint { lat: 38.7369, lon: -9.1427 };
+
+fn world() -> World {
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap()));
+    let backend = ridehail_runtime::embedded::open(dir.path(), 2, clock.clone()).unwrap();
+    let handler = RideCommandHandler::new(backend.clone(), PricingPolicy::default(), MatchingPolicy::default());
+    World { backend, clock, handler, _dir: dir }
+}
+
+impl World {
+    async fn driver_at(&self, north_m: f64) -> UserId {
+        let id = UserId::new();
+        let at = GeoPoint { lat: PICKUP.lat + north_m / 111_320.0, lon: PICKUP.lon };
+        self.backend.drivers.update_driver(id, Some(at), true, 1).await.unwrap();
+        id
+    }
+
+    fn message(&self, ride: RideId, actor: Actor, command: RideCommand) -> (CommandId, IncomingMessage) {
+        let envelope = CommandEnvelope {
+            command_id: CommandId::new(),
+            aggregate_id: ride.0,
+            correlation_id: CorrelationId::new(),
+            causation_id: None,
+            actor,
+            issued_at: self.clock.now(),
+            command,
+        };
+        (envelope.command_id, incoming(&envelope.to_wire()))
+    }
+
+    async fn send(&self, ride: RideId, command: RideCommand) -> CommandId {
+        let actor = Actor::User { user_id: uuid::Uuid::now_v7(), role: ridehail_events::user::Role::Rider };
+        let (id, message) = self.message(ride, actor, command);
+        self.handler.handle(&message).await.unwrap();
+        id
+    }
+
+    async fn history(&self, ride: RideId) -> Vec<String> {
+        self.backend.events.read_stream(ride.0).await.unwrap().into_iter().map(|e| e.event_type).collect()
+    }
+
+    async fn view(&self, ride: RideId) -> ridehail_runtime::ports::RideView {
+        self.backend.rides.get(ride).await.unwrap().unwrap()
+    }
+}
+
+fn incoming(wire: &WireCommand) -> IncomingMessage {
+    let record = command_record(wire);
+    IncomingMessage {
+        topic: ridehail_events::topics::RIDE_COMMANDS.into(),
+        partition: 0,
+        offset: 0,
+        key: record.key,
+        headers: record.headers,
+        payload: record.payload,
+        timestamp: Utc::now(),
+    }
+}
+
+fn request(rider: UserId) -> RideCommand {
+    RideCommand::RequestRide(RequestRide { rider_id: rider, pickup: PICKUP, dropoff: DROPOFF })
+}
+
+#[tokio::test]
+async fn a_redelivered_command_changes_nothing() {
+    let w = world();
+    w.driver_at(300.0).await;
+    let ride = RideId::new();
+    let actor = Actor::User { user_id: uuid::Uuid::now_v7(), role: ridehail_events::user::Role::Rider };
+    let (id, message) = w.message(ride, actor, request(UserId::new()));
+    w.handler.handle(&message).await.unwrap();
+    let first = w.backend.events.read_stream(ride.0).await.unwrap();
+    w.handler.handle(&message).await.unwrap();
+    assert_eq!(w.backend.events.read_stream(ride.0).await.unwrap(), first);
+    assert_eq!(w.backend.commands.get(id).await.unwrap().unwrap().state, CommandState::Accepted);
+}
+
+#[tokio::test]
+async fn a_command_appended_before_a_crash_only_finishes_its_effects_on_redelivery() {
+    let w = world();
+    let ride = RideId::new();
+    let envelope = CommandEnvelope {
+        command_id: CommandId::new(),
+        aggregate_id: ride.0,
+        correlation_id: CorrelationId::new(),
+        causation_id: None,
+        actor: Actor::Anonymous,
+        issued_at: Utc::now(),
+        command: request(UserId::new()),
+    };
+    // Decided and appended, but the process died before recording the outcome.
+    w.handler.process(&envelope).await.unwrap();
+    let appended = w.backend.events.read_stream(ride.0).await.unwrap();
+    assert!(w.backend.commands.get(envelope.command_id).await.unwrap().is_none());
+    w.handler.handle(&incoming(&envelope.to_wire())).await.unwrap();
+    assert_eq!(w.backend.events.read_stream(ride.0).await.unwrap(), appended);
+    let status = w.backend.commands.get(envelope.command_id).await.unwrap().unwrap();
+    assert_eq!(status.events, ["RideRequested", "MatchingRetryScheduled"]);
+}
+
+#[tokio::test]
+async fn the_nearest_driver_is_offered_and_a_decline_goes_to_the_next_one() {
+    let w = world();
+    let near = w.driver_at(200.0).await;
+    let far = w.driver_at(900.0).await;
+    let ride = RideId::new();
+    w.send(ride, request(UserId::new())).await;
+    assert_eq!(w.view(ride).await.offered_driver_id, Some(near));
+    w.send(ride, RideCommand::DeclineRide(DeclineRide { driver_id: near })).await;
+    assert_eq!(w.view(ride).await.offered_driver_id, Some(far));
+    assert_eq!(w.history(ride).await, ["RideRequested", "DriverOffered", "DriverDeclined", "DriverOffered"]);
+    // The driver who declined is free for another ride.
+    let other = RideId::new();
+    w.send(other, request(UserId::new())).await;
+    assert_eq!(w.view(other).await.offered_driver_id, Some(near));
+}
+
+#[tokio::test]
+async fn two_rides_never_get_the_same_driver_and_completion_frees_them() {
+    let w = world();
+    let driver = w.driver_at(100.0).await;
+    let (first, second) = (RideId::new(), RideId::new());
+    w.send(first, request(UserId::new())).await;
+    w.send(second, request(UserId::new())).await;
+    assert_eq!(w.view(first).await.offered_driver_id, Some(driver));
+    assert_eq!(w.view(second).await.offered_driver_id, None, "the only driver is taken");
+    for command in [
+        RideCommand::AcceptRide(AcceptRide { driver_id: driver }),
+        RideCommand::ArriveAtPickup(ArriveAtPickup { driver_id: driver }),
+        RideCommand::StartRide(StartRide { driver_id: driver }),
+        RideCommand::CompleteRide(CompleteRide { driver_id: driver, distance_meters: None }),
+    ] {
+        w.send(first, command).await;
+    }
+    assert_eq!(w.view(first).await.status, RideStatus::Completed);
+    // Free again: the waiting ride's next search finds them.
+    w.clock.advance(chrono::Duration::seconds(10));
+    w.send(second, RideCommand::RetryMatching(RetryMatching { attempt: 1 })).await;
+    assert_eq!(w.view(second).await.offered_driver_id, Some(driver));
+}
+
+#[tokio::test]
+async fn an_unanswered_offer_expires_through_its_timer_exactly_once() {
+    let w = world();
+    let driver = w.driver_at(100.0).await;
+    let ride = RideId::new();
+    w.send(ride, request(UserId::new())).await;
+    assert_eq!(w.view(ride).await.offered_driver_id, Some(driver));
+    let mut commands =
+        w.backend.bus.subscribe("test", &[ridehail_events::topics::RIDE_COMMANDS], StartFrom::Latest).await.unwrap();
+    // Not due yet: nothing fires.
+    let fired = ridehail_runtime::timers::fire_due(&*w.backend.timers, &*w.backend.bus, &*w.clock).await.unwrap();
+    assert_eq!(fired, 0);
+    w.clock.advance(MatchingPolicy::default().offer_timeout());
+    let fired = ridehail_runtime::timers::fire_due(&*w.backend.timers, &*w.backend.bus, &*w.clock).await.unwrap();
+    assert_eq!(fired, 1);
+    let timer_commands = commands.poll(10, std::time::Duration::from_millis(100)).await.unwrap();
+    assert_eq!(timer_commands.len(), 1);
+    // Delivered twice (a crash between publish and delete): one effect.
+    w.handler.handle(&timer_commands[0]).await.unwrap();
+    w.handler.handle(&timer_commands[0]).await.unwrap();
+    assert_eq!(
+        w.history(ride).await,
+        ["RideRequested", "DriverOffered", "OfferExpired", "MatchingRetryScheduled"],
+        "the only driver was tried, so the search waits to widen"
+    );
+    assert_eq!(w.view(ride).await.offered_driver_id, None);
+}
