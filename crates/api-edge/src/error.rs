@@ -43,6 +43,15 @@ pub enum ApiError {
     Unexpected(#[from] anyhow::Error),
 }
 
+impl From<crate::password::PoolError> for ApiError {
+    fn from(error: crate::password::PoolError) -> Self {
+        match error {
+            crate::password::PoolError::Busy => Self::Unavailable(anyhow::anyhow!(error)),
+            crate::password::PoolError::Failed(_) => Self::Unexpected(anyhow::anyhow!(error)),
+        }
+    }
+}
+
 impl ApiError {
     pub fn field(field: &str, message: impl Into<String>) -> Self {
         Self::Validation(vec![FieldError { field: field.to_owned(), message: message.into() }])

@@ -47,6 +47,10 @@ pub struct EdgeConfig {
     pub idempotency_ttl_hours: u32,
     pub token_ttl_minutes: u32,
     pub token_issuer: String,
+    /// Threads that hash and verify passwords (each hash: ~19 MiB, tens of ms).
+    pub password_threads: usize,
+    /// Password requests allowed to wait for a thread; beyond that the edge answers 503.
+    pub password_queue: usize,
 }
 
 impl Default for EdgeConfig {
@@ -59,6 +63,8 @@ impl Default for EdgeConfig {
             idempotency_ttl_hours: 24,
             token_ttl_minutes: 60,
             token_issuer: "ridehail".into(),
+            password_threads: 2,
+            password_queue: 256,
         }
     }
 }
@@ -69,11 +75,13 @@ pub struct AppState {
     pub backend: Backend,
     pub keys: Arc<JwtKeys>,
     pub config: Arc<EdgeConfig>,
+    pub passwords: password::PasswordPool,
 }
 
 impl AppState {
     pub fn new(backend: Backend, keys: JwtKeys, config: EdgeConfig) -> Self {
-        Self { backend, keys: Arc::new(keys), config: Arc::new(config) }
+        let passwords = password::PasswordPool::new(config.password_threads, config.password_queue);
+        Self { backend, keys: Arc::new(keys), config: Arc::new(config), passwords }
     }
 }
 

@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::ValidJson;
-use crate::password;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,7 +28,7 @@ pub async fn login(
     let credentials =
         state.backend.users.credentials_by_email(&normalise_email(&req.email)).await.map_err(ApiError::Unavailable)?;
     let stored = credentials.as_ref().map(|c| c.password_hash.0.clone());
-    if !password::verify(SecretString::from(req.password), stored).await? {
+    if !state.passwords.verify(SecretString::from(req.password), stored).await? {
         return Err(ApiError::InvalidCredentials);
     }
     let credentials = credentials.ok_or(ApiError::InvalidCredentials)?;

@@ -12,7 +12,6 @@ use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{CommandHeaders, ValidJson};
-use crate::password;
 use crate::submit::{Resource, Submission, fingerprint, submit};
 
 #[derive(Debug, Deserialize)]
@@ -72,7 +71,7 @@ pub async fn register(
         "POST /v1/users",
         &RegisterFingerprint { email: &req.email, name: &req.name, role: req.role, vehicle: &req.vehicle },
     );
-    let password_hash = password::hash(SecretString::from(req.password)).await?;
+    let password_hash = state.passwords.hash(SecretString::from(req.password)).await?;
     let user_id = UserId::new();
     let command = UserCommand::RegisterUser(RegisterUser {
         email: req.email.trim().to_owned(),
