@@ -5,17 +5,77 @@
 //! work queues or is refused with 503), and the memory each thread's allocator keeps for reuse stays
 //! bounded to `threads` x 19 MiB instead of growing with every thread that ever hashed.
 
+use std::cell::RefCell;
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{ARGON2ID_IDENT, Algorithm, Argon2, Block, Params, Version};
 use secrecy::{ExposeSecret, SecretString};
 
 /// OWASP's argon2id baseline: 19 MiB, 2 passes, 1 lane.
 fn argon2() -> Argon2<'static> {
     let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+thread_local! {
+    /// Each hashing thread keeps its argon2 working memory instead of allocating ~19 MiB per hash:
+    /// repeated large allocations fragment the allocator's arenas and inflate the process's memory.
+    static BLOCKS: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+fn compute(argon: &Argon2<'_>, password: &[u8], salt: &[u8], out: &mut [u8]) -> Result<(), PoolError> {
+    BLOCKS.with(|blocks| {
+        let mut blocks = blocks.borrow_mut();
+        let needed = argon.params().block_count();
+        if blocks.len() != needed {
+            blocks.resize(needed, Block::default());
+        }
+        argon
+            .hash_password_into_with_memory(password, salt, out, &mut blocks[..])
+            .map_err(|e| PoolError::Failed(e.to_string()))
+    })
+}
+
+fn failed(e: impl std::fmt::Display) -> PoolError {
+    PoolError::Failed(e.to_string())
+}
+
+/// A new argon2id PHC string for `password`.
+fn hash_now(password: &[u8]) -> Result<String, PoolError> {
+    let argon = argon2();
+    let salt = SaltString::generate(&mut OsRng);
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_buf).map_err(failed)?;
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    compute(&argon, password, salt_bytes, &mut out)?;
+    let phc = PasswordHash {
+        algorithm: ARGON2ID_IDENT,
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(argon.params()).map_err(failed)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).map_err(failed)?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Whether `password` matches the argon2id PHC string (constant-time comparison).
+fn verify_now(password: &[u8], phc: &str) -> Result<bool, PoolError> {
+    let parsed = PasswordHash::new(phc).map_err(|e| failed(format!("stored hash is malformed: {e}")))?;
+    if parsed.algorithm != ARGON2ID_IDENT {
+        return Err(failed("stored hash is not argon2id"));
+    }
+    let params = Params::try_from(&parsed).map_err(failed)?;
+    let version = parsed.version.map(Version::try_from).transpose().map_err(failed)?.unwrap_or_default();
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(failed("stored hash lacks salt or output"));
+    };
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_buf).map_err(failed)?;
+    let mut out = vec![0u8; expected.len()];
+    compute(&Argon2::new(Algorithm::Argon2id, version, params), password, salt_bytes, &mut out)?;
+    Ok(Output::new(&out).map_err(failed)? == expected)
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -75,31 +135,15 @@ impl PasswordPool {
 
     /// An argon2id PHC string for `password`.
     pub async fn hash(&self, password: SecretString) -> Result<String, PoolError> {
-        self.run(move || {
-            let salt = SaltString::generate(&mut OsRng);
-            argon2()
-                .hash_password(password.expose_secret().as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(|e| PoolError::Failed(e.to_string()))
-        })
-        .await?
+        self.run(move || hash_now(password.expose_secret().as_bytes())).await?
     }
 
-    /// Checks `password` against a PHC string. With `None` it still spends the time of one check, so a
+    /// Checks `password` against a PHC string. With `None` it still spends the time of one hash, so a
     /// login for an unknown address takes as long as one with a wrong password.
     pub async fn verify(&self, password: SecretString, stored: Option<String>) -> Result<bool, PoolError> {
-        self.run(move || {
-            let known = stored.is_some();
-            let phc = match stored {
-                Some(phc) => phc,
-                None => argon2()
-                    .hash_password(b"timing-equaliser", &SaltString::generate(&mut OsRng))
-                    .map(|h| h.to_string())
-                    .map_err(|e| PoolError::Failed(e.to_string()))?,
-            };
-            let parsed =
-                PasswordHash::new(&phc).map_err(|e| PoolError::Failed(format!("stored hash is malformed: {e}")))?;
-            Ok(argon2().verify_password(password.expose_secret().as_bytes(), &parsed).is_ok() && known)
+        self.run(move || match stored {
+            Some(phc) => verify_now(password.expose_secret().as_bytes(), &phc),
+            None => hash_now(b"timing-equaliser").map(|_| false),
         })
         .await?
     }
@@ -122,6 +166,20 @@ mod tests {
         assert!(pool.verify(secret("correct horse battery"), Some(phc.clone())).await.unwrap());
         assert!(!pool.verify(secret("wrong horse battery"), Some(phc)).await.unwrap());
         assert!(!pool.verify(secret("anything at all"), None).await.unwrap());
+    }
+
+    #[test]
+    fn hashes_verify_with_the_reference_implementation_both_ways() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let ours = hash_now(b"correct horse battery").unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(argon2().verify_password(b"correct horse battery", &parsed).is_ok());
+        assert!(argon2().verify_password(b"wrong", &parsed).is_err());
+        let theirs =
+            argon2().hash_password(b"correct horse battery", &SaltString::generate(&mut OsRng)).unwrap().to_string();
+        assert!(verify_now(b"correct horse battery", &theirs).unwrap());
+        assert!(!verify_now(b"correct horse battery!", &theirs).unwrap());
+        assert!(verify_now(b"x", "$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaA").is_err(), "only argon2id");
     }
 
     #[tokio::test]
