@@ -53,6 +53,8 @@ struct Counters {
     assigned: AtomicU64,
     not_matched: AtomicU64,
     errors: AtomicU64,
+    /// The first few errors, to say what went wrong.
+    samples: std::sync::Mutex<Vec<String>>,
 }
 
 fn is_loopback(url: &str) -> bool {
@@ -123,8 +125,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 Ok(None) => {
                     counters.not_matched.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(_) => {
+                Err(e) => {
                     counters.errors.fetch_add(1, Ordering::Relaxed);
+                    let mut samples = counters.samples.lock().unwrap_or_else(|p| p.into_inner());
+                    if samples.len() < 5 {
+                        samples.push(format!("{e:#}"));
+                    }
                 }
             }
             drop(permit);
@@ -145,6 +151,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "rides_assigned": assigned,
         "rides_not_matched": counters.not_matched.load(Ordering::Relaxed),
         "errors": counters.errors.load(Ordering::Relaxed),
+        "error_samples": *counters.samples.lock().unwrap_or_else(|p| p.into_inner()),
         "assigned_per_s": assigned as f64 / elapsed.as_secs_f64(),
         "latency_ms": { "p50": ms(0.50), "p95": ms(0.95), "p99": ms(0.99), "max": h.max() as f64 / 1000.0 },
         "server_memory": args.server_pid.and_then(memory_of),

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
 
-use super::sqlite::{Db, from_millis, millis};
+use super::sqlite::{Db, exec, from_millis, millis, one};
 use crate::ports::{BusError, IncomingMessage, MessageBus, OutgoingMessage, PartitionOffset, StartFrom, Subscription};
 
 const SCHEMA: &str = "
@@ -61,7 +61,8 @@ impl EmbeddedBus {
         let topics = db.with(|conn| {
             let tx = conn.transaction()?;
             for (topic, partitions) in topics {
-                tx.execute(
+                exec(
+                    &tx,
                     "INSERT OR IGNORE INTO topics (topic, partitions) VALUES (?1, ?2)",
                     params![topic, partitions],
                 )?;
@@ -101,13 +102,15 @@ impl MessageBus for EmbeddedBus {
                 let partition = partition_for(&message.key, partitions);
                 let offset = match next.get(&partition) {
                     Some(offset) => *offset,
-                    None => tx.query_row(
+                    None => one(
+                        &tx,
                         "SELECT COALESCE(MAX(offset) + 1, 0) FROM messages WHERE topic = ?1 AND partition = ?2",
                         params![topic, partition],
                         |r| r.get::<_, u64>(0),
                     )?,
                 };
-                tx.execute(
+                exec(
+                    &tx,
                     "INSERT INTO messages (topic, partition, offset, key, headers, payload, ts)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     params![
@@ -144,14 +147,15 @@ impl MessageBus for EmbeddedBus {
         let positions = self.inner.db.with(|conn| {
             let mut positions = BTreeMap::new();
             for (topic, partition) in &assigned {
-                let committed: Option<u64> = conn
-                    .query_row(
-                        "SELECT next_offset FROM group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3",
-                        params![group, topic, partition],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                let end: u64 = conn.query_row(
+                let committed: Option<u64> = one(
+                    conn,
+                    "SELECT next_offset FROM group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3",
+                    params![group, topic, partition],
+                    |r| r.get(0),
+                )
+                .optional()?;
+                let end: u64 = one(
+                    conn,
                     "SELECT COALESCE(MAX(offset) + 1, 0) FROM messages WHERE topic = ?1 AND partition = ?2",
                     params![topic, partition],
                     |r| r.get(0),
@@ -160,13 +164,13 @@ impl MessageBus for EmbeddedBus {
                     StartFrom::Committed => committed.unwrap_or(0),
                     StartFrom::Earliest => 0,
                     StartFrom::Latest => end,
-                    StartFrom::Timestamp(at) => conn
-                        .query_row(
-                            "SELECT MIN(offset) FROM messages WHERE topic = ?1 AND partition = ?2 AND ts >= ?3",
-                            params![topic, partition, millis(*at)],
-                            |r| r.get::<_, Option<u64>>(0),
-                        )?
-                        .unwrap_or(end),
+                    StartFrom::Timestamp(at) => one(
+                        conn,
+                        "SELECT MIN(offset) FROM messages WHERE topic = ?1 AND partition = ?2 AND ts >= ?3",
+                        params![topic, partition, millis(*at)],
+                        |r| r.get::<_, Option<u64>>(0),
+                    )?
+                    .unwrap_or(end),
                     StartFrom::Offsets(offsets) => offsets
                         .iter()
                         .find(|o| &o.topic == topic && o.partition == *partition)
@@ -266,7 +270,8 @@ impl Subscription for EmbeddedSubscription {
         self.bus.inner.db.with(|conn| {
             let tx = conn.transaction()?;
             for o in offsets {
-                tx.execute(
+                exec(
+                    &tx,
                     "INSERT INTO group_offsets (group_id, topic, partition, next_offset) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
                     params![group, o.topic, o.partition, o.offset],
@@ -284,13 +289,13 @@ impl Subscription for EmbeddedSubscription {
         let offsets = self.bus.inner.db.with(|conn| {
             let mut out = Vec::new();
             for (topic, partition) in assigned {
-                let offset: Option<u64> = conn
-                    .query_row(
-                        "SELECT next_offset FROM group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3",
-                        params![group, topic, partition],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
+                let offset: Option<u64> = one(
+                    conn,
+                    "SELECT next_offset FROM group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3",
+                    params![group, topic, partition],
+                    |r| r.get(0),
+                )
+                .optional()?;
                 if let Some(offset) = offset {
                     out.push(PartitionOffset { topic, partition, offset });
                 }

@@ -1,6 +1,9 @@
-//! Embedded command status with in-process wake-ups for `wait_final`.
+//! Embedded command status with in-process wake-ups for `wait_final`: each waiter registers for
+//! its own command id, so a completion wakes only the requests waiting for that command.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -8,7 +11,7 @@ use ridehail_events::CommandId;
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
 
-use super::sqlite::Db;
+use super::sqlite::{Db, exec};
 use crate::ports::{CommandState, CommandStatus, CommandStatusStore};
 
 const SCHEMA: &str = "
@@ -18,14 +21,27 @@ CREATE TABLE IF NOT EXISTS command_status (command_id TEXT PRIMARY KEY, final IN
 #[derive(Debug, Clone)]
 pub struct EmbeddedCommandStatus {
     db: Db,
-    completed: std::sync::Arc<Notify>,
+    waiters: Arc<Mutex<HashMap<CommandId, Arc<Notify>>>>,
 }
 
 impl EmbeddedCommandStatus {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let db = Db::open(path)?;
         db.migrate(SCHEMA)?;
-        Ok(Self { db, completed: std::sync::Arc::new(Notify::new()) })
+        Ok(Self { db, waiters: Arc::default() })
+    }
+
+    fn waiter(&self, command_id: CommandId) -> Arc<Notify> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        waiters.entry(command_id).or_default().clone()
+    }
+
+    fn forget_waiter(&self, command_id: CommandId, notify: &Arc<Notify>) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        // Drop the entry when only the map and this waiter hold it.
+        if waiters.get(&command_id).is_some_and(|n| Arc::ptr_eq(n, notify) && Arc::strong_count(n) <= 2) {
+            waiters.remove(&command_id);
+        }
     }
 }
 
@@ -35,7 +51,8 @@ impl CommandStatusStore for EmbeddedCommandStatus {
         let is_final = status.state != CommandState::Pending;
         let body = serde_json::to_string(status)?;
         self.db.with(|conn| {
-            conn.execute(
+            exec(
+                conn,
                 "INSERT INTO command_status (command_id, final, body) VALUES (?1, ?2, ?3)
                  ON CONFLICT (command_id) DO UPDATE SET final = excluded.final, body = excluded.body
                  WHERE excluded.final = 1",
@@ -44,7 +61,10 @@ impl CommandStatusStore for EmbeddedCommandStatus {
             Ok(())
         })?;
         if is_final {
-            self.completed.notify_waiters();
+            let waiting = self.waiters.lock().unwrap_or_else(|e| e.into_inner()).get(&status.command_id).cloned();
+            if let Some(notify) = waiting {
+                notify.notify_waiters();
+            }
         }
         Ok(())
     }
@@ -64,22 +84,28 @@ impl CommandStatusStore for EmbeddedCommandStatus {
 
     async fn wait_final(&self, command_id: CommandId, timeout: Duration) -> anyhow::Result<Option<CommandStatus>> {
         let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.completed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let status = self.get(command_id).await?;
-            if status.as_ref().is_some_and(|s| s.state != CommandState::Pending) {
-                return Ok(status);
+        let notify = self.waiter(command_id);
+        let result = async {
+            loop {
+                let notified = notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let status = self.get(command_id).await?;
+                if status.as_ref().is_some_and(|s| s.state != CommandState::Pending) {
+                    return Ok(status);
+                }
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Ok(status);
+                }
+                // Also look again now and then: another process may complete the command.
+                let nap = (deadline - now).min(Duration::from_millis(100));
+                let _ = tokio::time::timeout(nap, notified).await;
             }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(status);
-            }
-            // Also look again periodically: another process may complete the command.
-            let nap = (deadline - now).min(Duration::from_millis(100));
-            let _ = tokio::time::timeout(nap, notified).await;
         }
+        .await;
+        self.forget_waiter(command_id, &notify);
+        result
     }
 
     async fn ping(&self) -> anyhow::Result<()> {

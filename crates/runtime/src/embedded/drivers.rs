@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use ridehail_events::{GeoPoint, RideId, UserId};
 use rusqlite::params;
 
-use super::sqlite::{Db, millis};
+use super::sqlite::{Db, exec, millis};
 use crate::ports::{Candidate, DriverLocator};
 
 const SCHEMA: &str = "
@@ -53,7 +53,8 @@ impl DriverLocator for EmbeddedDriverLocator {
         version: u64,
     ) -> anyhow::Result<()> {
         self.db.with(|conn| {
-            conn.execute(
+            exec(
+                conn,
                 "INSERT INTO drivers (driver_id, lat, lon, cell, online, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (driver_id) DO UPDATE SET
                     lat = COALESCE(excluded.lat, drivers.lat), lon = COALESCE(excluded.lon, drivers.lon),
@@ -114,7 +115,8 @@ impl DriverLocator for EmbeddedDriverLocator {
                 }
             }
             let Some((driver_id, distance_m)) = best else { return Ok(None) };
-            tx.execute(
+            exec(
+                &tx,
                 "UPDATE drivers SET held_for = ?2, held_until = ?3 WHERE driver_id = ?1",
                 params![driver_id, ride_id.to_string(), millis(hold_until)],
             )?;
@@ -131,7 +133,8 @@ impl DriverLocator for EmbeddedDriverLocator {
         now: DateTime<Utc>,
     ) -> anyhow::Result<bool> {
         self.db.with(|conn| {
-            let changed = conn.execute(
+            let changed = exec(
+                conn,
                 &format!(
                     "UPDATE drivers SET held_for = :ride, held_until = :until
                      WHERE driver_id = :driver AND (held_for = :ride OR {FREE})"
@@ -147,7 +150,8 @@ impl DriverLocator for EmbeddedDriverLocator {
 
     async fn release(&self, driver_id: UserId, ride_id: RideId) -> anyhow::Result<()> {
         self.db.with(|conn| {
-            conn.execute(
+            exec(
+                conn,
                 "UPDATE drivers SET held_for = NULL, held_until = NULL WHERE driver_id = ?1 AND held_for = ?2",
                 params![driver_id.to_string(), ride_id.to_string()],
             )?;

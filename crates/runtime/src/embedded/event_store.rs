@@ -8,7 +8,7 @@ use ridehail_events::WireEvent;
 use rusqlite::params;
 use uuid::Uuid;
 
-use super::sqlite::Db;
+use super::sqlite::{Db, one};
 use crate::ports::event_store_validate as validate_batch;
 use crate::ports::{AppendError, EventStore, ReadAllPage};
 
@@ -37,11 +37,9 @@ impl EmbeddedEventStore {
 }
 
 fn current_version(conn: &rusqlite::Connection, aggregate_id: &str) -> rusqlite::Result<u64> {
-    conn.query_row(
-        "SELECT COALESCE(MAX(sequence), 0) FROM events WHERE aggregate_id = ?1",
-        params![aggregate_id],
-        |r| r.get(0),
-    )
+    one(conn, "SELECT COALESCE(MAX(sequence), 0) FROM events WHERE aggregate_id = ?1", params![aggregate_id], |r| {
+        r.get(0)
+    })
 }
 
 #[async_trait]

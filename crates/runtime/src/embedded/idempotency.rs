@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{OptionalExtension, params};
 
-use super::sqlite::{Db, millis};
+use super::sqlite::{Db, exec, millis, one};
 use crate::ports::{IdempotencyClaim, IdempotencyStore, StoredResponse};
 
 const SCHEMA: &str = "
@@ -39,8 +39,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
     ) -> anyhow::Result<IdempotencyClaim> {
         self.db.with(|conn| {
             let tx = conn.transaction()?;
-            let existing: Option<(String, i64, Option<String>)> = tx
-                .query_row(
+            let existing: Option<(String, i64, Option<String>)> = one(&tx,
                     "SELECT fingerprint, created_at, response FROM idempotency_keys WHERE scope = ?1 AND key = ?2",
                     params![scope, key],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -56,7 +55,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
             if let Some(claim) = claim {
                 return Ok(claim);
             }
-            tx.execute(
+            exec(&tx,
                 "INSERT INTO idempotency_keys (scope, key, fingerprint, created_at, response) VALUES (?1, ?2, ?3, ?4, NULL)
                  ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint,
                     created_at = excluded.created_at, response = NULL",
@@ -70,7 +69,8 @@ impl IdempotencyStore for EmbeddedIdempotency {
     async fn complete(&self, scope: &str, key: &str, response: &StoredResponse) -> anyhow::Result<()> {
         let body = serde_json::to_string(response)?;
         self.db.with(|conn| {
-            conn.execute(
+            exec(
+                conn,
                 "UPDATE idempotency_keys SET response = ?3 WHERE scope = ?1 AND key = ?2",
                 params![scope, key, body],
             )?;
@@ -80,7 +80,8 @@ impl IdempotencyStore for EmbeddedIdempotency {
 
     async fn release(&self, scope: &str, key: &str) -> anyhow::Result<()> {
         self.db.with(|conn| {
-            conn.execute(
+            exec(
+                conn,
                 "DELETE FROM idempotency_keys WHERE scope = ?1 AND key = ?2 AND response IS NULL",
                 params![scope, key],
             )?;

@@ -7,7 +7,7 @@ use ridehail_events::RideId;
 use ridehail_events::ride::RideStatus;
 use rusqlite::{OptionalExtension, params};
 
-use super::sqlite::Db;
+use super::sqlite::{Db, exec};
 use crate::ports::{RideParty, RideQuery, RideView, RideViews};
 
 const SCHEMA: &str = "
@@ -49,7 +49,7 @@ impl RideViews for EmbeddedRideViews {
     async fn upsert(&self, view: &RideView) -> anyhow::Result<bool> {
         let body = serde_json::to_string(view)?;
         self.db.with(|conn| {
-            let changed = conn.execute(
+            let changed = exec(conn,
                 "INSERT INTO rides (ride_id, rider_id, driver_id, offered_driver_id, status, pickup_cell, version, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (ride_id) DO UPDATE SET

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::params;
 
-use super::sqlite::{Db, from_millis, millis};
+use super::sqlite::{Db, exec, from_millis, millis};
 use crate::ports::{Timer, TimerStore};
 
 const SCHEMA: &str = "
@@ -32,7 +32,7 @@ impl TimerStore for EmbeddedTimers {
     async fn schedule(&self, timer: &Timer) -> anyhow::Result<()> {
         let headers = serde_json::to_string(&timer.headers)?;
         self.db.with(|conn| {
-            conn.execute(
+            exec(conn,
                 "INSERT OR IGNORE INTO timers (id, due_at, topic, key, headers, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![timer.id, millis(timer.due_at), timer.topic, timer.key, headers, timer.payload],
             )?;
@@ -42,7 +42,7 @@ impl TimerStore for EmbeddedTimers {
 
     async fn cancel(&self, id: &str) -> anyhow::Result<()> {
         self.db.with(|conn| {
-            conn.execute("DELETE FROM timers WHERE id = ?1", params![id])?;
+            exec(conn, "DELETE FROM timers WHERE id = ?1", params![id])?;
             Ok(())
         })
     }

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use ridehail_events::UserId;
 use rusqlite::{OptionalExtension, params};
 
-use super::sqlite::Db;
+use super::sqlite::{Db, exec};
 use crate::ports::{Credentials, UserProfile, UserViews};
 
 const SCHEMA: &str = "
@@ -31,7 +31,8 @@ impl UserViews for EmbeddedUserViews {
     async fn upsert_profile(&self, profile: &UserProfile) -> anyhow::Result<bool> {
         let body = serde_json::to_string(profile)?;
         self.db.with(|conn| {
-            Ok(conn.execute(
+            Ok(exec(
+                conn,
                 "INSERT INTO profiles (user_id, version, body) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user_id) DO UPDATE SET version = excluded.version, body = excluded.body
                  WHERE excluded.version > profiles.version",
@@ -54,7 +55,8 @@ impl UserViews for EmbeddedUserViews {
     async fn upsert_credentials(&self, credentials: &Credentials) -> anyhow::Result<bool> {
         let body = serde_json::to_string(credentials)?;
         self.db.with(|conn| {
-            Ok(conn.execute(
+            Ok(exec(
+                conn,
                 "INSERT INTO credentials (email, user_id, version, body) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (email) DO UPDATE SET user_id = excluded.user_id, version = excluded.version,
                     body = excluded.body
