@@ -91,7 +91,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/users", post(users::register))
         .route("/v1/sessions", post(sessions::login))
-        .route("/v1/me", get(users::me))
+        .route("/v1/me", get(users::me).patch(users::update_me))
         .route("/v1/rides", post(rides::request).get(rides::list))
         .route("/v1/rides/{id}", get(rides::get))
         .route("/v1/rides/{id}/history", get(rides::history))
@@ -128,7 +128,7 @@ fn cors(origins: &[String]) -> CorsLayer {
     let allowed: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(allowed))
-        .allow_methods([Method::GET, Method::POST, Method::PUT])
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,

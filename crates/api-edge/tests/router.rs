@@ -451,3 +451,19 @@ async fn rides_are_listed_newest_first_with_a_cursor() {
     assert_problem(&bad_limit, StatusCode::BAD_REQUEST);
     assert!(bad_limit.body["detail"].as_str().unwrap().contains("limit"), "{}", bad_limit.text);
 }
+
+#[tokio::test]
+async fn a_user_updates_their_profile() {
+    let app = spawn_app(true);
+    let (_, driver) = app.register("vic@example.com", "driver").await;
+    let body = json!({ "name": "Victor", "vehicle": { "make": "Kia", "model": "Niro", "colour": "grey", "plate": "99-ZZ-99" } });
+    let reply = app.call("PATCH", "/v1/me", Some(&driver), Some(&body.to_string()), &[("prefer", "wait=10")]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.body["name"], "Victor");
+    assert_eq!(reply.body["vehicle"]["model"], "Niro");
+    let (_, rider) = app.register("val@example.com", "rider").await;
+    let reply = app.call("PATCH", "/v1/me", Some(&rider), Some(&body.to_string()), &[]).await;
+    assert_problem(&reply, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.body["errors"][0]["field"], "vehicle");
+    assert_problem(&app.call("PATCH", "/v1/me", Some(&rider), Some("{}"), &[]).await, StatusCode::UNPROCESSABLE_ENTITY);
+}

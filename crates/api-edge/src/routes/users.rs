@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::response::Response;
-use ridehail_events::user::{PasswordHash, RegisterUser, Role, UserCommand, Vehicle};
+use ridehail_events::user::{PasswordHash, RegisterUser, Role, UpdateProfile, UserCommand, Vehicle};
 use ridehail_events::validation::{MIN_PASSWORD_CHARS, invalid_vehicle_field, valid_email, valid_name, valid_password};
 use ridehail_events::{Actor, UserId, topics};
 use secrecy::SecretString;
@@ -100,4 +100,57 @@ pub async fn profile_json(state: &AppState, user_id: UserId) -> Result<Option<se
 
 pub async fn me(State(state): State<AppState>, user: AuthUser) -> Result<axum::Json<serde_json::Value>, ApiError> {
     profile_json(&state, user.user_id).await?.map(axum::Json).ok_or(ApiError::NotFound("no profile for this user yet"))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileUpdate {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub vehicle: Option<Vehicle>,
+}
+
+/// `PATCH /v1/me`: change the name and, for drivers, the vehicle.
+pub async fn update_me(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: CommandHeaders,
+    ValidJson(req): ValidJson<ProfileUpdate>,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    if req.name.is_none() && req.vehicle.is_none() {
+        errors.push(FieldError { field: "name".into(), message: "give a name or a vehicle to change".into() });
+    }
+    if req.name.as_deref().is_some_and(|n| !valid_name(n)) {
+        errors.push(FieldError { field: "name".into(), message: "must be 1 to 100 characters".into() });
+    }
+    match (&req.vehicle, user.role) {
+        (Some(_), Role::Rider) => {
+            errors.push(FieldError { field: "vehicle".into(), message: "only drivers have a vehicle".into() })
+        }
+        (Some(v), Role::Driver) => {
+            if let Some(field) = invalid_vehicle_field(v) {
+                errors.push(FieldError {
+                    field: format!("vehicle.{field}"),
+                    message: "must be non-empty and not too long".into(),
+                });
+            }
+        }
+        (None, _) => {}
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let fp = fingerprint("PATCH /v1/me", &req);
+    let submission = Submission {
+        topic: topics::USER_COMMANDS,
+        aggregate_id: user.user_id.0,
+        actor: Actor::User { user_id: user.user_id.0, role: user.role },
+        command: UserCommand::UpdateProfile(UpdateProfile { name: req.name, vehicle: req.vehicle }),
+        resource: Resource::User(user.user_id.0),
+        creates: false,
+        viewer: Some(user),
+    };
+    submit(&state, &headers, &user.user_id.to_string(), fp, submission).await
 }
