@@ -48,8 +48,10 @@ fn decode(body: &str) -> anyhow::Result<RideView> {
 impl RideViews for EmbeddedRideViews {
     async fn upsert(&self, view: &RideView) -> anyhow::Result<bool> {
         let body = serde_json::to_string(view)?;
-        self.db.with(|conn| {
-            let changed = exec(conn,
+        let view = view.clone();
+        self.db
+            .write(move |conn| {
+                let changed = exec(conn,
                 "INSERT INTO rides (ride_id, rider_id, driver_id, offered_driver_id, status, pickup_cell, version, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (ride_id) DO UPDATE SET
@@ -67,8 +69,9 @@ impl RideViews for EmbeddedRideViews {
                     body
                 ],
             )?;
-            Ok(changed > 0)
-        })
+                Ok(changed > 0)
+            })
+            .await
     }
 
     async fn get(&self, ride_id: RideId) -> anyhow::Result<Option<RideView>> {
