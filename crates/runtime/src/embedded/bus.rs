@@ -95,41 +95,39 @@ impl MessageBus for EmbeddedBus {
             return Ok(());
         }
         let now = millis(chrono::Utc::now());
-        let topic = topic.to_owned();
-        self.inner
-            .db
-            .write(move |tx| {
-                let mut next: HashMap<u32, u64> = HashMap::new();
-                for message in &messages {
-                    let partition = partition_for(&message.key, partitions);
-                    let offset = match next.get(&partition) {
-                        Some(offset) => *offset,
-                        None => one(
-                            tx,
-                            "SELECT COALESCE(MAX(offset) + 1, 0) FROM messages WHERE topic = ?1 AND partition = ?2",
-                            params![topic, partition],
-                            |r| r.get::<_, u64>(0),
-                        )?,
-                    };
-                    exec(
-                        tx,
-                        "INSERT INTO messages (topic, partition, offset, key, headers, payload, ts)
+        self.inner.db.with(|conn| {
+            let tx = conn.transaction()?;
+            let mut next: HashMap<u32, u64> = HashMap::new();
+            for message in &messages {
+                let partition = partition_for(&message.key, partitions);
+                let offset = match next.get(&partition) {
+                    Some(offset) => *offset,
+                    None => one(
+                        &tx,
+                        "SELECT COALESCE(MAX(offset) + 1, 0) FROM messages WHERE topic = ?1 AND partition = ?2",
+                        params![topic, partition],
+                        |r| r.get::<_, u64>(0),
+                    )?,
+                };
+                exec(
+                    &tx,
+                    "INSERT INTO messages (topic, partition, offset, key, headers, payload, ts)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                        params![
-                            topic,
-                            partition,
-                            offset,
-                            message.key,
-                            serde_json::to_string(&message.headers)?,
-                            message.payload,
-                            now
-                        ],
-                    )?;
-                    next.insert(partition, offset + 1);
-                }
-                Ok(())
-            })
-            .await?;
+                    params![
+                        topic,
+                        partition,
+                        offset,
+                        message.key,
+                        serde_json::to_string(&message.headers)?,
+                        message.payload,
+                        now
+                    ],
+                )?;
+                next.insert(partition, offset + 1);
+            }
+            tx.commit()?;
+            Ok(())
+        })?;
         self.inner.published.notify_waiters();
         Ok(())
     }
@@ -269,23 +267,19 @@ impl Subscription for EmbeddedSubscription {
 
     async fn commit(&mut self, offsets: &[PartitionOffset]) -> Result<(), BusError> {
         let group = self.group.clone();
-        let offsets = offsets.to_vec();
-        self.bus
-            .inner
-            .db
-            .write(move |tx| {
-                for o in &offsets {
-                    exec(
-                        tx,
-                        "INSERT INTO group_offsets (group_id, topic, partition, next_offset) VALUES (?1, ?2, ?3, ?4)
+        self.bus.inner.db.with(|conn| {
+            let tx = conn.transaction()?;
+            for o in offsets {
+                exec(
+                    &tx,
+                    "INSERT INTO group_offsets (group_id, topic, partition, next_offset) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
-                        params![group, o.topic, o.partition, o.offset],
-                    )?;
-                }
-
-                Ok(())
-            })
-            .await?;
+                    params![group, o.topic, o.partition, o.offset],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })?;
         Ok(())
     }
 

@@ -49,20 +49,17 @@ impl EmbeddedCommandStatus {
 impl CommandStatusStore for EmbeddedCommandStatus {
     async fn record(&self, status: &CommandStatus) -> anyhow::Result<()> {
         let is_final = status.state != CommandState::Pending;
-        let id = status.command_id.to_string();
         let body = serde_json::to_string(status)?;
-        self.db
-            .write(move |conn| {
-                exec(
-                    conn,
-                    "INSERT INTO command_status (command_id, final, body) VALUES (?1, ?2, ?3)
+        self.db.with(|conn| {
+            exec(
+                conn,
+                "INSERT INTO command_status (command_id, final, body) VALUES (?1, ?2, ?3)
                  ON CONFLICT (command_id) DO UPDATE SET final = excluded.final, body = excluded.body
                  WHERE excluded.final = 1",
-                    params![id, is_final, body],
-                )?;
-                Ok(())
-            })
-            .await?;
+                params![status.command_id.to_string(), is_final, body],
+            )?;
+            Ok(())
+        })?;
         if is_final {
             let waiting = self.waiters.lock().unwrap_or_else(|e| e.into_inner()).get(&status.command_id).cloned();
             if let Some(notify) = waiting {

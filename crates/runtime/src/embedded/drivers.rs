@@ -52,27 +52,25 @@ impl DriverLocator for EmbeddedDriverLocator {
         online: bool,
         version: u64,
     ) -> anyhow::Result<()> {
-        self.db
-            .write(move |conn| {
-                exec(
-                    conn,
-                    "INSERT INTO drivers (driver_id, lat, lon, cell, online, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        self.db.with(|conn| {
+            exec(
+                conn,
+                "INSERT INTO drivers (driver_id, lat, lon, cell, online, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (driver_id) DO UPDATE SET
                     lat = COALESCE(excluded.lat, drivers.lat), lon = COALESCE(excluded.lon, drivers.lon),
                     cell = COALESCE(excluded.cell, drivers.cell), online = excluded.online, version = excluded.version
                  WHERE excluded.version > drivers.version",
-                    params![
-                        driver_id.to_string(),
-                        location.map(|l| l.lat),
-                        location.map(|l| l.lon),
-                        location.map(|l| l.cell()),
-                        online,
-                        version
-                    ],
-                )?;
-                Ok(())
-            })
-            .await
+                params![
+                    driver_id.to_string(),
+                    location.map(|l| l.lat),
+                    location.map(|l| l.lon),
+                    location.map(|l| l.cell()),
+                    online,
+                    version
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     async fn reserve_nearest(
@@ -88,44 +86,43 @@ impl DriverLocator for EmbeddedDriverLocator {
         let dlat = radius / METRES_PER_DEGREE;
         let dlon = radius / (METRES_PER_DEGREE * at.lat.to_radians().cos().max(0.01));
         let excluded: Vec<String> = exclude.iter().map(|d| d.to_string()).collect();
-        self.db
-            .write(move |conn| {
-                let tx = conn;
-                let mut best: Option<(String, f64)> = None;
-                {
-                    let mut stmt = tx.prepare_cached(&format!(
-                        "SELECT driver_id, lat, lon FROM drivers
+        self.db.with(|conn| {
+            let tx = conn.transaction()?;
+            let mut best: Option<(String, f64)> = None;
+            {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "SELECT driver_id, lat, lon FROM drivers
                      WHERE online = 1 AND lat BETWEEN :lat_min AND :lat_max AND lon BETWEEN :lon_min AND :lon_max
                        AND {FREE}"
-                    ))?;
-                    let rows = stmt.query_map(
-                        rusqlite::named_params! {
-                            ":lat_min": at.lat - dlat, ":lat_max": at.lat + dlat,
-                            ":lon_min": at.lon - dlon, ":lon_max": at.lon + dlon,
-                            ":now": millis(now),
-                        },
-                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?, r.get::<_, f64>(2)?)),
-                    )?;
-                    for row in rows {
-                        let (driver_id, lat, lon) = row?;
-                        if excluded.contains(&driver_id) {
-                            continue;
-                        }
-                        let distance = at.distance_m(&GeoPoint { lat, lon });
-                        if distance <= radius && best.as_ref().is_none_or(|(_, d)| distance < *d) {
-                            best = Some((driver_id, distance));
-                        }
+                ))?;
+                let rows = stmt.query_map(
+                    rusqlite::named_params! {
+                        ":lat_min": at.lat - dlat, ":lat_max": at.lat + dlat,
+                        ":lon_min": at.lon - dlon, ":lon_max": at.lon + dlon,
+                        ":now": millis(now),
+                    },
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?, r.get::<_, f64>(2)?)),
+                )?;
+                for row in rows {
+                    let (driver_id, lat, lon) = row?;
+                    if excluded.contains(&driver_id) {
+                        continue;
+                    }
+                    let distance = at.distance_m(&GeoPoint { lat, lon });
+                    if distance <= radius && best.as_ref().is_none_or(|(_, d)| distance < *d) {
+                        best = Some((driver_id, distance));
                     }
                 }
-                let Some((driver_id, distance_m)) = best else { return Ok(None) };
-                exec(
-                    tx,
-                    "UPDATE drivers SET held_for = ?2, held_until = ?3 WHERE driver_id = ?1",
-                    params![driver_id, ride_id.to_string(), millis(hold_until)],
-                )?;
-                Ok(Some(Candidate { driver_id: driver_id.parse()?, distance_m }))
-            })
-            .await
+            }
+            let Some((driver_id, distance_m)) = best else { return Ok(None) };
+            exec(
+                &tx,
+                "UPDATE drivers SET held_for = ?2, held_until = ?3 WHERE driver_id = ?1",
+                params![driver_id, ride_id.to_string(), millis(hold_until)],
+            )?;
+            tx.commit()?;
+            Ok(Some(Candidate { driver_id: driver_id.parse()?, distance_m }))
+        })
     }
 
     async fn hold(
@@ -135,35 +132,31 @@ impl DriverLocator for EmbeddedDriverLocator {
         until: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<bool> {
-        self.db
-            .write(move |conn| {
-                let changed = exec(
-                    conn,
-                    &format!(
-                        "UPDATE drivers SET held_for = :ride, held_until = :until
+        self.db.with(|conn| {
+            let changed = exec(
+                conn,
+                &format!(
+                    "UPDATE drivers SET held_for = :ride, held_until = :until
                      WHERE driver_id = :driver AND (held_for = :ride OR {FREE})"
-                    ),
-                    rusqlite::named_params! {
-                        ":ride": ride_id.to_string(), ":until": until.map(millis),
-                        ":driver": driver_id.to_string(), ":now": millis(now),
-                    },
-                )?;
-                Ok(changed > 0)
-            })
-            .await
+                ),
+                rusqlite::named_params! {
+                    ":ride": ride_id.to_string(), ":until": until.map(millis),
+                    ":driver": driver_id.to_string(), ":now": millis(now),
+                },
+            )?;
+            Ok(changed > 0)
+        })
     }
 
     async fn release(&self, driver_id: UserId, ride_id: RideId) -> anyhow::Result<()> {
-        self.db
-            .write(move |conn| {
-                exec(
-                    conn,
-                    "UPDATE drivers SET held_for = NULL, held_until = NULL WHERE driver_id = ?1 AND held_for = ?2",
-                    params![driver_id.to_string(), ride_id.to_string()],
-                )?;
-                Ok(())
-            })
-            .await
+        self.db.with(|conn| {
+            exec(
+                conn,
+                "UPDATE drivers SET held_for = NULL, held_until = NULL WHERE driver_id = ?1 AND held_for = ?2",
+                params![driver_id.to_string(), ride_id.to_string()],
+            )?;
+            Ok(())
+        })
     }
 
     async fn available_in_cell(&self, cell: &str, now: DateTime<Utc>) -> anyhow::Result<u64> {

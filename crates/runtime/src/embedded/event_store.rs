@@ -47,27 +47,30 @@ impl EventStore for EmbeddedEventStore {
     async fn append(&self, expected_version: u64, events: &[WireEvent]) -> Result<(), AppendError> {
         let aggregate_id = validate_batch(expected_version, events)?;
         let id = aggregate_id.to_string();
-        let rows: Vec<(String, u64, String)> = events
-            .iter()
-            .map(|e| Ok((e.event_id.to_string(), e.sequence, serde_json::to_string(e)?)))
-            .collect::<Result<_, serde_json::Error>>()
-            .map_err(|e| AppendError::Invalid(e.to_string()))?;
-        let conflict = self
-            .db
-            .write(move |tx| {
-                let actual = current_version(tx, &id)?;
-                if actual != expected_version {
-                    return Ok(Some(actual));
-                }
+        let mut conflict = None;
+        self.db.with(|conn| {
+            let tx = conn.transaction()?;
+            let actual = current_version(&tx, &id)?;
+            if actual != expected_version {
+                conflict = Some(actual);
+                return Ok(());
+            }
+            {
                 let mut stmt = tx.prepare_cached(
                     "INSERT INTO events (event_id, aggregate_id, sequence, body) VALUES (?1, ?2, ?3, ?4)",
                 )?;
-                for (event_id, sequence, body) in &rows {
-                    stmt.execute(params![event_id, id, sequence, body])?;
+                for event in events {
+                    stmt.execute(params![
+                        event.event_id.to_string(),
+                        id,
+                        event.sequence,
+                        serde_json::to_string(event)?
+                    ])?;
                 }
-                Ok(None)
-            })
-            .await?;
+            }
+            tx.commit()?;
+            Ok(())
+        })?;
         match conflict {
             Some(actual) => Err(AppendError::Conflict { aggregate_id, expected: expected_version, actual }),
             None => Ok(()),

@@ -37,10 +37,9 @@ impl IdempotencyStore for EmbeddedIdempotency {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> anyhow::Result<IdempotencyClaim> {
-        let (scope, key, fingerprint) = (scope.to_owned(), key.to_owned(), fingerprint.to_owned());
-        self.db.write(move |conn| {
-            let tx = conn;
-            let existing: Option<(String, i64, Option<String>)> = one(tx,
+        self.db.with(|conn| {
+            let tx = conn.transaction()?;
+            let existing: Option<(String, i64, Option<String>)> = one(&tx,
                     "SELECT fingerprint, created_at, response FROM idempotency_keys WHERE scope = ?1 AND key = ?2",
                     params![scope, key],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -48,7 +47,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
                 .optional()?;
             let claim = match existing {
                 Some((_, created_at, _)) if created_at < millis(now - ttl) => None,
-                Some((stored, _, _)) if *stored != fingerprint => Some(IdempotencyClaim::Mismatch),
+                Some((stored, _, _)) if stored != fingerprint => Some(IdempotencyClaim::Mismatch),
                 Some((_, _, Some(response))) => Some(IdempotencyClaim::Replay(serde_json::from_str(&response)?)),
                 Some((_, _, None)) => Some(IdempotencyClaim::InProgress),
                 None => None,
@@ -56,43 +55,38 @@ impl IdempotencyStore for EmbeddedIdempotency {
             if let Some(claim) = claim {
                 return Ok(claim);
             }
-            exec(tx,
+            exec(&tx,
                 "INSERT INTO idempotency_keys (scope, key, fingerprint, created_at, response) VALUES (?1, ?2, ?3, ?4, NULL)
                  ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint,
                     created_at = excluded.created_at, response = NULL",
                 params![scope, key, fingerprint, millis(now)],
             )?;
+            tx.commit()?;
             Ok(IdempotencyClaim::Claimed)
-        }).await
+        })
     }
 
     async fn complete(&self, scope: &str, key: &str, response: &StoredResponse) -> anyhow::Result<()> {
-        let (scope, key) = (scope.to_owned(), key.to_owned());
         let body = serde_json::to_string(response)?;
-        self.db
-            .write(move |conn| {
-                exec(
-                    conn,
-                    "UPDATE idempotency_keys SET response = ?3 WHERE scope = ?1 AND key = ?2",
-                    params![scope, key, body],
-                )?;
-                Ok(())
-            })
-            .await
+        self.db.with(|conn| {
+            exec(
+                conn,
+                "UPDATE idempotency_keys SET response = ?3 WHERE scope = ?1 AND key = ?2",
+                params![scope, key, body],
+            )?;
+            Ok(())
+        })
     }
 
     async fn release(&self, scope: &str, key: &str) -> anyhow::Result<()> {
-        let (scope, key) = (scope.to_owned(), key.to_owned());
-        self.db
-            .write(move |conn| {
-                exec(
-                    conn,
-                    "DELETE FROM idempotency_keys WHERE scope = ?1 AND key = ?2 AND response IS NULL",
-                    params![scope, key],
-                )?;
-                Ok(())
-            })
-            .await
+        self.db.with(|conn| {
+            exec(
+                conn,
+                "DELETE FROM idempotency_keys WHERE scope = ?1 AND key = ?2 AND response IS NULL",
+                params![scope, key],
+            )?;
+            Ok(())
+        })
     }
 
     async fn ping(&self) -> anyhow::Result<()> {

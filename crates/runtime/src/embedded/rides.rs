@@ -48,10 +48,8 @@ fn decode(body: &str) -> anyhow::Result<RideView> {
 impl RideViews for EmbeddedRideViews {
     async fn upsert(&self, view: &RideView) -> anyhow::Result<bool> {
         let body = serde_json::to_string(view)?;
-        let view = view.clone();
-        self.db
-            .write(move |conn| {
-                let changed = exec(conn,
+        self.db.with(|conn| {
+            let changed = exec(conn,
                 "INSERT INTO rides (ride_id, rider_id, driver_id, offered_driver_id, status, pickup_cell, version, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (ride_id) DO UPDATE SET
@@ -69,9 +67,8 @@ impl RideViews for EmbeddedRideViews {
                     body
                 ],
             )?;
-                Ok(changed > 0)
-            })
-            .await
+            Ok(changed > 0)
+        })
     }
 
     async fn get(&self, ride_id: RideId) -> anyhow::Result<Option<RideView>> {

@@ -31,24 +31,20 @@ impl EmbeddedTimers {
 impl TimerStore for EmbeddedTimers {
     async fn schedule(&self, timer: &Timer) -> anyhow::Result<()> {
         let headers = serde_json::to_string(&timer.headers)?;
-        let timer = timer.clone();
-        self.db.write(move |conn| {
+        self.db.with(|conn| {
             exec(conn,
                 "INSERT OR IGNORE INTO timers (id, due_at, topic, key, headers, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![timer.id, millis(timer.due_at), timer.topic, timer.key, headers, timer.payload],
             )?;
             Ok(())
-        }).await
+        })
     }
 
     async fn cancel(&self, id: &str) -> anyhow::Result<()> {
-        let id = id.to_owned();
-        self.db
-            .write(move |conn| {
-                exec(conn, "DELETE FROM timers WHERE id = ?1", params![id])?;
-                Ok(())
-            })
-            .await
+        self.db.with(|conn| {
+            exec(conn, "DELETE FROM timers WHERE id = ?1", params![id])?;
+            Ok(())
+        })
     }
 
     async fn due(&self, now: DateTime<Utc>, limit: usize) -> anyhow::Result<Vec<Timer>> {

@@ -30,18 +30,15 @@ impl EmbeddedUserViews {
 impl UserViews for EmbeddedUserViews {
     async fn upsert_profile(&self, profile: &UserProfile) -> anyhow::Result<bool> {
         let body = serde_json::to_string(profile)?;
-        let (user_id, version) = (profile.user_id.to_string(), profile.version);
-        self.db
-            .write(move |conn| {
-                Ok(exec(
-                    conn,
-                    "INSERT INTO profiles (user_id, version, body) VALUES (?1, ?2, ?3)
+        self.db.with(|conn| {
+            Ok(exec(
+                conn,
+                "INSERT INTO profiles (user_id, version, body) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user_id) DO UPDATE SET version = excluded.version, body = excluded.body
                  WHERE excluded.version > profiles.version",
-                    params![user_id, version, body],
-                )? > 0)
-            })
-            .await
+                params![profile.user_id.to_string(), profile.version, body],
+            )? > 0)
+        })
     }
 
     async fn profile(&self, user_id: UserId) -> anyhow::Result<Option<UserProfile>> {
@@ -57,20 +54,16 @@ impl UserViews for EmbeddedUserViews {
 
     async fn upsert_credentials(&self, credentials: &Credentials) -> anyhow::Result<bool> {
         let body = serde_json::to_string(credentials)?;
-        let (email, user_id, version) =
-            (credentials.email_normalised.clone(), credentials.user_id.to_string(), credentials.version);
-        self.db
-            .write(move |conn| {
-                Ok(exec(
-                    conn,
-                    "INSERT INTO credentials (email, user_id, version, body) VALUES (?1, ?2, ?3, ?4)
+        self.db.with(|conn| {
+            Ok(exec(
+                conn,
+                "INSERT INTO credentials (email, user_id, version, body) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (email) DO UPDATE SET user_id = excluded.user_id, version = excluded.version,
                     body = excluded.body
                  WHERE excluded.user_id = credentials.user_id AND excluded.version > credentials.version",
-                    params![email, user_id, version, body],
-                )? > 0)
-            })
-            .await
+                params![credentials.email_normalised, credentials.user_id.to_string(), credentials.version, body],
+            )? > 0)
+        })
     }
 
     async fn credentials_by_email(&self, email_normalised: &str) -> anyhow::Result<Option<Credentials>> {
