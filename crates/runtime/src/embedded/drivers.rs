@@ -25,10 +25,54 @@ CREATE INDEX IF NOT EXISTS drivers_online_by_lat ON drivers (online, lat);
 CREATE INDEX IF NOT EXISTS drivers_by_cell ON drivers (cell, online);
 ";
 
-/// SQL condition: the driver is not held, or the hold lapsed (parameter `?now` in ms).
-const FREE: &str = "(held_for IS NULL OR (held_until IS NOT NULL AND held_until < :now))";
+/// SQL condition: the driver is not held, or the hold lapsed (parameter `:now` in ms).
+macro_rules! free {
+    () => {
+        "(held_for IS NULL OR (held_until IS NOT NULL AND held_until < :now))"
+    };
+}
 
 const METRES_PER_DEGREE: f64 = 111_320.0;
+
+/// Radius of the first, smallest box looked at by a nearest-driver search.
+const FIRST_SEARCH_M: f64 = 300.0;
+
+/// The nearest free driver at most `radius` metres from `at`, not in `excluded`.
+fn nearest_within(
+    conn: &rusqlite::Connection,
+    at: GeoPoint,
+    radius: f64,
+    excluded: &[String],
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<(String, f64)>> {
+    let dlat = radius / METRES_PER_DEGREE;
+    let dlon = radius / (METRES_PER_DEGREE * at.lat.to_radians().cos().max(0.01));
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT driver_id, lat, lon FROM drivers
+         WHERE online = 1 AND lat BETWEEN :lat_min AND :lat_max AND lon BETWEEN :lon_min AND :lon_max AND ",
+        free!()
+    ))?;
+    let rows = stmt.query_map(
+        rusqlite::named_params! {
+            ":lat_min": at.lat - dlat, ":lat_max": at.lat + dlat,
+            ":lon_min": at.lon - dlon, ":lon_max": at.lon + dlon,
+            ":now": millis(now),
+        },
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?, r.get::<_, f64>(2)?)),
+    )?;
+    let mut best: Option<(String, f64)> = None;
+    for row in rows {
+        let (driver_id, lat, lon) = row?;
+        if excluded.contains(&driver_id) {
+            continue;
+        }
+        let distance = at.distance_m(&GeoPoint { lat, lon });
+        if distance <= radius && best.as_ref().is_none_or(|(_, d)| distance < *d) {
+            best = Some((driver_id, distance));
+        }
+    }
+    Ok(best)
+}
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedDriverLocator {
@@ -82,38 +126,21 @@ impl DriverLocator for EmbeddedDriverLocator {
         hold_until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<Option<Candidate>> {
-        let radius = f64::from(radius_m);
-        let dlat = radius / METRES_PER_DEGREE;
-        let dlon = radius / (METRES_PER_DEGREE * at.lat.to_radians().cos().max(0.01));
         let excluded: Vec<String> = exclude.iter().map(|d| d.to_string()).collect();
         self.db.with(|conn| {
             let tx = conn.transaction()?;
-            let mut best: Option<(String, f64)> = None;
-            {
-                let mut stmt = tx.prepare_cached(&format!(
-                    "SELECT driver_id, lat, lon FROM drivers
-                     WHERE online = 1 AND lat BETWEEN :lat_min AND :lat_max AND lon BETWEEN :lon_min AND :lon_max
-                       AND {FREE}"
-                ))?;
-                let rows = stmt.query_map(
-                    rusqlite::named_params! {
-                        ":lat_min": at.lat - dlat, ":lat_max": at.lat + dlat,
-                        ":lon_min": at.lon - dlon, ":lon_max": at.lon + dlon,
-                        ":now": millis(now),
-                    },
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?, r.get::<_, f64>(2)?)),
-                )?;
-                for row in rows {
-                    let (driver_id, lat, lon) = row?;
-                    if excluded.contains(&driver_id) {
-                        continue;
-                    }
-                    let distance = at.distance_m(&GeoPoint { lat, lon });
-                    if distance <= radius && best.as_ref().is_none_or(|(_, d)| distance < *d) {
-                        best = Some((driver_id, distance));
-                    }
+            // Look in growing boxes: with many drivers around, the first small box already holds the
+            // nearest one, and only its few rows are read.
+            let mut search = FIRST_SEARCH_M.min(f64::from(radius_m));
+            let best = loop {
+                if let Some(found) = nearest_within(&tx, at, search, &excluded, now)? {
+                    break Some(found);
                 }
-            }
+                if search >= f64::from(radius_m) {
+                    break None;
+                }
+                search = (search * 2.0).min(f64::from(radius_m));
+            };
             let Some((driver_id, distance_m)) = best else { return Ok(None) };
             exec(
                 &tx,
@@ -135,9 +162,11 @@ impl DriverLocator for EmbeddedDriverLocator {
         self.db.with(|conn| {
             let changed = exec(
                 conn,
-                &format!(
+                concat!(
                     "UPDATE drivers SET held_for = :ride, held_until = :until
-                     WHERE driver_id = :driver AND (held_for = :ride OR {FREE})"
+                     WHERE driver_id = :driver AND (held_for = :ride OR ",
+                    free!(),
+                    ")"
                 ),
                 rusqlite::named_params! {
                     ":ride": ride_id.to_string(), ":until": until.map(millis),
@@ -162,7 +191,10 @@ impl DriverLocator for EmbeddedDriverLocator {
     async fn available_in_cell(&self, cell: &str, now: DateTime<Utc>) -> anyhow::Result<u64> {
         self.db.with(|conn| {
             Ok(conn
-                .prepare_cached(&format!("SELECT COUNT(*) FROM drivers WHERE cell = :cell AND online = 1 AND {FREE}"))?
+                .prepare_cached(concat!(
+                    "SELECT COUNT(*) FROM drivers WHERE cell = :cell AND online = 1 AND ",
+                    free!()
+                ))?
                 .query_row(rusqlite::named_params! {":cell": cell, ":now": millis(now)}, |r| r.get(0))?)
         })
     }

@@ -1,5 +1,6 @@
 //! The embedded event store: one row per event; `(aggregate_id, sequence)` is unique, so a concurrent
-//! append surfaces as a typed conflict; the global order for replay is the insertion position.
+//! append surfaces as a typed conflict; the global order for replay is the insertion position (the
+//! rowid: rows are never deleted, so it only grows).
 
 use std::path::Path;
 
@@ -14,8 +15,8 @@ use crate::ports::{AppendError, EventStore, ReadAllPage};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
-    position INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
+    position INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
     aggregate_id TEXT NOT NULL,
     sequence INTEGER NOT NULL,
     body TEXT NOT NULL,
