@@ -160,6 +160,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A random trip around the centre, at least ~500 m long (shorter trips are refused by design).
+fn trip() -> (Value, Value) {
+    let mut rng = rand::rng();
+    loop {
+        let pickup = (CENTRE.0 + rng.random_range(-0.015..0.015), CENTRE.1 + rng.random_range(-0.015..0.015));
+        let dropoff = (CENTRE.0 + rng.random_range(-0.03..0.03), CENTRE.1 + rng.random_range(-0.03..0.03));
+        if (pickup.0 - dropoff.0).abs() + (pickup.1 - dropoff.1).abs() > 0.005 {
+            return (json!({ "lat": pickup.0, "lon": pickup.1 }), json!({ "lat": dropoff.0, "lon": dropoff.1 }));
+        }
+    }
+}
+
 /// One ride, request to assignment; `None` if no driver was offered in time.
 async fn one_ride(
     client: &reqwest::Client,
@@ -167,11 +179,7 @@ async fn one_ride(
     rider: &Party,
     drivers: &std::collections::HashMap<String, String>,
 ) -> anyhow::Result<Option<Duration>> {
-    let (pickup, dropoff) = {
-        let mut rng = rand::rng();
-        let mut around = |spread: f64| json!({ "lat": CENTRE.0 + rng.random_range(-spread..spread), "lon": CENTRE.1 + rng.random_range(-spread..spread) });
-        (around(0.015), around(0.03))
-    };
+    let (pickup, dropoff) = trip();
     let start = Instant::now();
     let ride: Value = client
         .post(format!("{base}/v1/rides"))
