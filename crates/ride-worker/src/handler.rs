@@ -14,9 +14,8 @@ use chrono::{DateTime, Duration, Utc};
 use ridehail_events::ride::{ExpireOffer, RetryMatching, RideCommand, RideEvent};
 use ridehail_events::{Actor, CommandEnvelope, CorrelationId, EventEnvelope, RideId, UserId};
 use ridehail_runtime::Backend;
-use ridehail_runtime::consumer::{HandleError, MessageHandler};
-use ridehail_runtime::ports::{AppendError, IncomingMessage, Rejection, RejectionKind, Timer};
-use ridehail_runtime::worker::{self, Outcome};
+use ridehail_runtime::ports::{AppendError, Rejection, RejectionKind, Timer};
+use ridehail_runtime::worker::{self, CommandProcessor, Outcome};
 use tracing::{debug, warn};
 
 use crate::domain::{
@@ -40,7 +39,7 @@ impl RideCommandHandler {
     }
 
     /// Decides and applies `command`; returns its outcome once every effect is durable.
-    pub async fn process(&self, command: &CommandEnvelope<RideCommand>) -> anyhow::Result<Outcome> {
+    async fn decide_and_apply(&self, command: &CommandEnvelope<RideCommand>) -> anyhow::Result<Outcome> {
         let b = &self.backend;
         let ride_id = RideId(command.aggregate_id);
         for _ in 0..worker::MAX_CONFLICT_RETRIES {
@@ -257,15 +256,18 @@ fn rejection_of(rejection: &RideRejection) -> Rejection {
 }
 
 #[async_trait]
-impl MessageHandler for RideCommandHandler {
-    async fn handle(&self, message: &IncomingMessage) -> Result<(), HandleError> {
-        let command = worker::decode_command::<RideCommand>(message)?;
-        if worker::already_done(&*self.backend.commands, command.command_id).await? {
-            return Ok(());
-        }
-        let outcome = self.process(&command).await?;
-        let resource = Some(format!("/v1/rides/{}", command.aggregate_id));
-        worker::record_outcome(&*self.backend.commands, &command, resource, outcome, self.backend.clock.now()).await?;
-        Ok(())
+impl CommandProcessor for RideCommandHandler {
+    type Command = RideCommand;
+
+    fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    fn resource(&self, aggregate_id: uuid::Uuid) -> String {
+        format!("/v1/rides/{aggregate_id}")
+    }
+
+    async fn process(&self, command: &CommandEnvelope<RideCommand>) -> anyhow::Result<Outcome> {
+        self.decide_and_apply(command).await
     }
 }

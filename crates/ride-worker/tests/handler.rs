@@ -8,7 +8,7 @@ use ridehail_events::ride::*;
 use ridehail_events::{Actor, CommandEnvelope, CommandId, CorrelationId, GeoPoint, RideId, UserId, WireCommand};
 use ridehail_runtime::consumer::MessageHandler;
 use ridehail_runtime::ports::{CommandState, IncomingMessage, StartFrom};
-use ridehail_runtime::worker::command_record;
+use ridehail_runtime::worker::{CommandProcessor, command_record};
 use ridehail_runtime::{Backend, Clock, ManualClock};
 use tempfile::TempDir;
 

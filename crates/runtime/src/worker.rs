@@ -6,7 +6,8 @@ use ridehail_events::topics::{JSON_CONTENT_TYPE, headers};
 use ridehail_events::{CommandEnvelope, EventEnvelope, EventId, Message, WireCommand, WireEvent};
 use uuid::Uuid;
 
-use crate::consumer::HandleError;
+use crate::backend::Backend;
+use crate::consumer::{HandleError, MessageHandler};
 use crate::ports::{
     AppendError, CommandState, CommandStatus, CommandStatusStore, EventStore, IncomingMessage, MessageBus,
     OutgoingMessage, Rejection,
@@ -171,4 +172,35 @@ pub fn caused_by<E: Clone>(history: &[EventEnvelope<E>], command_id: Uuid) -> Ve
 pub fn timer_command_id(timer_id: &str) -> ridehail_events::CommandId {
     const TIMER_NAMESPACE: Uuid = Uuid::from_u128(0x2a4e_51c0_93d2_4d1b_8f0e_6b7c_1d3e_5f70);
     ridehail_events::CommandId(Uuid::new_v5(&TIMER_NAMESPACE, timer_id.as_bytes()))
+}
+
+/// One aggregate type's command handling, run by [`MessageHandler`] for any implementor: a record whose
+/// command already has an outcome is skipped (redelivery), otherwise it is processed and its outcome
+/// recorded.
+#[async_trait::async_trait]
+pub trait CommandProcessor: Send + Sync {
+    type Command: Message;
+
+    fn backend(&self) -> &Backend;
+
+    /// Where clients read what a command on `aggregate_id` acted on.
+    fn resource(&self, aggregate_id: Uuid) -> String;
+
+    /// Decides and applies the command; returns once every effect is durable.
+    async fn process(&self, command: &CommandEnvelope<Self::Command>) -> anyhow::Result<Outcome>;
+}
+
+#[async_trait::async_trait]
+impl<P: CommandProcessor> MessageHandler for P {
+    async fn handle(&self, message: &IncomingMessage) -> Result<(), HandleError> {
+        let command = decode_command::<P::Command>(message)?;
+        let backend = self.backend();
+        if already_done(&*backend.commands, command.command_id).await? {
+            return Ok(());
+        }
+        let outcome = self.process(&command).await?;
+        let resource = Some(self.resource(command.aggregate_id));
+        record_outcome(&*backend.commands, &command, resource, outcome, backend.clock.now()).await?;
+        Ok(())
+    }
 }

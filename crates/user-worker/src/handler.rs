@@ -8,9 +8,8 @@ use ridehail_events::ids::email_claim_id;
 use ridehail_events::user::{EmailClaimEvent, Role, UserCommand, UserEvent};
 use ridehail_events::{CommandEnvelope, EventEnvelope, Message, UserId};
 use ridehail_runtime::Backend;
-use ridehail_runtime::consumer::{HandleError, MessageHandler};
-use ridehail_runtime::ports::{AppendError, IncomingMessage, Rejection, RejectionKind};
-use ridehail_runtime::worker::{self, Outcome};
+use ridehail_runtime::ports::{AppendError, Rejection, RejectionKind};
+use ridehail_runtime::worker::{self, CommandProcessor, Outcome};
 
 use crate::domain::{EmailTaken, UserRejection, UserState, decide, decide_claim, evolve, evolve_claim};
 use crate::projection::{project_credentials, project_profile};
@@ -25,7 +24,7 @@ impl UserCommandHandler {
         Self { backend }
     }
 
-    pub async fn process(&self, command: &CommandEnvelope<UserCommand>) -> anyhow::Result<Outcome> {
+    async fn decide_and_apply(&self, command: &CommandEnvelope<UserCommand>) -> anyhow::Result<Outcome> {
         let b = &self.backend;
         let user_id = UserId(command.aggregate_id);
         for _ in 0..worker::MAX_CONFLICT_RETRIES {
@@ -131,15 +130,19 @@ fn rejection_of(rejection: &UserRejection) -> Rejection {
 }
 
 #[async_trait]
-impl MessageHandler for UserCommandHandler {
-    async fn handle(&self, message: &IncomingMessage) -> Result<(), HandleError> {
-        let command = worker::decode_command::<UserCommand>(message)?;
-        if worker::already_done(&*self.backend.commands, command.command_id).await? {
-            return Ok(());
-        }
-        let outcome = self.process(&command).await?;
-        let resource = Some(format!("/v1/users/{}", command.aggregate_id));
-        worker::record_outcome(&*self.backend.commands, &command, resource, outcome, self.backend.clock.now()).await?;
-        Ok(())
+impl CommandProcessor for UserCommandHandler {
+    type Command = UserCommand;
+
+    fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The user's own profile (only that user can read it).
+    fn resource(&self, _aggregate_id: uuid::Uuid) -> String {
+        "/v1/me".to_owned()
+    }
+
+    async fn process(&self, command: &CommandEnvelope<UserCommand>) -> anyhow::Result<Outcome> {
+        self.decide_and_apply(command).await
     }
 }
