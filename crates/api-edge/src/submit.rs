@@ -88,7 +88,11 @@ pub async fn submit<C: Message>(
     match submit_once(state, headers, submission).await {
         Ok(response) => {
             let (response, stored) = store(response).await?;
-            state.backend.idempotency.complete(scope, key, &stored).await.map_err(ApiError::Unavailable)?;
+            // If this fails the key stays "in progress" until it expires: retries get 409, never a
+            // second command.
+            if let Err(e) = state.backend.idempotency.complete(scope, key, &stored).await {
+                tracing::error!(error = format!("{e:#}"), "could not store the response of an idempotent request");
+            }
             Ok(response)
         }
         Err(error) => {
@@ -139,19 +143,43 @@ async fn submit_once<C: Message>(
     b.bus.publish(submission.topic, vec![record]).await.map_err(|e| ApiError::Unavailable(e.into()))?;
     tracing::info!(command_id = %envelope.command_id, command_type = envelope.command.type_name(), "command published");
 
+    // Published: from here on the answer is never an error (a retry would submit the command again),
+    // at worst the plain 202.
     if let Some(wait) = headers.wait {
-        let status = b.commands.wait_final(envelope.command_id, wait).await.map_err(ApiError::Unavailable)?;
-        if let Some(status) = status.filter(|s| s.state != CommandState::Pending) {
-            let mut response =
-                outcome_response(state, &status, submission.resource, submission.creates, submission.viewer).await?;
-            let preference = format!("wait={}", wait.as_secs());
-            if let Ok(value) = HeaderValue::from_str(&preference) {
-                response.headers_mut().insert("preference-applied", value);
-            }
-            return Ok(response);
+        match waited_response(
+            state,
+            envelope.command_id,
+            wait,
+            submission.resource,
+            submission.creates,
+            submission.viewer,
+        )
+        .await
+        {
+            Ok(Some(response)) => return Ok(response),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "waiting for the outcome failed; answering 202"),
         }
     }
     Ok(accepted_response(&pending, submission.resource))
+}
+
+/// The outcome within `wait`, if the command reached one.
+async fn waited_response(
+    state: &AppState,
+    command_id: CommandId,
+    wait: std::time::Duration,
+    resource: Resource,
+    creates: bool,
+    viewer: Option<crate::auth::AuthUser>,
+) -> Result<Option<Response>, ApiError> {
+    let status = state.backend.commands.wait_final(command_id, wait).await.map_err(ApiError::Unavailable)?;
+    let Some(status) = status.filter(|s| s.state != CommandState::Pending) else { return Ok(None) };
+    let mut response = outcome_response(state, &status, resource, creates, viewer).await?;
+    if let Ok(value) = HeaderValue::from_str(&format!("wait={}", wait.as_secs())) {
+        response.headers_mut().insert("preference-applied", value);
+    }
+    Ok(Some(response))
 }
 
 /// `202 Accepted` pointing at the command's status.

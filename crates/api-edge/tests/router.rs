@@ -403,8 +403,12 @@ async fn someone_else_s_ride_is_not_found() {
         let history = app.call("GET", &format!("/v1/rides/{id}/history"), Some(token), None, &[]).await;
         assert_problem(&history, StatusCode::NOT_FOUND);
     }
-    let cancel = app.call("POST", &format!("/v1/rides/{id}/cancel"), Some(&other_rider), Some("{}"), &[]).await;
+    let cancel =
+        app.call("POST", &format!("/v1/rides/{id}/cancel"), Some(&other_rider), Some(r#"{"reason":"x"}"#), &[]).await;
     assert_problem(&cancel, StatusCode::NOT_FOUND);
+    let no_reason = app.call("POST", &format!("/v1/rides/{id}/cancel"), Some(&rider), Some("{}"), &[]).await;
+    assert_problem(&no_reason, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(no_reason.body["errors"][0]["field"], "reason");
     let accept = app.call("POST", &format!("/v1/rides/{id}/accept"), Some(&idle_driver), None, &[]).await;
     assert_problem(&accept, StatusCode::NOT_FOUND);
     // A command's status is only its issuer's.

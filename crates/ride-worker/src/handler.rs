@@ -46,7 +46,7 @@ impl RideCommandHandler {
             let history = worker::load::<RideEvent>(&*b.events, command.aggregate_id).await?;
             let already = worker::caused_by(&history, command.command_id.0);
             if !already.is_empty() {
-                self.complete_effects(ride_id, &history, &already).await?;
+                self.complete_effects(ride_id, &history, &already).await.map_err(worker::effects_pending)?;
                 return Ok(accepted(&already));
             }
             let state = fold(&history);
@@ -55,6 +55,26 @@ impl RideCommandHandler {
                 RideCommand::RequestRide(c) if state.is_none() => self.surge_at(&c.pickup.cell(), now).await?,
                 _ => crate::domain::fare::SURGE_ONE,
             };
+            // Accepting takes the driver for good: claim them in the geo index before deciding, so a
+            // driver whose offer hold lapsed and who was then reserved for another ride cannot end up
+            // assigned to two rides.
+            let accepting = match (&command.command, &state) {
+                (RideCommand::AcceptRide(c), Some(s))
+                    if s.offer.as_ref().is_some_and(|o| o.driver_id == c.driver_id) =>
+                {
+                    Some(c.driver_id)
+                }
+                _ => None,
+            };
+            if let Some(driver) = accepting
+                && !b.drivers.hold(driver, ride_id, None, now).await?
+            {
+                return Ok(Outcome::Rejected(Rejection {
+                    kind: RejectionKind::Conflict,
+                    code: "driver_busy".into(),
+                    detail: "the driver is held for another ride".into(),
+                }));
+            }
             let candidate = match search_for(&state, &command.command, &self.matching) {
                 Some(search) => {
                     let hold_until = now + self.matching.offer_timeout() + HOLD_GRACE;
@@ -65,12 +85,13 @@ impl RideCommandHandler {
                 }
                 None => None,
             };
+            let held: Vec<UserId> = candidate.map(|c| c.driver_id).into_iter().chain(accepting).collect();
             let facts = Facts { now, pricing: &self.pricing, matching: &self.matching, surge_bps, candidate };
             let decided = decide(&state, &command.command, &facts);
             let events = match decided {
                 Ok(events) => events,
                 Err(rejection) => {
-                    self.release_unused(candidate, &[], ride_id).await?;
+                    self.release_unused(&held, &[], ride_id).await?;
                     return Ok(Outcome::Rejected(rejection_of(&rejection)));
                 }
             };
@@ -78,18 +99,22 @@ impl RideCommandHandler {
             let new = worker::envelopes(command, command.aggregate_id, version, events, now);
             match worker::append(&*b.events, version, &new).await {
                 Ok(()) => {
-                    self.release_unused(candidate, &new, ride_id).await?;
                     let mut all = history;
                     all.extend(new.iter().cloned());
-                    self.complete_effects(ride_id, &all, &new).await?;
+                    async {
+                        self.release_unused(&held, &new, ride_id).await?;
+                        self.complete_effects(ride_id, &all, &new).await
+                    }
+                    .await
+                    .map_err(worker::effects_pending)?;
                     return Ok(accepted(&new));
                 }
                 Err(AppendError::Conflict { .. }) => {
                     debug!(%ride_id, "append conflict; deciding again");
-                    self.release_unused(candidate, &[], ride_id).await?;
+                    self.release_unused(&held, &[], ride_id).await?;
                 }
                 Err(e) => {
-                    self.release_unused(candidate, &[], ride_id).await?;
+                    self.release_unused(&held, &[], ride_id).await?;
                     return Err(e.into());
                 }
             }
@@ -104,19 +129,23 @@ impl RideCommandHandler {
         Ok(self.pricing.surge_bps(waiting + 1, available))
     }
 
-    /// Frees a reserved driver that the decided events did not offer the ride to.
+    /// Frees the drivers this attempt held whom the appended events neither offered the ride to nor
+    /// assigned it to.
     async fn release_unused(
         &self,
-        candidate: Option<DriverCandidate>,
+        held: &[UserId],
         events: &[EventEnvelope<RideEvent>],
         ride_id: RideId,
     ) -> anyhow::Result<()> {
-        let Some(candidate) = candidate else { return Ok(()) };
-        let offered = events
-            .iter()
-            .any(|e| matches!(&e.event, RideEvent::DriverOffered(o) if o.driver_id == candidate.driver_id));
-        if !offered {
-            self.backend.drivers.release(candidate.driver_id, ride_id).await?;
+        for driver in held {
+            let kept = events.iter().any(|e| match &e.event {
+                RideEvent::DriverOffered(o) => o.driver_id == *driver,
+                RideEvent::DriverAssigned(a) => a.driver_id == *driver,
+                _ => false,
+            });
+            if !kept {
+                self.backend.drivers.release(*driver, ride_id).await?;
+            }
         }
         Ok(())
     }
@@ -239,7 +268,9 @@ fn rejection_of(rejection: &RideRejection) -> Rejection {
         RideRejection::RideNotFound => RejectionKind::NotFound,
         RideRejection::InvalidLocation { .. }
         | RideRejection::TripTooShort
+        | RideRejection::ReasonRequired
         | RideRejection::ReasonTooLong
+        | RideRejection::DistanceImplausible
         | RideRejection::CommentTooLong
         | RideRejection::InvalidStars => RejectionKind::Invalid,
         RideRejection::NotTheRider | RideRejection::NotAssignedDriver | RideRejection::NotOfferedToDriver => {

@@ -189,3 +189,24 @@ async fn an_unanswered_offer_expires_through_its_timer_exactly_once() {
     );
     assert_eq!(w.view(ride).await.offered_driver_id, None);
 }
+
+#[tokio::test]
+async fn a_driver_taken_by_another_ride_cannot_accept_an_older_offer() {
+    let w = world();
+    let driver = w.driver_at(100.0).await;
+    let first = RideId::new();
+    w.send(first, request(UserId::new())).await;
+    assert_eq!(w.view(first).await.offered_driver_id, Some(driver));
+    // As if the first offer's hold had been lost (a crash outlasting it): another ride takes the driver.
+    w.backend.drivers.release(driver, first).await.unwrap();
+    let second = RideId::new();
+    w.send(second, request(UserId::new())).await;
+    assert_eq!(w.view(second).await.offered_driver_id, Some(driver));
+    let accept = w.send(first, RideCommand::AcceptRide(AcceptRide { driver_id: driver })).await;
+    let status = w.backend.commands.get(accept).await.unwrap().unwrap();
+    assert_eq!(status.rejection.unwrap().code, "driver_busy");
+    assert_eq!(w.view(first).await.status, RideStatus::Requested);
+    // The ride that holds the driver can still be accepted.
+    w.send(second, RideCommand::AcceptRide(AcceptRide { driver_id: driver })).await;
+    assert_eq!(w.view(second).await.status, RideStatus::DriverAssigned);
+}

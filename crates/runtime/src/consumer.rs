@@ -5,7 +5,9 @@
 //! of the batch in flight, so handlers must be idempotent. Partitions of a batch are processed
 //! concurrently; records of one partition strictly in order. A record that fails to decode (poison) or
 //! keeps failing after the retries goes to the dead-letter topic with its original bytes, headers,
-//! source position and the reason, and the partition moves on.
+//! source position and the reason, and the partition moves on. A record whose effects are partly
+//! durable ([`HandleError::Unfinished`]) is retried with capped backoff until it succeeds: the
+//! partition waits for the dependency rather than leave work half done.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,9 +26,13 @@ pub enum HandleError {
     /// The record can never be processed (bad bytes, unknown type): dead-letter it at once.
     #[error("poison message: {0}")]
     Poison(String),
-    /// Might work on a retry (a dependency hiccup).
+    /// Might work on a retry (a dependency hiccup); dead-lettered after the configured attempts.
     #[error(transparent)]
     Transient(#[from] anyhow::Error),
+    /// Part of the record's effects are already durable (its events were appended): it is retried
+    /// until it succeeds or the consumer shuts down, never dead-lettered, so nothing is left half done.
+    #[error("unfinished: {0:#}")]
+    Unfinished(anyhow::Error),
 }
 
 #[async_trait]
@@ -162,6 +168,14 @@ async fn process_one(
         match handler.handle(message).await {
             Ok(()) => return true,
             Err(HandleError::Poison(reason)) => break format!("poison: {reason}"),
+            Err(HandleError::Unfinished(e)) => {
+                let delay = config.retry_max_delay;
+                warn!(error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "unfinished record; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return false,
+                }
+            }
             Err(HandleError::Transient(e)) => match delays.next() {
                 Some(delay) => {
                     warn!(error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "handler failed");

@@ -545,4 +545,12 @@ pub async fn timers_fire_when_due_once_per_id(store: &dyn TimerStore) {
     assert_eq!(mine(due), [b.clone(), a.clone()]);
     store.cancel(&b).await.unwrap();
     assert_eq!(mine(store.due(base + chrono::Duration::seconds(10), 100).await.unwrap()), [a]);
+    // A deadline between two milliseconds is never reported early.
+    let d = format!("{prefix}-d");
+    let odd = base + chrono::Duration::seconds(20) + chrono::Duration::microseconds(500);
+    store.schedule(&Timer { due_at: odd, ..timer(&d, 0) }).await.unwrap();
+    let early = store.due(base + chrono::Duration::seconds(20), 100).await.unwrap();
+    assert!(!early.iter().any(|t| t.id == d), "fired before its deadline");
+    let on_time = store.due(odd + chrono::Duration::microseconds(500), 100).await.unwrap();
+    assert!(on_time.iter().any(|t| t.id == d));
 }

@@ -112,6 +112,16 @@ pub async fn publish_events<E: Message>(
     Ok(())
 }
 
+/// Marks an error that happened after a command's events were appended: the consumer must retry the
+/// record until its effects are complete instead of dead-lettering it.
+#[derive(Debug, thiserror::Error)]
+#[error("effects of an appended command are unfinished: {0:#}")]
+pub struct EffectsPending(anyhow::Error);
+
+pub fn effects_pending(error: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(EffectsPending(error))
+}
+
 /// What a command came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -198,9 +208,14 @@ impl<P: CommandProcessor> MessageHandler for P {
         if already_done(&*backend.commands, command.command_id).await? {
             return Ok(());
         }
-        let outcome = self.process(&command).await?;
+        let outcome = self.process(&command).await.map_err(|e| {
+            if e.is::<EffectsPending>() { HandleError::Unfinished(e) } else { HandleError::Transient(e) }
+        })?;
         let resource = Some(self.resource(command.aggregate_id));
-        record_outcome(&*backend.commands, &command, resource, outcome, backend.clock.now()).await?;
+        // The command's effects are done; its outcome must be recorded before the record is let go.
+        record_outcome(&*backend.commands, &command, resource, outcome, backend.clock.now())
+            .await
+            .map_err(HandleError::Unfinished)?;
         Ok(())
     }
 }

@@ -31,6 +31,14 @@ impl MessageHandler for Recorder {
         if text == "poison" {
             return Err(HandleError::Poison("not a command".into()));
         }
+        if let Some(times) = text.strip_prefix("stuck:") {
+            let mut failures = self.failures.lock().unwrap();
+            let seen = failures.entry(text.clone()).or_default();
+            if *seen < times.parse::<u32>().unwrap() {
+                *seen += 1;
+                return Err(HandleError::Unfinished(anyhow::anyhow!("events appended, view not written")));
+            }
+        }
         if text == "broken" {
             return Err(HandleError::Transient(anyhow::anyhow!("dependency down")));
         }
@@ -124,6 +132,22 @@ async fn transient_failures_are_retried_and_persistent_ones_dead_lettered_after_
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].payload, b"broken");
     assert!(dead[0].header(headers::DLQ_REASON).unwrap().contains("after 3 attempts"), "{:?}", dead[0].headers);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_unfinished_record_is_retried_past_the_attempt_limit_and_never_dead_lettered() {
+    let dir = TempDir::new().unwrap();
+    let bus = Arc::new(EmbeddedBus::open(&dir.path().join("bus.sqlite"), &[(TOPIC, 1), (DLQ, 1)]).unwrap());
+    let handler = Arc::new(Recorder::default());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(consumer::run(bus.clone(), handler.clone(), config(), shutdown.clone()));
+    // Six failures, twice the configured attempts.
+    bus.publish(TOPIC, vec![record("k", b"stuck:6"), record("k", b"ok:next")]).await.unwrap();
+    wait_for(|| handler.handled.lock().unwrap().len() == 2).await;
+    assert_eq!(*handler.handled.lock().unwrap(), ["stuck:6", "ok:next"]);
+    assert!(dead_letters(&bus).await.is_empty());
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }

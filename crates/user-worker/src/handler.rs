@@ -31,7 +31,7 @@ impl UserCommandHandler {
             let history = worker::load::<UserEvent>(&*b.events, command.aggregate_id).await?;
             let already = worker::caused_by(&history, command.command_id.0);
             if !already.is_empty() {
-                self.complete_effects(user_id, &history, &already).await?;
+                self.complete_effects(user_id, &history, &already).await.map_err(worker::effects_pending)?;
                 return Ok(accepted(&already));
             }
             let state: Option<UserState> = history.iter().fold(None, |s, e| evolve(s, &e.event));
@@ -39,9 +39,12 @@ impl UserCommandHandler {
                 Ok(events) => events,
                 Err(rejection) => return Ok(Outcome::Rejected(rejection_of(&rejection))),
             };
+            // Once the address is claimed for this user, the sign-up must finish: a failure from here on
+            // is retried until it succeeds, or the address would stay claimed by nobody.
+            let mut claimed = false;
             if let UserCommand::RegisterUser(c) = &command.command {
                 match self.claim_email(command, &c.email, user_id).await? {
-                    Ok(()) => {}
+                    Ok(()) => claimed = true,
                     Err(EmailTaken) => return Ok(Outcome::Rejected(rejection_of(&UserRejection::EmailTaken))),
                 }
             }
@@ -52,10 +55,11 @@ impl UserCommandHandler {
                 Ok(()) => {
                     let mut all = history;
                     all.extend(new.iter().cloned());
-                    self.complete_effects(user_id, &all, &new).await?;
+                    self.complete_effects(user_id, &all, &new).await.map_err(worker::effects_pending)?;
                     return Ok(accepted(&new));
                 }
                 Err(AppendError::Conflict { .. }) => continue,
+                Err(e) if claimed => return Err(worker::effects_pending(e.into())),
                 Err(e) => return Err(e.into()),
             }
         }

@@ -168,8 +168,8 @@ pub async fn cancel(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: CancelRequest = optional_body(&body)?;
-    if req.reason.chars().count() > 200 {
-        return Err(ApiError::field("reason", "must be at most 200 characters"));
+    if req.reason.trim().is_empty() || req.reason.chars().count() > 200 {
+        return Err(ApiError::field("reason", "must be given, at most 200 characters"));
     }
     let ride = own_ride(&state, &id, user).await?;
     let cancelled_by = match user.role {

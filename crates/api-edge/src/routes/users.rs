@@ -73,8 +73,9 @@ pub async fn register(
     );
     let password_hash = state.passwords.hash(SecretString::from(req.password)).await?;
     let user_id = UserId::new();
+    let email = req.email.trim().to_owned();
     let command = UserCommand::RegisterUser(RegisterUser {
-        email: req.email.trim().to_owned(),
+        email: email.clone(),
         name: req.name,
         role: req.role,
         password_hash: PasswordHash(password_hash),
@@ -89,7 +90,9 @@ pub async fn register(
         creates: true,
         viewer: None,
     };
-    submit(&state, &headers, "anonymous", fp, submission).await
+    // Sign-ups have no caller to scope keys by: scope them by the address being registered.
+    let scope = format!("signup:{}", ridehail_events::ids::email_claim_id(&email));
+    submit(&state, &headers, &scope, fp, submission).await
 }
 
 /// The profile as JSON, if projected.

@@ -25,6 +25,10 @@ pub struct PricingPolicy {
     pub surge_slope_bps: u32,
     /// Surge never exceeds this (basis points; 25000 = 2.5x).
     pub surge_cap_bps: u32,
+    /// A driver-reported distance may exceed the estimated road distance by this factor (percent)
+    /// or by `reported_distance_slack_m`, whichever is more; beyond that completion is refused.
+    pub max_reported_distance_percent: u32,
+    pub reported_distance_slack_m: u32,
 }
 
 impl Default for PricingPolicy {
@@ -39,6 +43,8 @@ impl Default for PricingPolicy {
             average_speed_kmh: 30,
             surge_slope_bps: 5_000,
             surge_cap_bps: 25_000,
+            max_reported_distance_percent: 400,
+            reported_distance_slack_m: 3_000,
         }
     }
 }
@@ -62,6 +68,13 @@ impl PricingPolicy {
         let excess = ratio_bps - u128::from(SURGE_ONE);
         let surge = u128::from(SURGE_ONE) + excess * u128::from(self.surge_slope_bps) / u128::from(SURGE_ONE);
         surge.min(u128::from(self.surge_cap_bps.max(SURGE_ONE))) as u32
+    }
+
+    /// The longest distance a driver may report for a trip estimated at `estimate_m`.
+    pub fn max_reported_distance_m(&self, estimate_m: u32) -> u32 {
+        let scaled = u64::from(estimate_m) * u64::from(self.max_reported_distance_percent) / 100;
+        let slack = u64::from(estimate_m) + u64::from(self.reported_distance_slack_m);
+        scaled.max(slack).min(u64::from(u32::MAX)) as u32
     }
 
     /// The road distance estimated from a straight-line distance.

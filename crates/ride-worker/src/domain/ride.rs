@@ -77,8 +77,12 @@ pub enum RideRejection {
     NotTheRider,
     #[error("a ride in progress cannot be cancelled")]
     AlreadyInProgress,
+    #[error("a cancellation needs a reason")]
+    ReasonRequired,
     #[error("the reason is longer than {MAX_REASON_CHARS} characters")]
     ReasonTooLong,
+    #[error("the reported distance is implausible for this trip")]
+    DistanceImplausible,
     #[error("the comment is longer than {MAX_COMMENT_CHARS} characters")]
     CommentTooLong,
     #[error("stars must be between 1 and 5")]
@@ -103,7 +107,9 @@ impl RideRejection {
             Self::NotAssignedDriver => "not_assigned_driver",
             Self::NotTheRider => "not_the_rider",
             Self::AlreadyInProgress => "ride_in_progress",
+            Self::ReasonRequired => "reason_required",
             Self::ReasonTooLong => "reason_too_long",
+            Self::DistanceImplausible => "distance_implausible",
             Self::CommentTooLong => "comment_too_long",
             Self::InvalidStars => "invalid_stars",
             Self::AlreadyRated => "already_rated",
@@ -289,6 +295,9 @@ pub fn decide(
             let s = existing(state)?;
             assigned(s, *driver_id, RideStatus::InProgress, "complete")?;
             let distance = distance_meters.unwrap_or(s.estimate.distance_meters);
+            if distance > facts.pricing.max_reported_distance_m(s.estimate.distance_meters) {
+                return Err(RideRejection::DistanceImplausible);
+            }
             let started = s.started_at.unwrap_or(facts.now);
             let duration = (facts.now - started).num_seconds().clamp(0, i64::from(u32::MAX)) as u32;
             let fare = facts.pricing.fare(distance, duration, s.estimate.surge_bps);
@@ -296,6 +305,9 @@ pub fn decide(
         }
         RideCommand::CancelRide(CancelRide { cancelled_by, reason }) => {
             let s = existing(state)?;
+            if reason.trim().is_empty() {
+                return Err(RideRejection::ReasonRequired);
+            }
             if reason.chars().count() > MAX_REASON_CHARS {
                 return Err(RideRejection::ReasonTooLong);
             }

@@ -420,6 +420,20 @@ fn completion_charges_distance_driven_and_time_since_start_at_the_quoted_surge()
 }
 
 #[test]
+fn a_reported_distance_far_beyond_the_trip_is_refused() {
+    let g = given(history("in_progress")).at(t0() + Duration::minutes(20));
+    let estimate = match &requested() {
+        RideEvent::RideRequested(r) => r.estimate.distance_meters,
+        _ => unreachable!(),
+    };
+    let max = PricingPolicy::default().max_reported_distance_m(estimate);
+    let complete = |m| RideCommand::CompleteRide(CompleteRide { driver_id: DRIVER, distance_meters: Some(m) });
+    assert!(g.when(complete(max)).is_ok());
+    assert_eq!(g.when(complete(max + 1)), Err(RideRejection::DistanceImplausible));
+    assert_eq!(g.when(complete(u32::MAX)), Err(RideRejection::DistanceImplausible));
+}
+
+#[test]
 fn cancelling_releases_whoever_holds_the_ride_and_records_who_cancelled() {
     let events = given(history("assigned")).when(command("cancel")).unwrap();
     assert_eq!(
@@ -438,13 +452,15 @@ fn cancelling_releases_whoever_holds_the_ride_and_records_who_cancelled() {
     assert_eq!(given(history("offered")).when(by_driver), Err(RideRejection::NotAssignedDriver));
     let by_stranger = RideCommand::CancelRide(CancelRide {
         cancelled_by: Canceller::Rider { rider_id: STRANGER },
-        reason: String::new(),
+        reason: "not mine".into(),
     });
     assert_eq!(given(history("assigned")).when(by_stranger), Err(RideRejection::NotTheRider));
     let by_system = RideCommand::CancelRide(CancelRide { cancelled_by: Canceller::System, reason: "fraud".into() });
     assert!(given(history("searching")).when(by_system).is_ok());
     let long = RideCommand::CancelRide(CancelRide { cancelled_by: Canceller::System, reason: "x".repeat(201) });
     assert_eq!(given(history("assigned")).when(long), Err(RideRejection::ReasonTooLong));
+    let blank = RideCommand::CancelRide(CancelRide { cancelled_by: Canceller::System, reason: "  ".into() });
+    assert_eq!(given(history("assigned")).when(blank), Err(RideRejection::ReasonRequired));
 }
 
 #[test]

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::params;
 
-use super::sqlite::{Db, exec, from_millis, millis};
+use super::sqlite::{Db, exec, from_millis, millis, millis_ceil};
 use crate::ports::{Timer, TimerStore};
 
 const SCHEMA: &str = "
@@ -34,7 +34,7 @@ impl TimerStore for EmbeddedTimers {
         self.db.with(|conn| {
             exec(conn,
                 "INSERT OR IGNORE INTO timers (id, due_at, topic, key, headers, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![timer.id, millis(timer.due_at), timer.topic, timer.key, headers, timer.payload],
+                params![timer.id, millis_ceil(timer.due_at), timer.topic, timer.key, headers, timer.payload],
             )?;
             Ok(())
         })
