@@ -1,15 +1,16 @@
 //! `ridehail replay`: rebuilds the read models from the event store, the source of truth.
 //!
 //! Reads the whole history in its global order, folds each stream, and writes every view with the
-//! stream's version. Views only move forward, so replaying onto existing views changes nothing;
-//! to recover from a damaged read model, delete its file (`rides.sqlite`, `views.sqlite`,
-//! `drivers.sqlite`) and replay.
+//! stream's version: ride views, profiles and credentials, driver positions and availability, and the
+//! drivers held by rides that are offered or under way. Views only move forward, so replaying onto
+//! existing views changes nothing; to recover from a damaged read model, stop Ridehail, delete its
+//! file (`rides.sqlite`, `users.sqlite`, `drivers.sqlite`, with their `-wal`/`-shm`) and replay.
 
 use std::collections::HashMap;
 
-use ridehail_events::ride::RideEvent;
+use ridehail_events::ride::{RideEvent, RideStatus};
 use ridehail_events::user::{Role, UserEvent};
-use ridehail_events::{AggregateType, EventEnvelope, UserId, WireEvent};
+use ridehail_events::{AggregateType, EventEnvelope, RideId, UserId, WireEvent};
 use ridehail_runtime::Backend;
 use tracing::info;
 
@@ -29,33 +30,44 @@ pub async fn run(backend: &Backend) -> anyhow::Result<()> {
         after = page.next;
     }
     let (mut rides, mut users) = (0usize, 0usize);
-    for (id, stream) in streams {
-        match stream.first().map(|e| e.aggregate_type) {
-            Some(AggregateType::Ride) => {
-                let events = decode::<RideEvent>(stream)?;
-                if let Some(view) = ride_worker::projection::project(&events) {
-                    backend.rides.upsert(&view).await?;
-                    rides += 1;
+    // Users first: holds restored from rides need the drivers' rows.
+    for (id, stream) in
+        streams.iter().filter(|(_, s)| s.first().is_some_and(|e| e.aggregate_type == AggregateType::User))
+    {
+        let events = decode::<UserEvent>(stream.clone())?;
+        if let Some(profile) = user_worker::projection::project_profile(&events) {
+            if profile.role == Role::Driver {
+                let state = events.iter().fold(None, |s, e| user_worker::domain::evolve(s, &e.event));
+                if let Some(s) = state {
+                    backend.drivers.update_driver(UserId(*id), s.location, s.online, events.len() as u64).await?;
                 }
             }
-            Some(AggregateType::User) => {
-                let events = decode::<UserEvent>(stream)?;
-                if let Some(profile) = user_worker::projection::project_profile(&events) {
-                    if profile.role == Role::Driver {
-                        let state = events.iter().fold(None, |s, e| user_worker::domain::evolve(s, &e.event));
-                        if let Some(s) = state {
-                            backend
-                                .drivers
-                                .update_driver(UserId(id), s.location, s.online, events.len() as u64)
-                                .await?;
-                        }
-                    }
-                    backend.users.upsert_profile(&profile).await?;
-                    users += 1;
-                }
-                if let Some(credentials) = user_worker::projection::project_credentials(&events) {
-                    backend.users.upsert_credentials(&credentials).await?;
-                }
+            backend.users.upsert_profile(&profile).await?;
+            users += 1;
+        }
+        if let Some(credentials) = user_worker::projection::project_credentials(&events) {
+            backend.users.upsert_credentials(&credentials).await?;
+        }
+    }
+    let now = backend.clock.now();
+    for (id, stream) in
+        streams.iter().filter(|(_, s)| s.first().is_some_and(|e| e.aggregate_type == AggregateType::Ride))
+    {
+        let events = decode::<RideEvent>(stream.clone())?;
+        if let Some(view) = ride_worker::projection::project(&events) {
+            backend.rides.upsert(&view).await?;
+            rides += 1;
+        }
+        let state = events.iter().fold(None, |s, e| ride_worker::domain::evolve(s, &e.event, e.occurred_at));
+        let Some(state) = state else { continue };
+        let ride = RideId(*id);
+        match (state.status, &state.offer, state.driver_id) {
+            (RideStatus::Requested, Some(offer), _) => {
+                let until = offer.expires_at + ride_worker::handler::HOLD_GRACE;
+                backend.drivers.hold(offer.driver_id, ride, Some(until), now).await?;
+            }
+            (RideStatus::DriverAssigned | RideStatus::DriverArrived | RideStatus::InProgress, _, Some(driver)) => {
+                backend.drivers.hold(driver, ride, None, now).await?;
             }
             _ => {}
         }

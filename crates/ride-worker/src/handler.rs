@@ -24,7 +24,7 @@ use crate::domain::{
 use crate::projection::project;
 
 /// A driver stays held this long after their offer expires, so the expiry timer fires first.
-const HOLD_GRACE: Duration = Duration::seconds(10);
+pub const HOLD_GRACE: Duration = Duration::seconds(10);
 
 #[derive(Debug, Clone)]
 pub struct RideCommandHandler {

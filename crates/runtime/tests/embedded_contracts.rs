@@ -89,7 +89,7 @@ store_case!(
 );
 
 fn user_views(dir: &TempDir) -> EmbeddedUserViews {
-    EmbeddedUserViews::new(Db::open(&dir.path().join("views.sqlite")).unwrap()).unwrap()
+    EmbeddedUserViews::new(Db::open(&dir.path().join("users.sqlite")).unwrap()).unwrap()
 }
 store_case!(user_views, user_views_store_profiles_and_credentials);
 
@@ -117,11 +117,11 @@ async fn command_status_wait_returns_once_final() {
 }
 
 fn idempotency(dir: &TempDir) -> EmbeddedIdempotency {
-    EmbeddedIdempotency::new(Db::open(&dir.path().join("views.sqlite")).unwrap()).unwrap()
+    EmbeddedIdempotency::new(Db::open(&dir.path().join("commands.sqlite")).unwrap()).unwrap()
 }
 store_case!(idempotency, idempotency_replays_and_detects_mismatches);
 
 fn timers(dir: &TempDir) -> EmbeddedTimers {
-    EmbeddedTimers::new(Db::open(&dir.path().join("views.sqlite")).unwrap()).unwrap()
+    EmbeddedTimers::new(Db::open(&dir.path().join("timers.sqlite")).unwrap()).unwrap()
 }
 store_case!(timers, timers_fire_when_due_once_per_id);

@@ -26,7 +26,10 @@ pub struct EmbeddedCommandStatus {
 
 impl EmbeddedCommandStatus {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        let db = Db::open(path)?;
+        Self::new(Db::open(path)?)
+    }
+
+    pub fn new(db: Db) -> anyhow::Result<Self> {
         db.migrate(SCHEMA)?;
         Ok(Self { db, waiters: Arc::default() })
     }

@@ -36,16 +36,18 @@ pub fn open(data_dir: &Path, partitions: u32, clock: Arc<dyn Clock>) -> anyhow::
     std::fs::create_dir_all(data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display()))?;
     let topics: Vec<(&str, u32)> = ridehail_events::topics::ALL.iter().map(|t| (*t, partitions)).collect();
-    let views = Db::open(&data_dir.join("views.sqlite"))?;
+    // Read models that `ridehail replay` rebuilds live in files of their own (rides, users, drivers),
+    // apart from the log, the event store and the edge's bookkeeping (commands, idempotency keys).
+    let bookkeeping = Db::open(&data_dir.join("commands.sqlite"))?;
     Ok(Backend {
         bus: Arc::new(EmbeddedBus::open(&data_dir.join("bus.sqlite"), &topics)?),
         events: Arc::new(EmbeddedEventStore::open(&data_dir.join("events.sqlite"))?),
         rides: Arc::new(EmbeddedRideViews::open(&data_dir.join("rides.sqlite"))?),
-        users: Arc::new(EmbeddedUserViews::new(views.clone())?),
+        users: Arc::new(EmbeddedUserViews::new(Db::open(&data_dir.join("users.sqlite"))?)?),
         drivers: Arc::new(EmbeddedDriverLocator::open(&data_dir.join("drivers.sqlite"))?),
-        commands: Arc::new(EmbeddedCommandStatus::open(&data_dir.join("commands.sqlite"))?),
-        idempotency: Arc::new(EmbeddedIdempotency::new(views.clone())?),
-        timers: Arc::new(EmbeddedTimers::new(views)?),
+        commands: Arc::new(EmbeddedCommandStatus::new(bookkeeping.clone())?),
+        idempotency: Arc::new(EmbeddedIdempotency::new(bookkeeping)?),
+        timers: Arc::new(EmbeddedTimers::new(Db::open(&data_dir.join("timers.sqlite"))?)?),
         clock,
     })
 }
