@@ -17,9 +17,14 @@ pub struct Server {
 impl Server {
     /// Starts `ridehail dev` on 127.0.0.1:0 and waits for its "listening on" line.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        Self::start_service(data_dir, "dev", env)
+    }
+
+    /// Starts `ridehail <service>` (`dev` or `edge`) on 127.0.0.1:0 and waits for its URL.
+    pub fn start_service(data_dir: &Path, service: &str, env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ridehail"));
         command
-            .args(["--data-dir", data_dir.to_str().unwrap(), "dev", "--bind", "127.0.0.1:0"])
+            .args(["--data-dir", data_dir.to_str().unwrap(), service, "--bind", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -51,6 +56,28 @@ impl Server {
         assert!(status.success());
         self.child.wait().unwrap()
     }
+}
+
+/// A worker process, killed when dropped (also when a test fails).
+pub struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a worker process (`ride-worker` or `user-worker`) on the data directory.
+pub fn start_worker(data_dir: &Path, worker: &str) -> Worker {
+    let child = Command::new(env!("CARGO_BIN_EXE_ridehail"))
+        .args(["--data-dir", data_dir.to_str().unwrap(), worker])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("worker starts");
+    Worker(child)
 }
 
 impl Drop for Server {
