@@ -261,12 +261,7 @@ async fn the_services_also_run_as_separate_processes_on_one_data_directory() {
     let dir = tempfile::TempDir::new().unwrap();
     // The edge first: it creates the data directory's files and the development secret.
     let edge = Server::start_service(dir.path(), "edge", &[]);
-    let mut workers =
-        [support::start_worker(dir.path(), "user-worker"), support::start_worker(dir.path(), "ride-worker")];
+    let _workers = [support::start_worker(dir.path(), "user-worker"), support::start_worker(dir.path(), "ride-worker")];
     let api = Api::new(&edge.url);
     readme_session(&api).await;
-    for worker in &mut workers {
-        worker.kill().unwrap();
-        worker.wait().unwrap();
-    }
 }
