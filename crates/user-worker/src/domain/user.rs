@@ -280,4 +280,80 @@ mod tests {
         let car = UserCommand::UpdateProfile(UpdateProfile { name: None, vehicle: Some(vehicle()) });
         assert_eq!(decide(&rider, &car), Err(UserRejection::VehicleNotAllowed));
     }
+
+    /// Every (state x command) pair, under one representative command each.
+    #[test]
+    fn every_state_and_command_pair_has_the_expected_outcome() {
+        let driver = registered(Role::Driver);
+        let mut located = driver.clone();
+        located.push(UserEvent::DriverLocationUpdated(DriverLocationUpdated { location: LISBON }));
+        let mut online_driver = driver.clone();
+        online_driver.push(UserEvent::DriverWentOnline(DriverWentOnline { location: Some(LISBON) }));
+        let states: [(&str, Vec<UserEvent>); 5] = [
+            ("none", vec![]),
+            ("rider", registered(Role::Rider)),
+            ("driver offline, never located", driver),
+            ("driver offline, located", located),
+            ("driver online", online_driver),
+        ];
+        let commands: [(&str, UserCommand); 5] = [
+            ("register", register(Role::Rider, None)),
+            ("rename", UserCommand::UpdateProfile(UpdateProfile { name: Some("New Name".into()), vehicle: None })),
+            ("go online", online(None)),
+            ("go offline", UserCommand::SetAvailability(SetAvailability { online: false, location: None })),
+            ("move", UserCommand::UpdateLocation(UpdateLocation { location: LISBON })),
+        ];
+        use UserRejection::*;
+        let expected: [[Result<&[&str], UserRejection>; 5]; 5] = [
+            // register, rename, go online, go offline, move
+            [
+                Ok(&["UserRegistered", "PasswordSet"]),
+                Err(UserNotFound),
+                Err(UserNotFound),
+                Err(UserNotFound),
+                Err(UserNotFound),
+            ],
+            [Err(AlreadyRegistered), Ok(&["ProfileUpdated"]), Err(NotADriver), Err(NotADriver), Err(NotADriver)],
+            [
+                Err(AlreadyRegistered),
+                Ok(&["ProfileUpdated"]),
+                Err(LocationRequired),
+                Ok(&[]),
+                Ok(&["DriverLocationUpdated"]),
+            ],
+            [
+                Err(AlreadyRegistered),
+                Ok(&["ProfileUpdated"]),
+                Ok(&["DriverWentOnline"]),
+                Ok(&[]),
+                Ok(&["DriverLocationUpdated"]),
+            ],
+            [
+                Err(AlreadyRegistered),
+                Ok(&["ProfileUpdated"]),
+                Ok(&[]),
+                Ok(&["DriverWentOffline"]),
+                Ok(&["DriverLocationUpdated"]),
+            ],
+        ];
+        let mut failures = Vec::new();
+        for (row, (state_name, history)) in states.iter().enumerate() {
+            let state = given(history);
+            for (col, (command_name, command)) in commands.iter().enumerate() {
+                let got = decide(&state, command);
+                let ok = match (&expected[row][col], &got) {
+                    (Ok(want), Ok(events)) => types(events) == *want,
+                    (Err(want), Err(rejection)) => want == rejection,
+                    _ => false,
+                };
+                if !ok {
+                    failures.push(format!(
+                        "given {state_name} when {command_name}: want {:?}, got {got:?}",
+                        expected[row][col]
+                    ));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
 }
