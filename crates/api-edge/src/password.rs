@@ -1,9 +1,9 @@
 //! argon2id password hashing on a small dedicated pool of threads.
 //!
 //! Each hash costs ~19 MiB and tens of milliseconds by design. A fixed pool bounds both: at most
-//! `threads` hashes run at once (so a burst of sign-ups or logins cannot take every core, and excess
-//! work queues or is refused with 503), and the memory each thread's allocator keeps for reuse stays
-//! bounded to `threads` x 19 MiB instead of growing with every thread that ever hashed.
+//! `threads` hashes run at once (a burst of sign-ups or logins cannot take every core; beyond the
+//! queue the edge answers 503), and each thread reuses one working buffer, so hashing holds
+//! `threads` x 19 MiB however many passwords it has seen.
 
 use std::cell::RefCell;
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
