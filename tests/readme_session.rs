@@ -124,6 +124,14 @@ async fn readme_session(api: &Api) -> String {
     ride_id
 }
 
+/// What the rider can read after the session: the ride, its history and their own profile.
+async fn rider_view(api: &Api, rider_token: &str, ride_id: &str) -> (Value, Value, Value) {
+    let (_, ride) = api.send("GET", &format!("/v1/rides/{ride_id}"), Some(rider_token), None).await;
+    let (_, history) = api.send("GET", &format!("/v1/rides/{ride_id}/history"), Some(rider_token), None).await;
+    let (_, me) = api.send("GET", "/v1/me", Some(rider_token), None).await;
+    (ride, history, me)
+}
+
 fn event_types(history: &Value) -> Vec<&str> {
     history["events"].as_array().unwrap().iter().map(|e| e["event_type"].as_str().unwrap()).collect()
 }
@@ -135,22 +143,15 @@ async fn the_readme_session_survives_kill_9_and_restart() {
     let api = Api::new(&server.url);
     let ride_id = readme_session(&api).await;
     let (_, rider_token) = api.login(RIDER_EMAIL, RIDER_PASSWORD).await;
-    let (_, ride_before) = api.send("GET", &format!("/v1/rides/{ride_id}"), Some(&rider_token), None).await;
-    let (_, history_before) = api.send("GET", &format!("/v1/rides/{ride_id}/history"), Some(&rider_token), None).await;
-    let (_, me_before) = api.send("GET", "/v1/me", Some(&rider_token), None).await;
+    let before = rider_view(&api, &rider_token, &ride_id).await;
 
     server.kill_9();
     let server = Server::start(dir.path(), &[]);
     let api = Api::new(&server.url);
 
     // Tokens issued before the restart are still valid (the development secret is kept on disk).
-    let (_, me_after) = api.send("GET", "/v1/me", Some(&rider_token), None).await;
-    assert_eq!(me_after, me_before);
+    assert_eq!(rider_view(&api, &rider_token, &ride_id).await, before);
     let (_, driver_token) = api.login(DRIVER_EMAIL, DRIVER_PASSWORD).await;
-    let (_, ride_after) = api.send("GET", &format!("/v1/rides/{ride_id}"), Some(&rider_token), None).await;
-    assert_eq!(ride_after, ride_before);
-    let (_, history_after) = api.send("GET", &format!("/v1/rides/{ride_id}/history"), Some(&rider_token), None).await;
-    assert_eq!(history_after, history_before);
     let (_, driver_rides) = api.send("GET", "/v1/rides", Some(&driver_token), None).await;
     assert_eq!(driver_rides["items"][0]["ride_id"], ride_id.as_str());
     // And the restarted system keeps working.
@@ -224,8 +225,7 @@ async fn replay_rebuilds_deleted_read_models_from_the_event_history() {
     let api = Api::new(&server.url);
     let ride_id = readme_session(&api).await;
     let (_, rider_token) = api.login(RIDER_EMAIL, RIDER_PASSWORD).await;
-    let (_, ride_before) = api.send("GET", &format!("/v1/rides/{ride_id}"), Some(&rider_token), None).await;
-    let (_, me_before) = api.send("GET", "/v1/me", Some(&rider_token), None).await;
+    let before = rider_view(&api, &rider_token, &ride_id).await;
     assert!(server.terminate().success());
 
     for file in ["rides", "users", "drivers"] {
@@ -244,10 +244,7 @@ async fn replay_rebuilds_deleted_read_models_from_the_event_history() {
     let api = Api::new(&server.url);
     // Credentials were rebuilt too: logging in works.
     let (_, rider_token) = api.login(RIDER_EMAIL, RIDER_PASSWORD).await;
-    let (_, ride_after) = api.send("GET", &format!("/v1/rides/{ride_id}"), Some(&rider_token), None).await;
-    assert_eq!(ride_after, ride_before);
-    let (_, me_after) = api.send("GET", "/v1/me", Some(&rider_token), None).await;
-    assert_eq!(me_after, me_before);
+    assert_eq!(rider_view(&api, &rider_token, &ride_id).await, before);
     // The driver is back online where they were, and free: a new request is offered to them.
     let (driver_id, _) = api.login(DRIVER_EMAIL, DRIVER_PASSWORD).await;
     let trip = json!({ "pickup": { "lat": 38.7223, "lon": -9.1393 }, "dropoff": { "lat": 38.7369, "lon": -9.1427 } });
