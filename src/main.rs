@@ -87,6 +87,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::UserWorker => (None, false, true),
         Command::Replay | Command::Loadgen(_) => unreachable!("handled above"),
     };
+    // Refuse to start at all, rather than half, when the edge's secret is missing or weak.
+    let keys = match edge {
+        Some(_) => Some(api_edge::auth::JwtKeys::new(
+            &settings.jwt_secret()?,
+            &settings.edge.token_issuer,
+            chrono::Duration::minutes(i64::from(settings.edge.token_ttl_minutes)),
+        )?),
+        None => None,
+    };
     if rides {
         let (backend, config, token) = (backend.clone(), settings.ride_worker.clone(), shutdown.clone());
         services.spawn(async move { ride_worker::run(backend, config, token).await.context("ride-worker") });
@@ -95,14 +104,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let (backend, config, token) = (backend.clone(), settings.user_worker.clone(), shutdown.clone());
         services.spawn(async move { user_worker::run(backend, config, token).await.context("user-worker") });
     }
-    if let Some(args) = edge {
+    if let (Some(args), Some(keys)) = (edge, keys) {
         let bind = args.bind.clone().unwrap_or_else(|| settings.http.bind.clone());
         let listener = tokio::net::TcpListener::bind(&bind).await.with_context(|| format!("binding {bind}"))?;
-        let keys = api_edge::auth::JwtKeys::new(
-            &settings.jwt_secret()?,
-            &settings.edge.token_issuer,
-            chrono::Duration::minutes(i64::from(settings.edge.token_ttl_minutes)),
-        )?;
         let address = listener.local_addr()?;
         let state = api_edge::AppState::new(backend.clone(), keys, settings.edge.clone());
         let token = shutdown.clone();
