@@ -87,7 +87,7 @@ async fn dead_letters(bus: &EmbeddedBus) -> Vec<IncomingMessage> {
 #[tokio::test]
 async fn a_poison_message_is_dead_lettered_intact_and_the_partition_moves_on_in_order() {
     let dir = TempDir::new().unwrap();
-    let bus = Arc::new(EmbeddedBus::open(&dir.path().join("bus.sqlite"), &[(TOPIC, 2), (DLQ, 1)]).unwrap());
+    let bus = Arc::new(EmbeddedBus::open(&dir.path().join("bus"), &[(TOPIC, 2), (DLQ, 1)]).unwrap());
     let handler = Arc::new(Recorder::default());
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(consumer::run(bus.clone(), handler.clone(), config(), shutdown.clone()));
@@ -121,7 +121,7 @@ async fn a_poison_message_is_dead_lettered_intact_and_the_partition_moves_on_in_
 #[tokio::test]
 async fn transient_failures_are_retried_and_persistent_ones_dead_lettered_after_the_attempts() {
     let dir = TempDir::new().unwrap();
-    let bus = Arc::new(EmbeddedBus::open(&dir.path().join("bus.sqlite"), &[(TOPIC, 1), (DLQ, 1)]).unwrap());
+    let bus = Arc::new(EmbeddedBus::open(&dir.path().join("bus"), &[(TOPIC, 1), (DLQ, 1)]).unwrap());
     let handler = Arc::new(Recorder::default());
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(consumer::run(bus.clone(), handler.clone(), config(), shutdown.clone()));
@@ -139,7 +139,7 @@ async fn transient_failures_are_retried_and_persistent_ones_dead_lettered_after_
 #[tokio::test]
 async fn an_unfinished_record_is_retried_past_the_attempt_limit_and_never_dead_lettered() {
     let dir = TempDir::new().unwrap();
-    let bus = Arc::new(EmbeddedBus::open(&dir.path().join("bus.sqlite"), &[(TOPIC, 1), (DLQ, 1)]).unwrap());
+    let bus = Arc::new(EmbeddedBus::open(&dir.path().join("bus"), &[(TOPIC, 1), (DLQ, 1)]).unwrap());
     let handler = Arc::new(Recorder::default());
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(consumer::run(bus.clone(), handler.clone(), config(), shutdown.clone()));
@@ -155,7 +155,7 @@ async fn an_unfinished_record_is_retried_past_the_attempt_limit_and_never_dead_l
 #[tokio::test]
 async fn offsets_are_committed_after_the_work_so_a_restart_resumes_after_it() {
     let dir = TempDir::new().unwrap();
-    let bus = Arc::new(EmbeddedBus::open(&dir.path().join("bus.sqlite"), &[(TOPIC, 2), (DLQ, 1)]).unwrap());
+    let bus = Arc::new(EmbeddedBus::open(&dir.path().join("bus"), &[(TOPIC, 2), (DLQ, 1)]).unwrap());
     let first = Arc::new(Recorder::default());
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(consumer::run(bus.clone(), first.clone(), config(), shutdown.clone()));

@@ -13,7 +13,7 @@ const TOPIC: &str = "contract.topic";
 
 fn bus() -> (TempDir, EmbeddedBus) {
     let dir = TempDir::new().unwrap();
-    let bus = EmbeddedBus::open(&dir.path().join("bus.sqlite"), &[(TOPIC, 3)]).unwrap();
+    let bus = EmbeddedBus::open(&dir.path().join("bus"), &[(TOPIC, 3)]).unwrap();
     (dir, bus)
 }
 
@@ -41,7 +41,7 @@ async fn bus_refuses_unknown_topics() {
 #[tokio::test]
 async fn bus_committed_offsets_survive_reopening_the_file() {
     let dir = TempDir::new().unwrap();
-    let path = dir.path().join("bus.sqlite");
+    let path = dir.path().join("bus");
     {
         let bus = EmbeddedBus::open(&path, &[(TOPIC, 3)]).unwrap();
         contract::bus_resumes_a_group_from_its_committed_offsets(&bus, TOPIC, "g").await;

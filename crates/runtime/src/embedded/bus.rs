@@ -1,4 +1,5 @@
-//! The embedded message bus: a partitioned log in SQLite with committed offsets per consumer group.
+//! The embedded message bus: a partitioned log in SQLite with committed offsets per consumer group,
+//! one database file per topic (so publishing events never waits for a consumer reading commands).
 //!
 //! A group has a single member in this adapter (it is assigned every partition); one process is
 //! expected per data directory. Publishing wakes local subscribers at once; a subscriber also looks
@@ -7,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -30,10 +32,28 @@ CREATE TABLE IF NOT EXISTS group_offsets (
 ) WITHOUT ROWID;
 ";
 
+/// The end of a partition. A bare `MAX` lets SQLite answer from the primary key's last entry; wrapped
+/// in another expression it would scan the whole partition.
+const NEXT_OFFSET: &str = "SELECT MAX(offset) FROM messages WHERE topic = ?1 AND partition = ?2";
+
+fn next_offset(row: &rusqlite::Row<'_>) -> rusqlite::Result<u64> {
+    Ok(row.get::<_, Option<u64>>(0)?.map_or(0, |last| last + 1))
+}
+
+/// One topic's log.
+#[derive(Debug)]
+struct TopicLog {
+    db: Db,
+    partitions: u32,
+    /// Bumped on every publish, so a woken subscriber can tell whether its topics moved before asking
+    /// SQLite.
+    version: AtomicU64,
+}
+
 #[derive(Debug)]
 struct Inner {
-    db: Db,
-    topics: HashMap<String, u32>,
+    topics: HashMap<String, TopicLog>,
+    /// Wakes local subscribers when anything is published.
     published: Notify,
 }
 
@@ -54,60 +74,53 @@ fn partition_for(key: &str, partitions: u32) -> u32 {
 }
 
 impl EmbeddedBus {
-    /// Opens the log, creating the listed topics; an existing topic keeps its partition count.
-    pub fn open(path: &Path, topics: &[(&str, u32)]) -> anyhow::Result<Self> {
-        let db = Db::open(path)?;
-        db.migrate(SCHEMA)?;
-        let topics = db.with(|conn| {
-            let tx = conn.transaction()?;
-            for (topic, partitions) in topics {
+    /// Opens the logs under directory `dir`, creating the listed topics; an existing topic keeps its
+    /// partition count.
+    pub fn open(dir: &Path, topics: &[(&str, u32)]) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut logs = HashMap::new();
+        for (topic, partitions) in topics {
+            let db = Db::open(&dir.join(format!("{topic}.sqlite")))?;
+            db.migrate(SCHEMA)?;
+            let partitions = db.with(|conn| {
                 exec(
-                    &tx,
+                    conn,
                     "INSERT OR IGNORE INTO topics (topic, partitions) VALUES (?1, ?2)",
                     params![topic, partitions],
                 )?;
-            }
-            let mut map = HashMap::new();
-            {
-                let mut stmt = tx.prepare("SELECT topic, partitions FROM topics")?;
-                let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))?;
-                for row in rows {
-                    let (topic, partitions) = row?;
-                    map.insert(topic, partitions);
-                }
-            }
-            tx.commit()?;
-            Ok(map)
-        })?;
-        Ok(Self { inner: Arc::new(Inner { db, topics, published: Notify::new() }) })
+                Ok(one(conn, "SELECT partitions FROM topics WHERE topic = ?1", params![topic], |r| r.get::<_, u32>(0))?)
+            })?;
+            logs.insert((*topic).to_owned(), TopicLog { db, partitions, version: AtomicU64::new(0) });
+        }
+        Ok(Self { inner: Arc::new(Inner { topics: logs, published: Notify::new() }) })
+    }
+
+    fn log(&self, topic: &str) -> Result<&TopicLog, BusError> {
+        self.inner.topics.get(topic).ok_or_else(|| BusError::UnknownTopic(topic.to_owned()))
     }
 
     fn partitions_of(&self, topic: &str) -> Result<u32, BusError> {
-        self.inner.topics.get(topic).copied().ok_or_else(|| BusError::UnknownTopic(topic.to_owned()))
+        self.log(topic).map(|log| log.partitions)
     }
 }
 
 #[async_trait]
 impl MessageBus for EmbeddedBus {
     async fn publish(&self, topic: &str, messages: Vec<OutgoingMessage>) -> Result<(), BusError> {
-        let partitions = self.partitions_of(topic)?;
+        let log = self.log(topic)?;
+        let partitions = log.partitions;
         if messages.is_empty() {
             return Ok(());
         }
         let now = millis(chrono::Utc::now());
-        self.inner.db.with(|conn| {
+        log.db.with(|conn| {
             let tx = conn.transaction()?;
             let mut next: HashMap<u32, u64> = HashMap::new();
             for message in &messages {
                 let partition = partition_for(&message.key, partitions);
                 let offset = match next.get(&partition) {
                     Some(offset) => *offset,
-                    None => one(
-                        &tx,
-                        "SELECT COALESCE(MAX(offset) + 1, 0) FROM messages WHERE topic = ?1 AND partition = ?2",
-                        params![topic, partition],
-                        |r| r.get::<_, u64>(0),
-                    )?,
+                    None => one(&tx, NEXT_OFFSET, params![topic, partition], next_offset)?,
                 };
                 exec(
                     &tx,
@@ -128,6 +141,7 @@ impl MessageBus for EmbeddedBus {
             tx.commit()?;
             Ok(())
         })?;
+        log.version.fetch_add(1, Ordering::Release);
         self.inner.published.notify_waiters();
         Ok(())
     }
@@ -144,9 +158,9 @@ impl MessageBus for EmbeddedBus {
             assigned.extend((0..partitions).map(|p| ((*topic).to_owned(), p)));
         }
         let group = group.to_owned();
-        let positions = self.inner.db.with(|conn| {
-            let mut positions = BTreeMap::new();
-            for (topic, partition) in &assigned {
+        let mut positions = BTreeMap::new();
+        for (topic, partition) in &assigned {
+            let position = self.log(topic)?.db.with(|conn| {
                 let committed: Option<u64> = one(
                     conn,
                     "SELECT next_offset FROM group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3",
@@ -154,12 +168,7 @@ impl MessageBus for EmbeddedBus {
                     |r| r.get(0),
                 )
                 .optional()?;
-                let end: u64 = one(
-                    conn,
-                    "SELECT COALESCE(MAX(offset) + 1, 0) FROM messages WHERE topic = ?1 AND partition = ?2",
-                    params![topic, partition],
-                    |r| r.get(0),
-                )?;
+                let end: u64 = one(conn, NEXT_OFFSET, params![topic, partition], next_offset)?;
                 let position = match &start {
                     StartFrom::Committed => committed.unwrap_or(0),
                     StartFrom::Earliest => 0,
@@ -177,10 +186,10 @@ impl MessageBus for EmbeddedBus {
                         .map(|o| o.offset)
                         .unwrap_or(committed.unwrap_or(0)),
                 };
-                positions.insert((topic.clone(), *partition), position);
-            }
-            Ok(positions)
-        })?;
+                Ok(position)
+            })?;
+            positions.insert((topic.clone(), *partition), position);
+        }
         Ok(Box::new(EmbeddedSubscription { bus: self.clone(), group, positions }))
     }
 
@@ -189,7 +198,7 @@ impl MessageBus for EmbeddedBus {
     }
 
     async fn ping(&self) -> anyhow::Result<()> {
-        self.inner.db.ping()
+        self.inner.topics.values().try_for_each(|log| log.db.ping())
     }
 }
 
@@ -202,18 +211,30 @@ struct EmbeddedSubscription {
 }
 
 impl EmbeddedSubscription {
+    /// Sum of the publish counters of the subscribed topics.
+    fn version(&self) -> u64 {
+        let mut topics: Vec<&String> = self.positions.keys().map(|(topic, _)| topic).collect();
+        topics.dedup();
+        topics
+            .into_iter()
+            .filter_map(|t| self.bus.inner.topics.get(t))
+            .map(|log| log.version.load(Ordering::Acquire))
+            .fold(0u64, u64::wrapping_add)
+    }
+
     fn fetch(&self, max: usize) -> anyhow::Result<Vec<IncomingMessage>> {
         let per_partition = (max / self.positions.len().max(1)).max(1);
-        self.bus.inner.db.with(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT offset, key, headers, payload, ts FROM messages
-                 WHERE topic = ?1 AND partition = ?2 AND offset >= ?3 ORDER BY offset LIMIT ?4",
-            )?;
-            let mut out = Vec::new();
-            for ((topic, partition), position) in &self.positions {
-                if out.len() >= max {
-                    break;
-                }
+        let mut out = Vec::new();
+        for ((topic, partition), position) in &self.positions {
+            if out.len() >= max {
+                break;
+            }
+            let Some(log) = self.bus.inner.topics.get(topic) else { continue };
+            log.db.with(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT offset, key, headers, payload, ts FROM messages
+                     WHERE topic = ?1 AND partition = ?2 AND offset >= ?3 ORDER BY offset LIMIT ?4",
+                )?;
                 let rows = stmt.query_map(params![topic, partition, position, per_partition], |r| {
                     Ok((
                         r.get::<_, u64>(0)?,
@@ -235,9 +256,10 @@ impl EmbeddedSubscription {
                         timestamp: from_millis(ts),
                     });
                 }
-            }
-            Ok(out)
-        })
+                Ok(())
+            })?;
+        }
+        Ok(out)
     }
 }
 
@@ -245,64 +267,74 @@ impl EmbeddedSubscription {
 impl Subscription for EmbeddedSubscription {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<IncomingMessage>, BusError> {
         let deadline = tokio::time::Instant::now() + wait;
+        let mut known_version = None;
+        let mut look = true;
         loop {
             let notified = self.bus.inner.published.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let batch = self.fetch(max)?;
-            if !batch.is_empty() {
-                for message in &batch {
-                    self.positions.insert((message.topic.clone(), message.partition), message.offset + 1);
+            // Ask SQLite only when one of our topics moved (or after a quiet nap: another process may
+            // have published); publishes to other topics wake us for nothing otherwise.
+            let version = self.version();
+            if look || known_version != Some(version) {
+                known_version = Some(version);
+                let batch = self.fetch(max)?;
+                if !batch.is_empty() {
+                    for message in &batch {
+                        self.positions.insert((message.topic.clone(), message.partition), message.offset + 1);
+                    }
+                    return Ok(batch);
                 }
-                return Ok(batch);
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return Ok(Vec::new());
             }
             let nap = (deadline - now).min(Duration::from_millis(50));
-            let _ = tokio::time::timeout(nap, notified).await;
+            look = tokio::time::timeout(nap, notified).await.is_err();
         }
     }
 
     async fn commit(&mut self, offsets: &[PartitionOffset]) -> Result<(), BusError> {
-        let group = self.group.clone();
-        self.bus.inner.db.with(|conn| {
-            let tx = conn.transaction()?;
-            for o in offsets {
-                exec(
-                    &tx,
-                    "INSERT INTO group_offsets (group_id, topic, partition, next_offset) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
-                    params![group, o.topic, o.partition, o.offset],
-                )?;
-            }
-            tx.commit()?;
-            Ok(())
-        })?;
+        let mut by_topic: BTreeMap<&str, Vec<&PartitionOffset>> = BTreeMap::new();
+        for o in offsets {
+            by_topic.entry(o.topic.as_str()).or_default().push(o);
+        }
+        for (topic, offsets) in by_topic {
+            self.bus.log(topic)?.db.with(|conn| {
+                let tx = conn.transaction()?;
+                for o in offsets {
+                    exec(
+                        &tx,
+                        "INSERT INTO group_offsets (group_id, topic, partition, next_offset) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                        params![self.group, o.topic, o.partition, o.offset],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(())
+            })?;
+        }
         Ok(())
     }
 
     async fn committed(&self) -> Result<Vec<PartitionOffset>, BusError> {
-        let group = self.group.clone();
-        let assigned: Vec<(String, u32)> = self.positions.keys().cloned().collect();
-        let offsets = self.bus.inner.db.with(|conn| {
-            let mut out = Vec::new();
-            for (topic, partition) in assigned {
-                let offset: Option<u64> = one(
+        let mut out = Vec::new();
+        for (topic, partition) in self.positions.keys() {
+            let offset: Option<u64> = self.bus.log(topic)?.db.with(|conn| {
+                Ok(one(
                     conn,
                     "SELECT next_offset FROM group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3",
-                    params![group, topic, partition],
+                    params![self.group, topic, partition],
                     |r| r.get(0),
                 )
-                .optional()?;
-                if let Some(offset) = offset {
-                    out.push(PartitionOffset { topic, partition, offset });
-                }
+                .optional()?)
+            })?;
+            if let Some(offset) = offset {
+                out.push(PartitionOffset { topic: topic.clone(), partition: *partition, offset });
             }
-            Ok(out)
-        })?;
-        Ok(offsets)
+        }
+        Ok(out)
     }
 }
 

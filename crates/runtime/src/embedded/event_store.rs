@@ -38,8 +38,9 @@ impl EmbeddedEventStore {
 }
 
 fn current_version(conn: &rusqlite::Connection, aggregate_id: &str) -> rusqlite::Result<u64> {
-    one(conn, "SELECT COALESCE(MAX(sequence), 0) FROM events WHERE aggregate_id = ?1", params![aggregate_id], |r| {
-        r.get(0)
+    // A bare MAX is answered from the (aggregate_id, sequence) index's last entry.
+    one(conn, "SELECT MAX(sequence) FROM events WHERE aggregate_id = ?1", params![aggregate_id], |r| {
+        Ok(r.get::<_, Option<u64>>(0)?.unwrap_or(0))
     })
 }
 

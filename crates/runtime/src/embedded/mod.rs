@@ -40,7 +40,7 @@ pub fn open(data_dir: &Path, partitions: u32, clock: Arc<dyn Clock>) -> anyhow::
     // apart from the log, the event store and the edge's bookkeeping (commands, idempotency keys).
     let bookkeeping = Db::open(&data_dir.join("commands.sqlite"))?;
     Ok(Backend {
-        bus: Arc::new(EmbeddedBus::open(&data_dir.join("bus.sqlite"), &topics)?),
+        bus: Arc::new(EmbeddedBus::open(&data_dir.join("bus"), &topics)?),
         events: Arc::new(EmbeddedEventStore::open(&data_dir.join("events.sqlite"))?),
         rides: Arc::new(EmbeddedRideViews::open(&data_dir.join("rides.sqlite"))?),
         users: Arc::new(EmbeddedUserViews::new(Db::open(&data_dir.join("users.sqlite"))?)?),

@@ -24,7 +24,7 @@ impl Db {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "busy_timeout", 5000)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        conn.pragma_update(None, "cache_size", -8000)?;
+        conn.pragma_update(None, "cache_size", -4000)?;
         // Fewer WAL restarts: each one makes SQLite drop its page cache.
         conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
         Ok(Self { path: Arc::new(path.to_path_buf()), conn: Arc::new(Mutex::new(conn)) })
