@@ -1,14 +1,13 @@
 //! The embedded message bus: a partitioned log in SQLite with committed offsets per consumer group,
 //! one database file per topic (so publishing events never waits for a consumer reading commands).
 //!
-//! A group has a single member in this adapter (it is assigned every partition); one process is
-//! expected per data directory. Publishing wakes local subscribers at once; a subscriber also looks
-//! again every 50 ms so records written by another process are still seen.
+//! A group has a single member in this adapter (it is assigned every partition). Publishing wakes the
+//! local subscribers of that topic at once; a subscriber also looks again every 50 ms, so records
+//! written by another process on the same data directory are seen too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -45,16 +44,27 @@ fn next_offset(row: &rusqlite::Row<'_>) -> rusqlite::Result<u64> {
 struct TopicLog {
     db: Db,
     partitions: u32,
-    /// Bumped on every publish, so a woken subscriber can tell whether its topics moved before asking
-    /// SQLite.
-    version: AtomicU64,
+    /// Local subscriptions to wake when this topic gets records (and only then).
+    subscribers: Mutex<Vec<Weak<Notify>>>,
+}
+
+impl TopicLog {
+    fn wake_subscribers(&self) {
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        subscribers.retain(|weak| match weak.upgrade() {
+            // A stored permit: a subscription not waiting right now finds it on its next wait.
+            Some(notify) => {
+                notify.notify_one();
+                true
+            }
+            None => false,
+        });
+    }
 }
 
 #[derive(Debug)]
 struct Inner {
     topics: HashMap<String, TopicLog>,
-    /// Wakes local subscribers when anything is published.
-    published: Notify,
 }
 
 /// See the module documentation.
@@ -90,9 +100,9 @@ impl EmbeddedBus {
                 )?;
                 Ok(one(conn, "SELECT partitions FROM topics WHERE topic = ?1", params![topic], |r| r.get::<_, u32>(0))?)
             })?;
-            logs.insert((*topic).to_owned(), TopicLog { db, partitions, version: AtomicU64::new(0) });
+            logs.insert((*topic).to_owned(), TopicLog { db, partitions, subscribers: Mutex::default() });
         }
-        Ok(Self { inner: Arc::new(Inner { topics: logs, published: Notify::new() }) })
+        Ok(Self { inner: Arc::new(Inner { topics: logs }) })
     }
 
     fn log(&self, topic: &str) -> Result<&TopicLog, BusError> {
@@ -141,8 +151,7 @@ impl MessageBus for EmbeddedBus {
             tx.commit()?;
             Ok(())
         })?;
-        log.version.fetch_add(1, Ordering::Release);
-        self.inner.published.notify_waiters();
+        log.wake_subscribers();
         Ok(())
     }
 
@@ -190,7 +199,12 @@ impl MessageBus for EmbeddedBus {
             })?;
             positions.insert((topic.clone(), *partition), position);
         }
-        Ok(Box::new(EmbeddedSubscription { bus: self.clone(), group, positions }))
+        let wake = Arc::new(Notify::new());
+        for topic in topics {
+            let log = self.log(topic)?;
+            log.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&wake));
+        }
+        Ok(Box::new(EmbeddedSubscription { bus: self.clone(), group, positions, wake }))
     }
 
     async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
@@ -208,20 +222,11 @@ struct EmbeddedSubscription {
     group: String,
     /// Next offset to read, per assigned partition.
     positions: BTreeMap<(String, u32), u64>,
+    /// Woken by publishes to the subscribed topics.
+    wake: Arc<Notify>,
 }
 
 impl EmbeddedSubscription {
-    /// Sum of the publish counters of the subscribed topics.
-    fn version(&self) -> u64 {
-        let mut topics: Vec<&String> = self.positions.keys().map(|(topic, _)| topic).collect();
-        topics.dedup();
-        topics
-            .into_iter()
-            .filter_map(|t| self.bus.inner.topics.get(t))
-            .map(|log| log.version.load(Ordering::Acquire))
-            .fold(0u64, u64::wrapping_add)
-    }
-
     fn fetch(&self, max: usize) -> anyhow::Result<Vec<IncomingMessage>> {
         let per_partition = (max / self.positions.len().max(1)).max(1);
         let mut out = Vec::new();
@@ -267,31 +272,21 @@ impl EmbeddedSubscription {
 impl Subscription for EmbeddedSubscription {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<IncomingMessage>, BusError> {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut known_version = None;
-        let mut look = true;
         loop {
-            let notified = self.bus.inner.published.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // Ask SQLite only when one of our topics moved (or after a quiet nap: another process may
-            // have published); publishes to other topics wake us for nothing otherwise.
-            let version = self.version();
-            if look || known_version != Some(version) {
-                known_version = Some(version);
-                let batch = self.fetch(max)?;
-                if !batch.is_empty() {
-                    for message in &batch {
-                        self.positions.insert((message.topic.clone(), message.partition), message.offset + 1);
-                    }
-                    return Ok(batch);
+            let batch = self.fetch(max)?;
+            if !batch.is_empty() {
+                for message in &batch {
+                    self.positions.insert((message.topic.clone(), message.partition), message.offset + 1);
                 }
+                return Ok(batch);
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return Ok(Vec::new());
             }
+            // Woken by a local publish to our topics, or after a short nap: another process may publish.
             let nap = (deadline - now).min(Duration::from_millis(50));
-            look = tokio::time::timeout(nap, notified).await.is_err();
+            let _ = tokio::time::timeout(nap, self.wake.notified()).await;
         }
     }
 
