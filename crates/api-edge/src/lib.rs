@@ -51,6 +51,10 @@ pub struct EdgeConfig {
     pub password_threads: usize,
     /// Password requests allowed to wait for a thread; beyond that the edge answers 503.
     pub password_queue: usize,
+    /// Requests handled at once (a `Prefer: wait` request holds its place while it waits); beyond
+    /// that the edge answers 503 at once instead of queueing, so an overload cannot build up latency
+    /// and memory without bound.
+    pub max_in_flight: usize,
 }
 
 impl Default for EdgeConfig {
@@ -65,6 +69,7 @@ impl Default for EdgeConfig {
             token_issuer: "ridehail".into(),
             password_threads: 2,
             password_queue: 256,
+            max_in_flight: 256,
         }
     }
 }
@@ -112,7 +117,10 @@ pub fn router(state: AppState) -> Router {
             problem(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed", None, vec![])
         })
         .with_state(state);
-    api.layer(axum::middleware::from_fn(extract::correlation_layer))
+    // One semaphore for the whole edge (router layers are applied per route).
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1)));
+    api.layer(axum::middleware::from_fn_with_state(in_flight, shed_load))
+        .layer(axum::middleware::from_fn(extract::correlation_layer))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -122,6 +130,26 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", None, vec![])
         }))
+}
+
+/// Admits a request if fewer than `max_in_flight` are being handled, else answers 503 at once.
+async fn shed_load(
+    axum::extract::State(in_flight): axum::extract::State<Arc<tokio::sync::Semaphore>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let Ok(_permit) = in_flight.try_acquire_owned() else {
+        let mut response = problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Overloaded",
+            Some("too many requests in flight; retry shortly".into()),
+            vec![],
+        );
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    next.run(request).await
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

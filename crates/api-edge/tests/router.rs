@@ -39,6 +39,10 @@ fn keys() -> JwtKeys {
 }
 
 fn spawn_app(with_workers: bool) -> TestApp {
+    spawn_app_with(with_workers, EdgeConfig::default())
+}
+
+fn spawn_app_with(with_workers: bool, config: EdgeConfig) -> TestApp {
     let dir = TempDir::new().unwrap();
     let backend = ridehail_runtime::embedded::open(dir.path(), 2, Arc::new(SystemClock)).unwrap();
     let shutdown = CancellationToken::new();
@@ -46,7 +50,7 @@ fn spawn_app(with_workers: bool) -> TestApp {
         tokio::spawn(ride_worker::run(backend.clone(), Default::default(), shutdown.clone()));
         tokio::spawn(user_worker::run(backend.clone(), Default::default(), shutdown.clone()));
     }
-    let state = AppState::new(backend.clone(), keys(), EdgeConfig::default());
+    let state = AppState::new(backend.clone(), keys(), config);
     TestApp { router: router(state), backend, keys: keys(), shutdown, _dir: dir }
 }
 
@@ -470,4 +474,23 @@ async fn a_user_updates_their_profile() {
     assert_problem(&reply, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(reply.body["errors"][0]["field"], "vehicle");
     assert_problem(&app.call("PATCH", "/v1/me", Some(&rider), Some("{}"), &[]).await, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn beyond_the_in_flight_limit_requests_are_shed_with_503_at_once() {
+    // No workers: a request that waits for its outcome holds its place for the whole wait.
+    let app = Arc::new(spawn_app_with(false, EdgeConfig { max_in_flight: 1, ..EdgeConfig::default() }));
+    let token = rider_token(&app);
+    let holder = {
+        let (app, token) = (app.clone(), token.clone());
+        tokio::spawn(async move { app.request_ride(&token, &[("prefer", "wait=2")]).await.status })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let shed = app.call("GET", "/health/live", None, None, &[]).await;
+    assert_problem(&shed, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(shed.headers[header::RETRY_AFTER], "1");
+    assert!(started.elapsed() < Duration::from_millis(500), "shedding must not wait");
+    assert_eq!(holder.await.unwrap(), StatusCode::ACCEPTED, "the admitted request completes normally");
+    assert_eq!(app.call("GET", "/health/live", None, None, &[]).await.status, StatusCode::OK);
 }
