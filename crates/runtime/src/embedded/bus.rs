@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use rusqlite::TransactionBehavior;
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
 
@@ -124,7 +125,7 @@ impl MessageBus for EmbeddedBus {
         }
         let now = millis(chrono::Utc::now());
         log.db.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut next: HashMap<u32, u64> = HashMap::new();
             for message in &messages {
                 let partition = partition_for(&message.key, partitions);
@@ -297,7 +298,7 @@ impl Subscription for EmbeddedSubscription {
         }
         for (topic, offsets) in by_topic {
             self.bus.log(topic)?.db.with(|conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 for o in offsets {
                     exec(
                         &tx,

@@ -7,6 +7,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ridehail_events::{GeoPoint, RideId, UserId};
+use rusqlite::TransactionBehavior;
 use rusqlite::params;
 
 use super::sqlite::{Db, exec, millis};
@@ -128,7 +129,7 @@ impl DriverLocator for EmbeddedDriverLocator {
     ) -> anyhow::Result<Option<Candidate>> {
         let excluded: Vec<String> = exclude.iter().map(|d| d.to_string()).collect();
         self.db.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             // Look in growing boxes: with many drivers around, the first small box already holds the
             // nearest one, and only its few rows are read.
             let mut search = FIRST_SEARCH_M.min(f64::from(radius_m));

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use ridehail_events::WireEvent;
+use rusqlite::TransactionBehavior;
 use rusqlite::params;
 use uuid::Uuid;
 
@@ -51,7 +52,7 @@ impl EventStore for EmbeddedEventStore {
         let id = aggregate_id.to_string();
         let mut conflict = None;
         self.db.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let actual = current_version(&tx, &id)?;
             if actual != expected_version {
                 conflict = Some(actual);

@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
+use rusqlite::TransactionBehavior;
 use rusqlite::{OptionalExtension, params};
 
 use super::sqlite::{Db, exec, millis, one};
@@ -38,7 +39,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
         ttl: Duration,
     ) -> anyhow::Result<IdempotencyClaim> {
         self.db.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let existing: Option<(String, i64, Option<String>)> = one(&tx,
                     "SELECT fingerprint, created_at, response FROM idempotency_keys WHERE scope = ?1 AND key = ?2",
                     params![scope, key],

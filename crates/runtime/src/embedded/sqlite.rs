@@ -49,6 +49,9 @@ impl Db {
     }
 }
 
+// Transactions that read before they write begin IMMEDIATE: they take the write lock up front and
+// wait for it (busy_timeout), instead of failing when another process wrote after their read.
+
 /// Runs a statement through the connection's prepared-statement cache.
 pub fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
     conn.prepare_cached(sql)?.execute(params)
