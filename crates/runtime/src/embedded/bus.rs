@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use rusqlite::TransactionBehavior;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use tokio::sync::Notify;
 
 use super::sqlite::{Db, exec, from_millis, millis, one};

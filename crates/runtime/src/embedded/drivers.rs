@@ -7,8 +7,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ridehail_events::{GeoPoint, RideId, UserId};
-use rusqlite::TransactionBehavior;
-use rusqlite::params;
+use rusqlite::{TransactionBehavior, params};
 
 use super::sqlite::{Db, exec, millis};
 use crate::ports::{Candidate, DriverLocator};

@@ -6,8 +6,7 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use ridehail_events::WireEvent;
-use rusqlite::TransactionBehavior;
-use rusqlite::params;
+use rusqlite::{TransactionBehavior, params};
 use uuid::Uuid;
 
 use super::sqlite::{Db, one};

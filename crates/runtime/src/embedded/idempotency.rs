@@ -2,8 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
-use rusqlite::TransactionBehavior;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::sqlite::{Db, exec, millis, one};
 use crate::ports::{IdempotencyClaim, IdempotencyStore, StoredResponse};
