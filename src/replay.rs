@@ -12,7 +12,7 @@ use ridehail_events::ride::{RideEvent, RideStatus};
 use ridehail_events::user::{Role, UserEvent};
 use ridehail_events::{AggregateType, EventEnvelope, RideId, UserId, WireEvent};
 use ridehail_runtime::Backend;
-use tracing::info;
+use tracing::{info, warn};
 
 pub async fn run(backend: &Backend) -> anyhow::Result<()> {
     let mut streams: HashMap<uuid::Uuid, Vec<WireEvent>> = HashMap::new();
@@ -50,6 +50,10 @@ pub async fn run(backend: &Backend) -> anyhow::Result<()> {
         }
     }
     let now = backend.clock.now();
+    // Holds: rides under way first (no deadline), then open offers, so that a stale offer can never
+    // take a driver who is already assigned to another ride.
+    let mut assigned = Vec::new();
+    let mut offered = Vec::new();
     for (id, stream) in
         streams.iter().filter(|(_, s)| s.first().is_some_and(|e| e.aggregate_type == AggregateType::Ride))
     {
@@ -63,13 +67,17 @@ pub async fn run(backend: &Backend) -> anyhow::Result<()> {
         let ride = RideId(*id);
         match (state.status, &state.offer, state.driver_id) {
             (RideStatus::Requested, Some(offer), _) => {
-                let until = offer.expires_at + ride_worker::handler::HOLD_GRACE;
-                backend.drivers.hold(offer.driver_id, ride, Some(until), now).await?;
+                offered.push((offer.driver_id, ride, Some(offer.expires_at + ride_worker::handler::HOLD_GRACE)));
             }
             (RideStatus::DriverAssigned | RideStatus::DriverArrived | RideStatus::InProgress, _, Some(driver)) => {
-                backend.drivers.hold(driver, ride, None, now).await?;
+                assigned.push((driver, ride, None));
             }
             _ => {}
+        }
+    }
+    for (driver, ride, until) in assigned.into_iter().chain(offered) {
+        if !backend.drivers.hold(driver, ride, until, now).await? {
+            warn!(%ride, "driver already held for another ride; hold not restored");
         }
     }
     info!(events = total, rides, users, "replay finished");

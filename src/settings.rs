@@ -88,6 +88,7 @@ impl Settings {
         let settings: Settings =
             builder.build()?.try_deserialize().context("invalid settings (see README: Configuration)")?;
         anyhow::ensure!(settings.partitions >= 1, "partitions must be at least 1");
+        settings.edge.validate()?;
         Ok(settings)
     }
 

@@ -33,6 +33,8 @@ impl Server {
         }
         let mut child = command.spawn().expect("ridehail starts");
         let stdout = child.stdout.take().unwrap();
+        // Killed on drop even if the URL never comes.
+        let child = Worker(Some(child));
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -42,7 +44,7 @@ impl Server {
             }
         });
         let url = rx.recv_timeout(Duration::from_secs(30)).expect("ridehail printed its URL");
-        Server { child, url }
+        Server { child: child.into_inner(), url }
     }
 
     pub fn kill_9(&mut self) {
@@ -58,13 +60,22 @@ impl Server {
     }
 }
 
-/// A worker process, killed when dropped (also when a test fails).
-pub struct Worker(Child);
+/// A child process, killed when dropped (also when a test fails).
+pub struct Worker(Option<Child>);
+
+impl Worker {
+    /// Takes the child out; it is no longer killed on drop.
+    fn into_inner(mut self) -> Child {
+        self.0.take().expect("a worker holds its child until taken")
+    }
+}
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -77,7 +88,7 @@ pub fn start_worker(data_dir: &Path, worker: &str) -> Worker {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("worker starts");
-    Worker(child)
+    Worker(Some(child))
 }
 
 impl Drop for Server {

@@ -76,6 +76,10 @@ pub fn parse_id<T: std::str::FromStr>(raw: &str, name: &str) -> Result<T, ApiErr
 #[derive(Debug, Clone, Copy)]
 pub struct Correlation(pub CorrelationId);
 
+/// When the edge received the request (for deadlines). Set by [`correlation_layer`].
+#[derive(Debug, Clone, Copy)]
+pub struct Received(pub tokio::time::Instant);
+
 /// Middleware: assigns the correlation id, opens the request span with it, echoes it back.
 pub async fn correlation_layer(mut req: Request, next: Next) -> Response {
     let correlation_id = req
@@ -86,6 +90,7 @@ pub async fn correlation_layer(mut req: Request, next: Next) -> Response {
         .map(CorrelationId)
         .unwrap_or_default();
     req.extensions_mut().insert(Correlation(correlation_id));
+    req.extensions_mut().insert(Received(tokio::time::Instant::now()));
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
@@ -108,6 +113,8 @@ pub struct CommandHeaders {
     pub idempotency_key: Option<String>,
     /// `Prefer: wait=N`, capped at the configured maximum.
     pub wait: Option<Duration>,
+    /// When waiting must stop so the answer beats the request timeout.
+    pub deadline: tokio::time::Instant,
 }
 
 impl FromRequestParts<AppState> for CommandHeaders {
@@ -128,7 +135,10 @@ impl FromRequestParts<AppState> for CommandHeaders {
         };
         let wait = parse_prefer_wait(parts.headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()))
             .map(|secs| Duration::from_secs(secs.min(state.config.max_wait_seconds)));
-        Ok(Self { correlation_id, idempotency_key, wait })
+        let received = parts.extensions.get::<Received>().map(|r| r.0).unwrap_or_else(tokio::time::Instant::now);
+        // Leave a margin for answering before the whole-request timeout fires.
+        let deadline = received + Duration::from_secs(state.config.request_timeout_seconds.saturating_sub(2));
+        Ok(Self { correlation_id, idempotency_key, wait, deadline })
     }
 }
 

@@ -57,6 +57,20 @@ pub struct EdgeConfig {
     pub max_in_flight: usize,
 }
 
+impl EdgeConfig {
+    /// Refuses settings that cannot work together.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.max_wait_seconds + 2 < self.request_timeout_seconds,
+            "edge.max_wait_seconds ({}) must be at least 3 s below edge.request_timeout_seconds ({})",
+            self.max_wait_seconds,
+            self.request_timeout_seconds
+        );
+        anyhow::ensure!(self.max_in_flight > 0 && self.password_threads > 0, "edge limits must be positive");
+        Ok(())
+    }
+}
+
 impl Default for EdgeConfig {
     fn default() -> Self {
         Self {
@@ -110,16 +124,21 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/drivers/me/availability", put(drivers::set_availability))
         .route("/v1/drivers/me/location", put(drivers::set_location))
         .route("/v1/commands/{id}", get(commands::get))
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(|| async {
             problem(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed", None, vec![])
         })
+        .with_state(state.clone());
+    // Health checks are never shed: an overloaded edge is alive, and restarting it would drop the
+    // requests it is answering.
+    let health = Router::new()
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
         .with_state(state);
-    // One semaphore for the whole edge (router layers are applied per route).
+    // One semaphore for the whole API (router layers are applied per route).
     let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1)));
     api.layer(axum::middleware::from_fn_with_state(in_flight, shed_load))
+        .merge(health)
         .layer(axum::middleware::from_fn(extract::correlation_layer))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(TimeoutLayer::with_status_code(

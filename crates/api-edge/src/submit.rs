@@ -12,6 +12,8 @@ use axum::response::{IntoResponse, Response};
 use ridehail_events::{Actor, CommandEnvelope, CommandId, Message};
 use ridehail_runtime::ports::{CommandState, CommandStatus, IdempotencyClaim, StoredResponse};
 use ridehail_runtime::worker::command_record;
+use std::sync::{Arc, Mutex};
+
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -75,7 +77,7 @@ pub async fn submit<C: Message>(
     submission: Submission<C>,
 ) -> Result<Response, ApiError> {
     let Some(key) = headers.idempotency_key.as_deref() else {
-        return submit_once(state, headers, submission).await;
+        return submit_once(state, headers, submission, None).await;
     };
     let now = state.backend.clock.now();
     let ttl = chrono::Duration::hours(i64::from(state.config.idempotency_ttl_hours));
@@ -85,7 +87,16 @@ pub async fn submit<C: Message>(
         IdempotencyClaim::InProgress => return Err(ApiError::IdempotencyInProgress),
         IdempotencyClaim::Claimed => {}
     }
-    match submit_once(state, headers, submission).await {
+    let mut claim = ClaimedKey {
+        state: state.clone(),
+        scope: scope.to_owned(),
+        key: key.to_owned(),
+        published: Arc::new(Mutex::new(None)),
+        settled: false,
+    };
+    let result = submit_once(state, headers, submission, Some(&claim.published)).await;
+    claim.settled = true;
+    match result {
         Ok(response) => {
             let (response, stored) = store(response).await?;
             // If this fails the key stays "in progress" until it expires: retries get 409, never a
@@ -96,7 +107,7 @@ pub async fn submit<C: Message>(
             Ok(response)
         }
         Err(error) => {
-            // Nothing was published (or the outcome is unknown): let the client retry with the key.
+            // Nothing was published: let the client retry with the key.
             if let Err(e) = state.backend.idempotency.release(scope, key).await {
                 tracing::warn!(error = format!("{e:#}"), "could not release an idempotency key");
             }
@@ -105,10 +116,43 @@ pub async fn submit<C: Message>(
     }
 }
 
+/// A claimed `Idempotency-Key` whose request may be abandoned (client gone, deadline hit) before it
+/// settles: then the key keeps the 202 if the command was published, and is released if not.
+struct ClaimedKey {
+    state: AppState,
+    scope: String,
+    key: String,
+    /// The 202 answer, set as soon as the command is on the bus.
+    published: Arc<Mutex<Option<StoredResponse>>>,
+    settled: bool,
+}
+
+impl Drop for ClaimedKey {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let published = self.published.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (state, scope, key) = (self.state.clone(), std::mem::take(&mut self.scope), std::mem::take(&mut self.key));
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            let idempotency = &state.backend.idempotency;
+            let outcome = match published {
+                Some(stored) => idempotency.complete(&scope, &key, &stored).await,
+                None => idempotency.release(&scope, &key).await,
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(error = format!("{e:#}"), "could not settle an abandoned idempotency key");
+            }
+        });
+    }
+}
+
 async fn submit_once<C: Message>(
     state: &AppState,
     headers: &CommandHeaders,
     submission: Submission<C>,
+    published: Option<&Mutex<Option<StoredResponse>>>,
 ) -> Result<Response, ApiError> {
     let b = &state.backend;
     let now = b.clock.now();
@@ -145,7 +189,14 @@ async fn submit_once<C: Message>(
 
     // Published: from here on the answer is never an error (a retry would submit the command again),
     // at worst the plain 202.
-    if let Some(wait) = headers.wait {
+    if let Some(published) = published {
+        let (status, headers, body) = accepted_parts(&pending, submission.resource);
+        *published.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(StoredResponse { status: status.as_u16(), headers, body });
+    }
+    // Wait no longer than the request's deadline allows: a wait cut short answers 202.
+    let wait = headers.wait.map(|w| w.min(headers.deadline.saturating_duration_since(tokio::time::Instant::now())));
+    if let Some(wait) = wait.filter(|w| !w.is_zero()) {
         match waited_response(
             state,
             envelope.command_id,
@@ -184,6 +235,18 @@ async fn waited_response(
 
 /// `202 Accepted` pointing at the command's status.
 fn accepted_response(status: &CommandStatus, resource: Resource) -> Response {
+    let (code, headers, body) = accepted_parts(status, resource);
+    let mut response = (code, body).into_response();
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (name.parse::<header::HeaderName>(), HeaderValue::from_str(&value)) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+/// Status, headers and JSON body of the 202 answer.
+fn accepted_parts(status: &CommandStatus, resource: Resource) -> (StatusCode, Vec<(String, String)>, Vec<u8>) {
     let status_url = format!("/v1/commands/{}", status.command_id);
     let (id_name, id) = resource.id_field();
     let body = json!({
@@ -194,11 +257,11 @@ fn accepted_response(status: &CommandStatus, resource: Resource) -> Response {
         id_name: id,
         "resource_url": resource.url(),
     });
-    let mut response = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&status_url) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    response
+    let headers = vec![
+        (header::CONTENT_TYPE.as_str().to_owned(), "application/json".to_owned()),
+        (header::LOCATION.as_str().to_owned(), status_url),
+    ];
+    (StatusCode::ACCEPTED, headers, serde_json::to_vec(&body).unwrap_or_default())
 }
 
 /// The answer once a command reached a final state.

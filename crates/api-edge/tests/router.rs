@@ -296,7 +296,7 @@ async fn a_command_answers_202_with_ids_to_follow_and_keeps_a_valid_client_corre
     assert_eq!(location, format!("/v1/commands/{}", reply.body["command_id"].as_str().unwrap()));
     // Follow it until the worker answered.
     let mut status = Value::Null;
-    for _ in 0..200 {
+    for _ in 0..500 {
         status = app.call("GET", &location, None, None, &[]).await.body;
         if status["state"] != "pending" {
             break;
@@ -487,10 +487,58 @@ async fn beyond_the_in_flight_limit_requests_are_shed_with_503_at_once() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
-    let shed = app.call("GET", "/health/live", None, None, &[]).await;
+    let shed = app.call("GET", "/v1/rides", Some(&token), None, &[]).await;
     assert_problem(&shed, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(shed.headers[header::RETRY_AFTER], "1");
-    assert!(started.elapsed() < Duration::from_millis(500), "shedding must not wait");
-    assert_eq!(holder.await.unwrap(), StatusCode::ACCEPTED, "the admitted request completes normally");
+    assert!(started.elapsed() < Duration::from_millis(1500), "shedding must not wait for the holder");
+    // Health checks are never shed.
     assert_eq!(app.call("GET", "/health/live", None, None, &[]).await.status, StatusCode::OK);
+    assert_eq!(holder.await.unwrap(), StatusCode::ACCEPTED, "the admitted request completes normally");
+    assert_eq!(app.call("GET", "/v1/rides", Some(&token), None, &[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_abandoned_idempotent_request_keeps_its_202_once_published() {
+    // No workers: the request waits (Prefer: wait) after publishing, and the client gives up.
+    let app = Arc::new(spawn_app(false));
+    let token = rider_token(&app);
+    let headers = [("idempotency-key", "abandoned-1"), ("prefer", "wait=5")];
+    let first = {
+        let (app, token) = (app.clone(), token.clone());
+        tokio::spawn(async move { app.request_ride(&token, &headers).await.status })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.abort();
+    let _ = first.await;
+    assert_eq!(app.published(topics::RIDE_COMMANDS).await, 1);
+    // The retry gets the published command's 202, not a 409 and not a second command.
+    let mut retry = app.request_ride(&token, &[("idempotency-key", "abandoned-1")]).await;
+    for _ in 0..50 {
+        if retry.status == StatusCode::ACCEPTED {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        retry = app.request_ride(&token, &[("idempotency-key", "abandoned-1")]).await;
+    }
+    assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.text);
+    assert_eq!(retry.headers["idempotent-replayed"], "true");
+    assert_eq!(app.published(topics::RIDE_COMMANDS).await, 1);
+}
+
+#[tokio::test]
+async fn a_wait_never_outlasts_the_request_deadline() {
+    // A 3 s request timeout leaves 1 s to wait, whatever the client prefers.
+    let config = EdgeConfig { request_timeout_seconds: 3, ..EdgeConfig::default() };
+    let app = spawn_app_with(false, config);
+    let started = std::time::Instant::now();
+    let reply = app.request_ride(&rider_token(&app), &[("prefer", "wait=10")]).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    assert!(started.elapsed() < Duration::from_millis(2500), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn waits_longer_than_the_request_timeout_are_refused_at_start_up() {
+    assert!(EdgeConfig::default().validate().is_ok());
+    let bad = EdgeConfig { max_wait_seconds: 14, request_timeout_seconds: 15, ..EdgeConfig::default() };
+    assert!(bad.validate().is_err());
 }

@@ -57,7 +57,8 @@ impl RideCommandHandler {
             };
             // Accepting takes the driver for good: claim them in the geo index before deciding, so a
             // driver whose offer hold lapsed and who was then reserved for another ride cannot end up
-            // assigned to two rides.
+            // assigned to two rides. The claim is never undone here: the offer is still open, and
+            // whatever ends it (assignment, decline, expiry, cancellation) holds or frees the driver.
             let accepting = match (&command.command, &state) {
                 (RideCommand::AcceptRide(c), Some(s))
                     if s.offer.as_ref().is_some_and(|o| o.driver_id == c.driver_id) =>
@@ -85,7 +86,7 @@ impl RideCommandHandler {
                 }
                 None => None,
             };
-            let held: Vec<UserId> = candidate.map(|c| c.driver_id).into_iter().chain(accepting).collect();
+            let held: Vec<UserId> = candidate.map(|c| c.driver_id).into_iter().collect();
             let facts = Facts { now, pricing: &self.pricing, matching: &self.matching, surge_bps, candidate };
             let decided = decide(&state, &command.command, &facts);
             let events = match decided {
@@ -129,8 +130,7 @@ impl RideCommandHandler {
         Ok(self.pricing.surge_bps(waiting + 1, available))
     }
 
-    /// Frees the drivers this attempt held whom the appended events neither offered the ride to nor
-    /// assigned it to.
+    /// Frees the drivers this attempt reserved whom the appended events did not offer the ride to.
     async fn release_unused(
         &self,
         held: &[UserId],

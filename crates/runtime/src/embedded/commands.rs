@@ -48,6 +48,18 @@ impl EmbeddedCommandStatus {
     }
 }
 
+struct Waiter<'a> {
+    store: &'a EmbeddedCommandStatus,
+    command_id: CommandId,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.store.forget_waiter(self.command_id, &self.notify);
+    }
+}
+
 #[async_trait]
 impl CommandStatusStore for EmbeddedCommandStatus {
     async fn record(&self, status: &CommandStatus) -> anyhow::Result<()> {
@@ -87,28 +99,24 @@ impl CommandStatusStore for EmbeddedCommandStatus {
 
     async fn wait_final(&self, command_id: CommandId, timeout: Duration) -> anyhow::Result<Option<CommandStatus>> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let notify = self.waiter(command_id);
-        let result = async {
-            loop {
-                let notified = notify.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                let status = self.get(command_id).await?;
-                if status.as_ref().is_some_and(|s| s.state != CommandState::Pending) {
-                    return Ok(status);
-                }
-                let now = tokio::time::Instant::now();
-                if now >= deadline {
-                    return Ok(status);
-                }
-                // Also look again now and then: another process may complete the command.
-                let nap = (deadline - now).min(Duration::from_millis(100));
-                let _ = tokio::time::timeout(nap, notified).await;
+        // Unregisters when done, or when the waiting request is dropped half-way.
+        let waiter = Waiter { store: self, command_id, notify: self.waiter(command_id) };
+        loop {
+            let notified = waiter.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let status = self.get(command_id).await?;
+            if status.as_ref().is_some_and(|s| s.state != CommandState::Pending) {
+                return Ok(status);
             }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(status);
+            }
+            // Also look again now and then: another process may complete the command.
+            let nap = (deadline - now).min(Duration::from_millis(100));
+            let _ = tokio::time::timeout(nap, notified).await;
         }
-        .await;
-        self.forget_waiter(command_id, &notify);
-        result
     }
 
     async fn ping(&self) -> anyhow::Result<()> {
