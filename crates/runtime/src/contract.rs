@@ -2,8 +2,6 @@
 //! test files call them with a fresh adapter (see `tests/embedded_contracts.rs`); a later adapter
 //! (Kafka, MongoDB, Redis) runs the very same bodies.
 
-#![allow(clippy::unwrap_used, missing_docs)]
-
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
