@@ -104,6 +104,16 @@ impl TestApp {
         }
     }
 
+    async fn wait_until_published(&self, topic: &str, count: usize) {
+        for _ in 0..500 {
+            if self.published(topic).await >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{count} record(s) never reached {topic}");
+    }
+
     async fn register(&self, email: &str, role: &str) -> (String, String) {
         let mut body = json!({ "email": email, "password": "a-good-long-password", "name": "Test User", "role": role });
         if role == "driver" {
@@ -485,7 +495,8 @@ async fn beyond_the_in_flight_limit_requests_are_shed_with_503_at_once() {
         let (app, token) = (app.clone(), token.clone());
         tokio::spawn(async move { app.request_ride(&token, &[("prefer", "wait=2")]).await.status })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Its command is on the bus: the holder is inside, waiting.
+    app.wait_until_published(topics::RIDE_COMMANDS, 1).await;
     let started = std::time::Instant::now();
     let shed = app.call("GET", "/v1/rides", Some(&token), None, &[]).await;
     assert_problem(&shed, StatusCode::SERVICE_UNAVAILABLE);
@@ -507,7 +518,7 @@ async fn an_abandoned_idempotent_request_keeps_its_202_once_published() {
         let (app, token) = (app.clone(), token.clone());
         tokio::spawn(async move { app.request_ride(&token, &headers).await.status })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.wait_until_published(topics::RIDE_COMMANDS, 1).await;
     first.abort();
     let _ = first.await;
     assert_eq!(app.published(topics::RIDE_COMMANDS).await, 1);
