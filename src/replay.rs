@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use ridehail_events::ride::{RideEvent, RideStatus};
-use ridehail_events::user::{Role, UserEvent};
+use ridehail_events::user::UserEvent;
 use ridehail_events::{AggregateType, EventEnvelope, RideId, UserId, WireEvent};
 use ridehail_runtime::Backend;
 use tracing::{info, warn};
@@ -35,18 +35,8 @@ pub async fn run(backend: &Backend) -> anyhow::Result<()> {
         streams.iter().filter(|(_, s)| s.first().is_some_and(|e| e.aggregate_type == AggregateType::User))
     {
         let events = decode::<UserEvent>(stream.clone())?;
-        if let Some(profile) = user_worker::projection::project_profile(&events) {
-            if profile.role == Role::Driver {
-                let state = events.iter().fold(None, |s, e| user_worker::domain::evolve(s, &e.event));
-                if let Some(s) = state {
-                    backend.drivers.update_driver(UserId(*id), s.location, s.online, events.len() as u64).await?;
-                }
-            }
-            backend.users.upsert_profile(&profile).await?;
+        if user_worker::projection::write_read_models(backend, UserId(*id), &events).await? {
             users += 1;
-        }
-        if let Some(credentials) = user_worker::projection::project_credentials(&events) {
-            backend.users.upsert_credentials(&credentials).await?;
         }
     }
     let now = backend.clock.now();
@@ -62,8 +52,7 @@ pub async fn run(backend: &Backend) -> anyhow::Result<()> {
             backend.rides.upsert(&view).await?;
             rides += 1;
         }
-        let state = events.iter().fold(None, |s, e| ride_worker::domain::evolve(s, &e.event, e.occurred_at));
-        let Some(state) = state else { continue };
+        let Some(state) = ride_worker::domain::state_of(&events) else { continue };
         let ride = RideId(*id);
         match (state.status, &state.offer, state.driver_id) {
             (RideStatus::Requested, Some(offer), _) => {

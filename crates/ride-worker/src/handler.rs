@@ -19,7 +19,7 @@ use ridehail_runtime::worker::{self, CommandProcessor, Outcome};
 use tracing::{debug, warn};
 
 use crate::domain::{
-    DriverCandidate, Facts, MatchingPolicy, PricingPolicy, RideRejection, RideState, decide, evolve, search_for,
+    DriverCandidate, Facts, MatchingPolicy, PricingPolicy, RideRejection, RideState, decide, search_for, state_of,
 };
 use crate::projection::project;
 
@@ -49,7 +49,7 @@ impl RideCommandHandler {
                 self.complete_effects(ride_id, &history, &already).await.map_err(worker::effects_pending)?;
                 return Ok(accepted(&already));
             }
-            let state = fold(&history);
+            let state = state_of(&history);
             let now = b.clock.now();
             let surge_bps = match &command.command {
                 RideCommand::RequestRide(c) if state.is_none() => self.surge_at(&c.pickup.cell(), now).await?,
@@ -160,7 +160,7 @@ impl RideCommandHandler {
         let b = &self.backend;
         let view = project(all).context("a ride stream without RideRequested")?;
         b.rides.upsert(&view).await?;
-        let state = fold(all);
+        let state = state_of(all);
         let now = b.clock.now();
         for envelope in new {
             self.driver_and_timer_effects(ride_id, state.as_ref(), envelope, now).await?;
@@ -252,10 +252,6 @@ impl RideCommandHandler {
 
 fn offer_timer_id(ride_id: RideId, offer_number: u32) -> String {
     format!("ride:{ride_id}:offer:{offer_number}")
-}
-
-fn fold(history: &[EventEnvelope<RideEvent>]) -> Option<RideState> {
-    history.iter().fold(None, |s, e| evolve(s, &e.event, e.occurred_at))
 }
 
 fn accepted(events: &[EventEnvelope<RideEvent>]) -> Outcome {

@@ -5,14 +5,14 @@
 
 use async_trait::async_trait;
 use ridehail_events::ids::email_claim_id;
-use ridehail_events::user::{EmailClaimEvent, Role, UserCommand, UserEvent};
+use ridehail_events::user::{EmailClaimEvent, UserCommand, UserEvent};
 use ridehail_events::{CommandEnvelope, EventEnvelope, Message, UserId};
 use ridehail_runtime::Backend;
 use ridehail_runtime::ports::{AppendError, Rejection, RejectionKind};
 use ridehail_runtime::worker::{self, CommandProcessor, Outcome};
 
-use crate::domain::{EmailTaken, UserRejection, UserState, decide, decide_claim, evolve, evolve_claim};
-use crate::projection::{project_credentials, project_profile};
+use crate::domain::{EmailTaken, UserRejection, decide, decide_claim, evolve_claim, state_of};
+use crate::projection::write_read_models;
 
 #[derive(Debug, Clone)]
 pub struct UserCommandHandler {
@@ -34,7 +34,7 @@ impl UserCommandHandler {
                 self.complete_effects(user_id, &history, &already).await.map_err(worker::effects_pending)?;
                 return Ok(accepted(&already));
             }
-            let state: Option<UserState> = history.iter().fold(None, |s, e| evolve(s, &e.event));
+            let state = state_of(&history);
             let events = match decide(&state, &command.command) {
                 Ok(events) => events,
                 Err(rejection) => return Ok(Outcome::Rejected(rejection_of(&rejection))),
@@ -99,18 +99,8 @@ impl UserCommandHandler {
         all: &[EventEnvelope<UserEvent>],
         new: &[EventEnvelope<UserEvent>],
     ) -> anyhow::Result<()> {
-        let b = &self.backend;
-        if let Some(profile) = project_profile(all) {
-            b.users.upsert_profile(&profile).await?;
-        }
-        if let Some(credentials) = project_credentials(all) {
-            b.users.upsert_credentials(&credentials).await?;
-        }
-        let state: Option<UserState> = all.iter().fold(None, |s, e| evolve(s, &e.event));
-        if let Some(s) = state.filter(|s| s.role == Role::Driver) {
-            b.drivers.update_driver(user_id, s.location, s.online, all.len() as u64).await?;
-        }
-        worker::publish_events(&*b.bus, ridehail_events::topics::USER_EVENTS, new).await?;
+        write_read_models(&self.backend, user_id, all).await?;
+        worker::publish_events(&*self.backend.bus, ridehail_events::topics::USER_EVENTS, new).await?;
         Ok(())
     }
 }

@@ -1,10 +1,31 @@
-//! User read models folded from the user's whole stream: the profile (no credential) and the
-//! credentials used by login.
+//! User read models folded from the user's whole stream: the profile (no credential), the
+//! credentials used by login, and (for drivers) the geo index entry.
 
 use ridehail_events::ids::normalise_email;
-use ridehail_events::user::UserEvent;
+use ridehail_events::user::{Role, UserEvent};
 use ridehail_events::{EventEnvelope, UserId};
+use ridehail_runtime::Backend;
 use ridehail_runtime::ports::{Credentials, UserProfile};
+
+/// Writes every read model of one user from the user's whole stream; idempotent (views only move
+/// forward). Used after each command and by replay. Returns whether the user exists.
+pub async fn write_read_models(
+    backend: &Backend,
+    user_id: UserId,
+    stream: &[EventEnvelope<UserEvent>],
+) -> anyhow::Result<bool> {
+    let Some(profile) = project_profile(stream) else { return Ok(false) };
+    backend.users.upsert_profile(&profile).await?;
+    if let Some(credentials) = project_credentials(stream) {
+        backend.users.upsert_credentials(&credentials).await?;
+    }
+    if profile.role == Role::Driver
+        && let Some(s) = crate::domain::state_of(stream)
+    {
+        backend.drivers.update_driver(user_id, s.location, s.online, stream.len() as u64).await?;
+    }
+    Ok(true)
+}
 
 pub fn project_profile(events: &[EventEnvelope<UserEvent>]) -> Option<UserProfile> {
     let mut profile: Option<UserProfile> = None;

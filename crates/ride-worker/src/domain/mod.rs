@@ -14,4 +14,4 @@ mod tests;
 
 pub use fare::PricingPolicy;
 pub use matching::{DriverCandidate, MatchingPolicy, Search};
-pub use ride::{Facts, RideRejection, RideState, decide, evolve, search_for};
+pub use ride::{Facts, RideRejection, RideState, decide, evolve, search_for, state_of};

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use ridehail_events::ride::*;
-use ridehail_events::{GeoPoint, UserId};
+use ridehail_events::{EventEnvelope, GeoPoint, UserId};
 
 use super::fare::PricingPolicy;
 use super::matching::{DriverCandidate, MatchingPolicy, Search};
@@ -362,6 +362,11 @@ pub fn decide(
             })])
         }
     }
+}
+
+/// The state after a whole stream.
+pub fn state_of(history: &[EventEnvelope<RideEvent>]) -> Option<RideState> {
+    history.iter().fold(None, |s, e| evolve(s, &e.event, e.occurred_at))
 }
 
 /// Applies one event. `at` is when it occurred (from its envelope).

@@ -5,4 +5,4 @@ pub mod email_claim;
 pub mod user;
 
 pub use email_claim::{EmailTaken, decide_claim, evolve_claim};
-pub use user::{UserRejection, UserState, decide, evolve};
+pub use user::{UserRejection, UserState, decide, evolve, state_of};

@@ -1,7 +1,7 @@
 //! The user aggregate: registration, profile, and (for drivers) availability and location.
 
-use ridehail_events::GeoPoint;
 use ridehail_events::user::*;
+use ridehail_events::{EventEnvelope, GeoPoint};
 
 use ridehail_events::validation::{invalid_vehicle_field, valid_email, valid_name};
 
@@ -142,6 +142,11 @@ pub fn decide(state: &Option<UserState>, command: &UserCommand) -> Result<Vec<Us
             Ok(vec![UserEvent::DriverLocationUpdated(DriverLocationUpdated { location: c.location })])
         }
     }
+}
+
+/// The state after a whole stream.
+pub fn state_of(history: &[EventEnvelope<UserEvent>]) -> Option<UserState> {
+    history.iter().fold(None, |s, e| evolve(s, &e.event))
 }
 
 pub fn evolve(state: Option<UserState>, event: &UserEvent) -> Option<UserState> {
