@@ -35,30 +35,51 @@ struct RegisterFingerprint<'a> {
     vehicle: &'a Option<Vehicle>,
 }
 
+/// Collects field errors of one request.
+#[derive(Default)]
+struct Fields(Vec<FieldError>);
+
+impl Fields {
+    fn fail(&mut self, field: &str, message: &str) {
+        self.0.push(FieldError { field: field.into(), message: message.into() });
+    }
+
+    fn name(&mut self, name: &str) {
+        if !valid_name(name) {
+            self.fail("name", "must be 1 to 100 characters");
+        }
+    }
+
+    /// A vehicle given by (or required of) a user with `role`; `required` when it must be present.
+    fn vehicle(&mut self, role: Role, vehicle: Option<&Vehicle>, required: bool) {
+        match (role, vehicle) {
+            (Role::Driver, None) if required => self.fail("vehicle", "drivers must give their vehicle"),
+            (Role::Rider, Some(_)) => self.fail("vehicle", "only drivers have a vehicle"),
+            (Role::Driver, Some(v)) => {
+                if let Some(field) = invalid_vehicle_field(v) {
+                    self.fail(&format!("vehicle.{field}"), "must be non-empty and not too long");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() { Ok(()) } else { Err(ApiError::Validation(self.0)) }
+    }
+}
+
 fn validate(req: &RegisterRequest) -> Result<(), ApiError> {
-    let mut errors = Vec::new();
-    let mut fail =
-        |field: &str, message: &str| errors.push(FieldError { field: field.into(), message: message.into() });
+    let mut fields = Fields::default();
     if !valid_email(&req.email) {
-        fail("email", "must be an e-mail address");
+        fields.fail("email", "must be an e-mail address");
     }
     if !valid_password(&req.password) {
-        fail("password", &format!("must be at least {MIN_PASSWORD_CHARS} characters"));
+        fields.fail("password", &format!("must be at least {MIN_PASSWORD_CHARS} characters"));
     }
-    if !valid_name(&req.name) {
-        fail("name", "must be 1 to 100 characters");
-    }
-    match (req.role, &req.vehicle) {
-        (Role::Driver, None) => fail("vehicle", "drivers must give their vehicle"),
-        (Role::Rider, Some(_)) => fail("vehicle", "only drivers have a vehicle"),
-        (Role::Driver, Some(v)) => {
-            if let Some(field) = invalid_vehicle_field(v) {
-                fail(&format!("vehicle.{field}"), "must be non-empty and not too long");
-            }
-        }
-        (Role::Rider, None) => {}
-    }
-    if errors.is_empty() { Ok(()) } else { Err(ApiError::Validation(errors)) }
+    fields.name(&req.name);
+    fields.vehicle(req.role, req.vehicle.as_ref(), true);
+    fields.finish()
 }
 
 pub async fn register(
@@ -121,30 +142,15 @@ pub async fn update_me(
     headers: CommandHeaders,
     ValidJson(req): ValidJson<ProfileUpdate>,
 ) -> Result<Response, ApiError> {
-    let mut errors = Vec::new();
+    let mut fields = Fields::default();
     if req.name.is_none() && req.vehicle.is_none() {
-        errors.push(FieldError { field: "name".into(), message: "give a name or a vehicle to change".into() });
+        fields.fail("name", "give a name or a vehicle to change");
     }
-    if req.name.as_deref().is_some_and(|n| !valid_name(n)) {
-        errors.push(FieldError { field: "name".into(), message: "must be 1 to 100 characters".into() });
+    if let Some(name) = &req.name {
+        fields.name(name);
     }
-    match (&req.vehicle, user.role) {
-        (Some(_), Role::Rider) => {
-            errors.push(FieldError { field: "vehicle".into(), message: "only drivers have a vehicle".into() })
-        }
-        (Some(v), Role::Driver) => {
-            if let Some(field) = invalid_vehicle_field(v) {
-                errors.push(FieldError {
-                    field: format!("vehicle.{field}"),
-                    message: "must be non-empty and not too long".into(),
-                });
-            }
-        }
-        (None, _) => {}
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
+    fields.vehicle(user.role, req.vehicle.as_ref(), false);
+    fields.finish()?;
     let fp = fingerprint("PATCH /v1/me", &req);
     let submission = Submission {
         topic: topics::USER_COMMANDS,
