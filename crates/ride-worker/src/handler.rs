@@ -16,7 +16,7 @@ use ridehail_events::{Actor, CommandEnvelope, CorrelationId, EventEnvelope, Ride
 use ridehail_runtime::Backend;
 use ridehail_runtime::ports::{AppendError, Rejection, RejectionKind, Timer};
 use ridehail_runtime::worker::{self, CommandProcessor, Outcome};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::domain::{
     DriverCandidate, Facts, MatchingPolicy, PricingPolicy, RideRejection, RideState, decide, search_for, state_of,
@@ -161,9 +161,8 @@ impl RideCommandHandler {
         let view = project(all).context("a ride stream without RideRequested")?;
         b.rides.upsert(&view).await?;
         let state = state_of(all);
-        let now = b.clock.now();
         for envelope in new {
-            self.driver_and_timer_effects(ride_id, state.as_ref(), envelope, now).await?;
+            self.driver_and_timer_effects(ride_id, state.as_ref(), envelope).await?;
         }
         worker::publish_events(&*b.bus, ridehail_events::topics::RIDE_EVENTS, new).await?;
         Ok(())
@@ -174,7 +173,6 @@ impl RideCommandHandler {
         ride_id: RideId,
         state: Option<&RideState>,
         envelope: &EventEnvelope<RideEvent>,
-        now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
         let b = &self.backend;
         let release = |driver: UserId| b.drivers.release(driver, ride_id);
@@ -190,13 +188,8 @@ impl RideCommandHandler {
                 let command = RideCommand::RetryMatching(RetryMatching { attempt: e.attempt });
                 b.timers.schedule(&self.timer(&timer_id, e.retry_at, ride_id, envelope, command)).await?;
             }
-            RideEvent::DriverAssigned(e) => {
-                b.timers.cancel(&offer_timer_id(ride_id, e.offer_number)).await?;
-                let still_theirs = state.is_some_and(|s| s.driver_id == Some(e.driver_id) && !s.status.is_terminal());
-                if still_theirs && !b.drivers.hold(e.driver_id, ride_id, None, now).await? {
-                    warn!(%ride_id, "assigned driver is held for another ride");
-                }
-            }
+            // The driver was claimed without deadline before the assignment was appended.
+            RideEvent::DriverAssigned(e) => b.timers.cancel(&offer_timer_id(ride_id, e.offer_number)).await?,
             RideEvent::DriverDeclined(e) => {
                 b.timers.cancel(&offer_timer_id(ride_id, e.offer_number)).await?;
                 release(e.driver_id).await?;
