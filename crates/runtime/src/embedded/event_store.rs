@@ -10,7 +10,7 @@ use rusqlite::{TransactionBehavior, params};
 use uuid::Uuid;
 
 use super::sqlite::{Db, one};
-use crate::ports::event_store_validate as validate_batch;
+use crate::ports::validate_batch;
 use crate::ports::{AppendError, EventStore, ReadAllPage};
 
 const SCHEMA: &str = "
