@@ -31,6 +31,24 @@ pub struct DependencyHealth {
 }
 
 impl Backend {
+    /// Fails with a clear message naming every one of `topics` that does not exist on the bus.
+    pub async fn require_topics(&self, topics: &[&str]) -> anyhow::Result<()> {
+        let mut missing = Vec::new();
+        for topic in topics {
+            match self.bus.partitions(topic).await {
+                Ok(_) => {}
+                Err(crate::ports::BusError::UnknownTopic(_)) => missing.push(*topic),
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("checking topic {topic}"))),
+            }
+        }
+        anyhow::ensure!(
+            missing.is_empty(),
+            "missing topics: {} (create them with `ridehail topics apply`)",
+            missing.join(", ")
+        );
+        Ok(())
+    }
+
     /// Pings every dependency concurrently.
     pub async fn check(&self) -> Vec<DependencyHealth> {
         let (bus, events, rides, users, drivers, commands, idempotency, timers) = tokio::join!(

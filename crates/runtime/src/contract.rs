@@ -2,15 +2,42 @@
 //! test files call them with a fresh adapter (see `tests/embedded_contracts.rs`); a later adapter
 //! (Kafka, MongoDB, Redis) runs the very same bodies.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use ridehail_events::ride::{Fare, RideStatus};
+use ridehail_events::topics::headers;
 use ridehail_events::user::{PasswordHash, Role};
 use ridehail_events::{AggregateType, CommandId, CorrelationId, GeoPoint, RideId, UserId, WireEvent};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::consumer::{HandleError, MessageHandler};
 use crate::ports::*;
+
+/// The address of a real test server, from `var` (set by `scripts/test-services`, which the README's
+/// test command runs). Unset: the test prints a visible `SKIPPED` line and is not run, unless
+/// `RIDEHAIL_TEST_REQUIRE_SERVICES=1` (set by `scripts/test`), where a missing server is a failure.
+pub fn test_server(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ if std::env::var("RIDEHAIL_TEST_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!(
+                "{var} is not set but RIDEHAIL_TEST_REQUIRE_SERVICES=1: start the servers with scripts/test-services"
+            )
+        }
+        _ => {
+            eprintln!("SKIPPED ({var} unset: run the suite with scripts/test, which starts the test servers)");
+            None
+        }
+    }
+}
+
+/// A name no other test uses (topics, groups, databases, key prefixes), so tests share one server.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{}", Uuid::new_v4().simple())
+}
 
 fn t(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_800_000_000 + secs, 0).single().unwrap()
@@ -551,4 +578,177 @@ pub async fn timers_fire_when_due_once_per_id(store: &dyn TimerStore) {
     assert!(!early.iter().any(|t| t.id == d), "fired before its deadline");
     let on_time = store.due(odd + chrono::Duration::microseconds(500), 100).await.unwrap();
     assert!(on_time.iter().any(|t| t.id == d));
+}
+
+// ------------------------------------------------------------------ consumer loop (on any bus)
+
+/// Handles "ok:*" records, refuses "poison" as undecodable, fails "flaky:N" N times then succeeds,
+/// fails "stuck:N" N times as unfinished, and always fails "broken".
+#[derive(Debug, Default)]
+pub struct Recorder {
+    pub handled: std::sync::Mutex<Vec<String>>,
+    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+#[async_trait::async_trait]
+impl MessageHandler for Recorder {
+    async fn handle(&self, message: &IncomingMessage) -> Result<(), HandleError> {
+        let text = String::from_utf8(message.payload.clone()).map_err(|e| HandleError::Poison(e.to_string()))?;
+        if text == "poison" {
+            return Err(HandleError::Poison("not a command".into()));
+        }
+        if let Some(times) = text.strip_prefix("stuck:") {
+            let mut failures = self.failures.lock().unwrap();
+            let seen = failures.entry(text.clone()).or_default();
+            if *seen < times.parse::<u32>().unwrap() {
+                *seen += 1;
+                return Err(HandleError::Unfinished(anyhow::anyhow!("events appended, view not written")));
+            }
+        }
+        if text == "broken" {
+            return Err(HandleError::Transient(anyhow::anyhow!("dependency down")));
+        }
+        if let Some(times) = text.strip_prefix("flaky:") {
+            let mut failures = self.failures.lock().unwrap();
+            let seen = failures.entry(text.clone()).or_default();
+            if *seen < times.parse::<u32>().unwrap() {
+                *seen += 1;
+                return Err(HandleError::Transient(anyhow::anyhow!("try again")));
+            }
+        }
+        self.handled.lock().unwrap().push(text);
+        Ok(())
+    }
+}
+
+fn work(key: &str, payload: &[u8]) -> OutgoingMessage {
+    OutgoingMessage { key: key.into(), headers: vec![("origin".into(), "test".into())], payload: payload.to_vec() }
+}
+
+fn consumer_config(topic: &str, dlq: &str) -> crate::consumer::ConsumerConfig {
+    let mut config = crate::consumer::ConsumerConfig::new(format!("workers-{}", Uuid::new_v4().simple()), &[topic]);
+    config.dead_letter_topic = dlq.into();
+    config.max_attempts = 3;
+    config.retry_min_delay = Duration::from_millis(5);
+    config.retry_max_delay = Duration::from_millis(20);
+    config.poll_wait = Duration::from_millis(20);
+    config
+}
+
+async fn wait_for(mut done: impl FnMut() -> bool) {
+    // Long enough for a Kafka consumer to join its group (seconds), short enough to fail a test.
+    for _ in 0..3000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached in time");
+}
+
+/// Everything on the dead-letter topic once `want` records are there (or what is there after a while).
+async fn dead_letters(bus: &dyn MessageBus, dlq: &str, want: usize) -> Vec<IncomingMessage> {
+    let mut sub = bus.subscribe(&Uuid::new_v4().to_string(), &[dlq], StartFrom::Earliest).await.unwrap();
+    let mut got = drain(&mut sub, want).await;
+    got.extend(sub.poll(100, Duration::from_millis(300)).await.unwrap());
+    got
+}
+
+/// Runs the consume loop on `topic` (two partitions or more) with a fresh group, until the token is
+/// cancelled.
+fn start_consumer(
+    bus: &Arc<dyn MessageBus>,
+    handler: &Arc<Recorder>,
+    config: crate::consumer::ConsumerConfig,
+) -> (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(crate::consumer::run(bus.clone(), handler.clone(), config, shutdown.clone()));
+    (shutdown, task)
+}
+
+/// `topic` and `dlq` must exist and be unused by other tests.
+pub async fn consumer_dead_letters_poison_intact_and_moves_on_in_order(
+    bus: Arc<dyn MessageBus>,
+    topic: &str,
+    dlq: &str,
+) {
+    let handler = Arc::new(Recorder::default());
+    let (shutdown, task) = start_consumer(&bus, &handler, consumer_config(topic, dlq));
+    let poison = [0xff, 0xfe, b'x'];
+    let batch =
+        vec![work("k", b"ok:1"), work("k", &poison), work("k", b"ok:2"), work("k", b"poison"), work("k", b"ok:3")];
+    bus.publish(topic, batch).await.unwrap();
+    wait_for(|| handler.handled.lock().unwrap().len() == 3).await;
+    assert_eq!(*handler.handled.lock().unwrap(), ["ok:1", "ok:2", "ok:3"]);
+    let dead = dead_letters(&*bus, dlq, 2).await;
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0].payload, poison, "original bytes kept");
+    assert_eq!(dead[0].header("origin"), Some("test"), "original headers kept");
+    assert_eq!(dead[0].header(headers::DLQ_SOURCE_TOPIC), Some(topic));
+    let first_offset: u64 = dead[1].header(headers::DLQ_SOURCE_OFFSET).unwrap().parse().unwrap();
+    assert_eq!(dead[0].header(headers::DLQ_SOURCE_OFFSET), Some((first_offset - 2).to_string().as_str()));
+    assert!(dead[0].header(headers::DLQ_SOURCE_PARTITION).is_some());
+    assert!(dead[0].header(headers::DLQ_REASON).unwrap().starts_with("poison"));
+    assert_eq!(dead[1].payload, b"poison");
+    // Not stalled: later records still flow.
+    bus.publish(topic, vec![work("k", b"ok:4")]).await.unwrap();
+    wait_for(|| handler.handled.lock().unwrap().len() == 4).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+pub async fn consumer_retries_transient_failures_and_dead_letters_after_the_attempts(
+    bus: Arc<dyn MessageBus>,
+    topic: &str,
+    dlq: &str,
+) {
+    let handler = Arc::new(Recorder::default());
+    let (shutdown, task) = start_consumer(&bus, &handler, consumer_config(topic, dlq));
+    bus.publish(topic, vec![work("k", b"flaky:2"), work("k", b"broken"), work("k", b"ok:after")]).await.unwrap();
+    wait_for(|| handler.handled.lock().unwrap().len() == 2).await;
+    assert_eq!(*handler.handled.lock().unwrap(), ["flaky:2", "ok:after"]);
+    let dead = dead_letters(&*bus, dlq, 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload, b"broken");
+    assert!(dead[0].header(headers::DLQ_REASON).unwrap().contains("after 3 attempts"), "{:?}", dead[0].headers);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+pub async fn consumer_retries_unfinished_records_and_never_dead_letters_them(
+    bus: Arc<dyn MessageBus>,
+    topic: &str,
+    dlq: &str,
+) {
+    let handler = Arc::new(Recorder::default());
+    let (shutdown, task) = start_consumer(&bus, &handler, consumer_config(topic, dlq));
+    // Six failures, twice the configured attempts.
+    bus.publish(topic, vec![work("k", b"stuck:6"), work("k", b"ok:next")]).await.unwrap();
+    wait_for(|| handler.handled.lock().unwrap().len() == 2).await;
+    assert_eq!(*handler.handled.lock().unwrap(), ["stuck:6", "ok:next"]);
+    assert!(dead_letters(&*bus, dlq, 0).await.is_empty());
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+pub async fn consumer_commits_after_the_work_so_a_restart_resumes_after_it(
+    bus: Arc<dyn MessageBus>,
+    topic: &str,
+    dlq: &str,
+) {
+    let config = consumer_config(topic, dlq);
+    let first = Arc::new(Recorder::default());
+    let (shutdown, task) = start_consumer(&bus, &first, config.clone());
+    bus.publish(topic, vec![work("a", b"ok:a1"), work("b", b"ok:b1")]).await.unwrap();
+    wait_for(|| first.handled.lock().unwrap().len() == 2).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    bus.publish(topic, vec![work("a", b"ok:a2")]).await.unwrap();
+    let second = Arc::new(Recorder::default());
+    let (shutdown, task) = start_consumer(&bus, &second, config);
+    wait_for(|| !second.handled.lock().unwrap().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(*second.handled.lock().unwrap(), ["ok:a2"], "nothing already handled is handled again");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
 }

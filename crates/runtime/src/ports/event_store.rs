@@ -39,7 +39,7 @@ pub trait EventStore: Send + Sync + std::fmt::Debug {
 }
 
 /// Checks what every adapter must refuse before touching storage; returns the stream id.
-pub(crate) fn validate_batch(expected_version: u64, events: &[WireEvent]) -> Result<Uuid, AppendError> {
+pub fn validate_batch(expected_version: u64, events: &[WireEvent]) -> Result<Uuid, AppendError> {
     let first = events.first().ok_or_else(|| AppendError::Invalid("empty batch".into()))?;
     for (i, event) in events.iter().enumerate() {
         if event.aggregate_id != first.aggregate_id {

@@ -13,7 +13,7 @@ mod users;
 pub use bus::{BusError, IncomingMessage, MessageBus, OutgoingMessage, PartitionOffset, StartFrom, Subscription};
 pub use commands::{CommandState, CommandStatus, CommandStatusStore, Rejection, RejectionKind};
 pub use drivers::{Candidate, DriverLocator};
-pub(crate) use event_store::validate_batch;
+pub use event_store::validate_batch;
 pub use event_store::{AppendError, EventStore, ReadAllPage};
 pub use idempotency::{IdempotencyClaim, IdempotencyStore, StoredResponse};
 pub use rides::{Cancellation, RideParty, RideQuery, RideView, RideViews};

@@ -1,0 +1,178 @@
+//! The bus contract suite (the same bodies the embedded bus passes) against a real Kafka-protocol
+//! broker, each test in its own namespace so tests run in parallel on one broker.
+
+use ridehail_kafka::{KafkaBus, KafkaSettings, TopicState, apply_topics};
+use ridehail_runtime::contract::{self, test_server, unique_name};
+use ridehail_runtime::ports::{MessageBus, OutgoingMessage, PartitionOffset, StartFrom};
+
+const TOPIC: &str = "contract.topic";
+
+/// Settings for a fresh namespace on the test broker, or `None` (test skipped) without one.
+pub fn settings() -> Option<KafkaSettings> {
+    let brokers = test_server("RIDEHAIL_TEST_KAFKA_BROKERS")?;
+    Some(KafkaSettings {
+        brokers,
+        namespace: format!("{}.", unique_name("t")),
+        partitions: 3,
+        // Join a group in ~3 s instead of ~5 s (tansu waits half the session timeout).
+        session_timeout_ms: 6_000,
+        ..KafkaSettings::default()
+    })
+}
+
+async fn bus_with_topic() -> Option<KafkaBus> {
+    let settings = settings()?;
+    apply_topics(&settings, &[TOPIC]).await.unwrap();
+    Some(KafkaBus::connect(&settings, "contract").unwrap())
+}
+
+macro_rules! bus_case {
+    ($name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some(bus) = bus_with_topic().await else { return };
+            contract::$name(&bus, TOPIC, "group-1").await;
+        }
+    };
+}
+
+bus_case!(bus_delivers_each_key_in_order_with_headers);
+bus_case!(bus_resumes_a_group_from_its_committed_offsets);
+
+/// Whether the broker answers ListOffsets faithfully. tansu does not: it reports a partition's high
+/// watermark as the last *batch's* base offset + 1 (so `Latest` starts inside the last multi-record
+/// batch) and answers every timestamp lookup with the earliest offset. Real Kafka does both right.
+async fn server_lists_offsets_faithfully(settings: &KafkaSettings) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let settings = KafkaSettings { partitions: 1, ..settings.clone() };
+    apply_topics(&settings, &["probe"]).await.unwrap();
+    let bus = KafkaBus::connect(&settings, "probe").unwrap();
+    let two = (0..2).map(|n| OutgoingMessage { key: "k".into(), headers: vec![], payload: vec![n] }).collect();
+    bus.publish("probe", two).await.unwrap();
+    let consumer: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &settings.brokers).create().unwrap();
+    let topic = settings.physical("probe");
+    let future = (chrono::Utc::now() + chrono::Duration::days(1)).timestamp_millis();
+    let (high, by_time) = tokio::task::spawn_blocking(move || {
+        let timeout = std::time::Duration::from_secs(5);
+        let (_, high) = consumer.fetch_watermarks(&topic, 0, timeout).unwrap();
+        let by_time = consumer.offsets_for_timestamp(future, timeout).unwrap_or_default();
+        (high, by_time.elements().first().map(|e| e.offset()))
+    })
+    .await
+    .unwrap();
+    high == 2 && !matches!(by_time, Some(rdkafka::Offset::Offset(0)))
+}
+
+const UNFAITHFUL: &str =
+    "SKIPPED (server lacks faithful ListOffsets: high watermark and timestamp lookups; tansu, see docs/testing.md)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_start_positions_select_what_is_read() {
+    let Some(settings) = settings() else { return };
+    if !server_lists_offsets_faithfully(&settings).await {
+        eprintln!("{UNFAITHFUL}");
+        return;
+    }
+    let Some(bus) = bus_with_topic().await else { return };
+    contract::bus_start_positions_select_what_is_read(&bus, TOPIC, "group-1").await;
+}
+
+/// Start positions checked on any broker; timestamps only where the broker looks them up faithfully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn earliest_offset_and_timestamp_starts_read_from_there() {
+    let Some(settings) = settings() else { return };
+    let faithful = server_lists_offsets_faithfully(&settings).await;
+    apply_topics(&settings, &[TOPIC]).await.unwrap();
+    let bus = KafkaBus::connect(&settings, "contract").unwrap();
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    for n in 0..3u8 {
+        let record = OutgoingMessage { key: "k".into(), headers: vec![], payload: vec![n] };
+        bus.publish(TOPIC, vec![record]).await.unwrap();
+    }
+    let read = |start: StartFrom, want: usize| {
+        let bus = bus.clone();
+        async move {
+            let mut sub = bus.subscribe(&unique_name("g"), &[TOPIC], start).await.unwrap();
+            let mut got = Vec::new();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while got.len() < want && tokio::time::Instant::now() < deadline {
+                got.extend(sub.poll(10, std::time::Duration::from_millis(100)).await.unwrap());
+            }
+            got.extend(sub.poll(10, std::time::Duration::from_millis(200)).await.unwrap());
+            got
+        }
+    };
+    let all = read(StartFrom::Earliest, 3).await;
+    assert_eq!(all.iter().map(|m| m.payload[0]).collect::<Vec<_>>(), [0, 1, 2]);
+    let second = &all[1];
+    let from = PartitionOffset { topic: TOPIC.into(), partition: second.partition, offset: second.offset };
+    let tail = read(StartFrom::Offsets(vec![from]), 2).await;
+    assert_eq!(tail.iter().map(|m| m.payload[0]).collect::<Vec<_>>(), [1, 2]);
+    if !faithful {
+        eprintln!("{UNFAITHFUL}");
+        return;
+    }
+    let by_time = read(StartFrom::Timestamp(before), 3).await;
+    assert_eq!(by_time.len(), 3);
+    let future = read(StartFrom::Timestamp(chrono::Utc::now() + chrono::Duration::days(1)), 0).await;
+    assert!(future.is_empty());
+}
+bus_case!(bus_poll_returns_empty_when_nothing_arrives);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_refuses_unknown_topics() {
+    let Some(bus) = bus_with_topic().await else { return };
+    contract::bus_refuses_unknown_topics(&bus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_apply_is_safe_to_run_twice() {
+    let Some(settings) = settings() else { return };
+    let topics = &ridehail_events::topics::ALL[..];
+    let first = apply_topics(&settings, topics).await.unwrap();
+    assert!(first.iter().all(|r| r.state == TopicState::Created), "{first:?}");
+    let dead_letters = first.iter().find(|r| r.topic.ends_with(ridehail_events::topics::DEAD_LETTERS)).unwrap();
+    assert_eq!(dead_letters.partitions, settings.dead_letter_partitions);
+    let second = apply_topics(&settings, topics).await.unwrap();
+    assert!(second.iter().all(|r| r.state == TopicState::Unchanged), "{second:?}");
+    let bus = KafkaBus::connect(&settings, "check").unwrap();
+    assert_eq!(bus.partitions(ridehail_events::topics::RIDE_COMMANDS).await.unwrap(), 3);
+
+    // A different partition count is reported, not applied.
+    let wider = KafkaSettings { partitions: 5, ..settings };
+    let third = apply_topics(&wider, &[ridehail_events::topics::RIDE_EVENTS]).await.unwrap();
+    assert_eq!(third[0].state, TopicState::PartitionMismatch { actual: 3 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_reports_an_unreachable_broker() {
+    let Some(settings) = settings() else { return };
+    let bus = KafkaBus::connect(&settings, "ping").unwrap();
+    bus.ping().await.unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let nowhere =
+        KafkaBus::connect(&KafkaSettings { brokers: format!("127.0.0.1:{port}"), ..settings }, "ping").unwrap();
+    assert!(nowhere.ping().await.is_err());
+}
+
+// The consume loop over Kafka: poison messages, retries, commits after the work.
+macro_rules! consumer_case {
+    ($name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some(settings) = settings() else { return };
+            apply_topics(&settings, &["work", "dead"]).await.unwrap();
+            let bus: std::sync::Arc<dyn MessageBus> =
+                std::sync::Arc::new(KafkaBus::connect(&settings, "consumer").unwrap());
+            contract::$name(bus, "work", "dead").await;
+        }
+    };
+}
+
+consumer_case!(consumer_dead_letters_poison_intact_and_moves_on_in_order);
+consumer_case!(consumer_retries_transient_failures_and_dead_letters_after_the_attempts);
+consumer_case!(consumer_retries_unfinished_records_and_never_dead_letters_them);
+consumer_case!(consumer_commits_after_the_work_so_a_restart_resumes_after_it);
