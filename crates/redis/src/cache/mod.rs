@@ -1,0 +1,284 @@
+//! The read-through cache shared by [`CachedRideViews`] and [`CachedUserViews`].
+//!
+//! An entry is a hash (`version`, JSON `body`) with a TTL. Every store, by a reader filling a miss or by
+//! a writer after the inner store took a change, goes through one script that writes only when the
+//! entry is absent or older, so a reader that loaded an old view before a change cannot put it back
+//! over the newer one.
+//!
+//! Redis failures never fail a call: the decorators fall back to the inner store. After a failure they
+//! skip Redis for `cache_retry_interval_ms` (one timeout per interval, not per request) and log at most
+//! once per `fallback_log_interval_seconds`. A writer whose cache update fails deletes the entry; if
+//! that fails too, the key is remembered and deleted as soon as Redis answers again, before this
+//! process reads from the cache. What remains: a process that stops before that retry, or another
+//! process reading meanwhile, may serve the old entry until its TTL (`cache_ttl_seconds`) ends it.
+
+mod log_limiter;
+mod rides;
+mod users;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::Script;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use rides::CachedRideViews;
+pub use users::CachedUserViews;
+
+use crate::client::RedisClient;
+use log_limiter::LogLimiter;
+
+/// Keys remembered for deletion while Redis is down; beyond this, a stale entry lives until its TTL.
+const MAX_PENDING_DELETES: usize = 10_000;
+
+/// KEYS: entry. ARGV: version, body, ttl (s). Stores when the entry is absent or older; returns 1 if so.
+static STORE_IF_NEWER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local cached = redis.call('HGET', KEYS[1], 'version')
+         if cached and tonumber(cached) >= tonumber(ARGV[1]) then return 0 end
+         redis.call('HSET', KEYS[1], 'version', ARGV[1], 'body', ARGV[2])
+         redis.call('EXPIRE', KEYS[1], ARGV[3])
+         return 1",
+    )
+});
+
+/// How a cache decorator's reads went since it was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Reads answered from Redis.
+    pub hits: u64,
+    /// Reads not in Redis, answered by the inner store (and then cached).
+    pub misses: u64,
+    /// Reads answered by the inner store because Redis failed or is being skipped after a failure.
+    pub fallbacks: u64,
+}
+
+/// A view that knows its projection version.
+pub(crate) trait Versioned: Serialize + DeserializeOwned {
+    fn version(&self) -> u64;
+}
+
+/// What a cache lookup found.
+enum Lookup<T> {
+    Hit(T),
+    Miss,
+    /// Redis failed or is skipped: ask the inner store and leave the cache alone.
+    Unavailable,
+}
+
+/// One kind of cached view (`<prefix>cache:<kind>:<id>`) with its counters and failure handling.
+#[derive(Debug)]
+pub(crate) struct ReadThrough {
+    redis: RedisClient,
+    kind: &'static str,
+    ttl_seconds: u64,
+    retry_interval: Duration,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    fallbacks: AtomicU64,
+    /// While set and in the future, Redis is skipped.
+    skip_until: Mutex<Option<Instant>>,
+    /// Keys whose entries may be older than the inner store, to delete once Redis answers.
+    pending_deletes: Mutex<HashSet<String>>,
+    /// One task at a time deletes the pending keys.
+    flushing: tokio::sync::Mutex<()>,
+    failures: LogLimiter,
+    overflows: LogLimiter,
+}
+
+impl ReadThrough {
+    pub(crate) fn new(redis: RedisClient, kind: &'static str) -> Self {
+        let settings = redis.settings();
+        Self {
+            kind,
+            ttl_seconds: settings.cache_ttl_seconds,
+            retry_interval: Duration::from_millis(settings.cache_retry_interval_ms),
+            failures: LogLimiter::new(Duration::from_secs(settings.fallback_log_interval_seconds)),
+            overflows: LogLimiter::new(Duration::from_secs(settings.fallback_log_interval_seconds)),
+            redis,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
+            skip_until: Mutex::new(None),
+            pending_deletes: Mutex::new(HashSet::new()),
+            flushing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn key(&self, id: &impl std::fmt::Display) -> String {
+        self.redis.key(&format!("cache:{}:{id}", self.kind))
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            fallbacks: self.fallbacks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The cached view, or the inner store's (`load`), which is then cached.
+    pub(crate) async fn read<T, F>(&self, key: String, load: F) -> anyhow::Result<Option<T>>
+    where
+        T: Versioned,
+        F: Future<Output = anyhow::Result<Option<T>>>,
+    {
+        match self.lookup(&key).await {
+            Lookup::Hit(view) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(view))
+            }
+            Lookup::Miss => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                let view = load.await?;
+                if let Some(view) = &view {
+                    // A failure is logged and handled inside; the reader has its answer either way.
+                    let _ = self.store(&key, view).await;
+                }
+                Ok(view)
+            }
+            Lookup::Unavailable => {
+                self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                load.await
+            }
+        }
+    }
+
+    /// After the inner store took `view`: brings the cache up to it, or makes sure no older entry stays.
+    pub(crate) async fn written<T: Versioned>(&self, key: String, view: &T) {
+        if !self.usable(Instant::now()).await {
+            self.remember_delete(key);
+            return;
+        }
+        if self.store(&key, view).await.is_ok() {
+            return;
+        }
+        let deleted: redis::RedisResult<i64> = redis::cmd("DEL").arg(&key).query_async(&mut self.redis.conn()).await;
+        if deleted.is_err() {
+            self.remember_delete(key);
+        }
+    }
+
+    async fn lookup<T: Versioned>(&self, key: &str) -> Lookup<T> {
+        if !self.usable(Instant::now()).await || self.is_pending_delete(key) {
+            return Lookup::Unavailable;
+        }
+        let body: Option<String> =
+            match redis::cmd("HGET").arg(key).arg("body").query_async(&mut self.redis.conn()).await {
+                Ok(body) => body,
+                Err(error) => {
+                    self.failed(&error);
+                    return Lookup::Unavailable;
+                }
+            };
+        let Some(body) = body else { return Lookup::Miss };
+        match serde_json::from_str(&body) {
+            Ok(view) => Lookup::Hit(view),
+            Err(error) => {
+                tracing::warn!(key, %error, "cached entry does not decode; dropping it and reading the inner store");
+                // Gone, so the fill that follows is not refused as "not newer".
+                if let Err(error) = redis::cmd("DEL").arg(key).query_async::<i64>(&mut self.redis.conn()).await {
+                    self.failed(&error);
+                    return Lookup::Unavailable;
+                }
+                Lookup::Miss
+            }
+        }
+    }
+
+    async fn store<T: Versioned>(&self, key: &str, view: &T) -> Result<(), ()> {
+        let body = match serde_json::to_string(view) {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::warn!(key, %error, "view does not encode for the cache");
+                return Err(());
+            }
+        };
+        let stored = STORE_IF_NEWER
+            .key(key)
+            .arg(view.version())
+            .arg(body)
+            .arg(self.ttl_seconds)
+            .invoke_async::<i64>(&mut self.redis.conn())
+            .await;
+        stored.map(|_| ()).map_err(|error| self.failed(&error))
+    }
+
+    /// Whether to use Redis now: not within the pause after a failure, and any key that may hold a stale
+    /// entry is deleted first.
+    async fn usable(&self, now: Instant) -> bool {
+        let skip_until = *self.skip_until.lock().unwrap_or_else(|e| e.into_inner());
+        if skip_until.is_some_and(|until| now < until) {
+            return false;
+        }
+        self.flush_pending_deletes().await
+    }
+
+    async fn flush_pending_deletes(&self) -> bool {
+        if self.pending_deletes.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            return true;
+        }
+        // Another task is deleting them; the keys still pending are skipped by `lookup` meanwhile.
+        let Ok(_flushing) = self.flushing.try_lock() else { return true };
+        let keys: Vec<String> =
+            self.pending_deletes.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            // One DEL per key: cached entries live in different cluster slots.
+            pipe.cmd("DEL").arg(key).ignore();
+        }
+        match pipe.exec_async(&mut self.redis.conn()).await {
+            Ok(()) => {
+                let mut pending = self.pending_deletes.lock().unwrap_or_else(|e| e.into_inner());
+                for key in &keys {
+                    pending.remove(key);
+                }
+                tracing::info!(
+                    kind = self.kind,
+                    deleted = keys.len(),
+                    "Redis answers again; possibly stale cache entries deleted"
+                );
+                true
+            }
+            Err(error) => {
+                self.failed(&error);
+                false
+            }
+        }
+    }
+
+    fn is_pending_delete(&self, key: &str) -> bool {
+        let pending = self.pending_deletes.lock().unwrap_or_else(|e| e.into_inner());
+        !pending.is_empty() && pending.contains(key)
+    }
+
+    fn remember_delete(&self, key: String) {
+        let mut pending = self.pending_deletes.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.len() < MAX_PENDING_DELETES {
+            pending.insert(key);
+        } else if let Some(suppressed) = self.overflows.occurred(Instant::now()) {
+            tracing::warn!(
+                kind = self.kind,
+                suppressed,
+                "too many cache entries awaiting deletion; further ones may stay stale until their TTL"
+            );
+        }
+    }
+
+    /// Notes a Redis failure: skip Redis for a while, and log if this interval has not logged yet.
+    fn failed(&self, error: &redis::RedisError) {
+        let now = Instant::now();
+        *self.skip_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(now + self.retry_interval);
+        if let Some(suppressed) = self.failures.occurred(now) {
+            tracing::warn!(
+                kind = self.kind,
+                %error,
+                suppressed,
+                "Redis cache unavailable; serving from the inner store"
+            );
+        }
+    }
+}

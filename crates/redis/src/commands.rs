@@ -1,0 +1,286 @@
+//! Command status in Redis, with pub/sub wake-ups for `wait_final`.
+//!
+//! Each status is a hash (`final` flag, JSON `body`) at `<prefix>command:<id>` with a TTL. Recording a
+//! final status publishes the command id on `<prefix>command-final`; one subscriber connection per
+//! store (opened on the first wait) wakes the requests waiting for that id, in this process. Waiters
+//! also re-read every [`POLL_INTERVAL`], so a notification lost while the subscriber reconnects only
+//! delays an answer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use futures::StreamExt as _;
+use redis::Script;
+use ridehail_events::CommandId;
+use ridehail_runtime::ports::{CommandState, CommandStatus, CommandStatusStore};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::client::RedisClient;
+
+/// How often a waiter re-reads the status even without a notification.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Pause between attempts to (re)open the subscriber connection.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+
+/// KEYS: status. ARGV: final (1/0), body, ttl (s), channel, command id. A pending status never replaces a
+/// final one; a final status is announced on the channel.
+static RECORD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if ARGV[1] == '0' and redis.call('HGET', KEYS[1], 'final') == '1' then return 0 end
+         redis.call('HSET', KEYS[1], 'final', ARGV[1], 'body', ARGV[2])
+         redis.call('EXPIRE', KEYS[1], ARGV[3])
+         if ARGV[1] == '1' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+         return 1",
+    )
+});
+
+/// [`CommandStatusStore`] on Redis. Cheap to clone; clones share the subscriber connection.
+#[derive(Debug, Clone)]
+pub struct RedisCommandStatus {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    redis: RedisClient,
+    channel: String,
+    poll_interval: Duration,
+    waiters: Arc<Waiters>,
+    /// The subscriber task, started by the first wait.
+    listener: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            listener.abort();
+        }
+    }
+}
+
+/// The requests of this process waiting for a command, by command id.
+#[derive(Debug, Default)]
+struct Waiters(Mutex<HashMap<CommandId, Arc<Notify>>>);
+
+impl Waiters {
+    fn register(&self, command_id: CommandId) -> Arc<Notify> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(command_id).or_default().clone()
+    }
+
+    fn forget(&self, command_id: CommandId, notify: &Arc<Notify>) {
+        let mut waiters = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Drop the entry when only the map and this waiter hold it.
+        if waiters.get(&command_id).is_some_and(|n| Arc::ptr_eq(n, notify) && Arc::strong_count(n) <= 2) {
+            waiters.remove(&command_id);
+        }
+    }
+
+    fn wake(&self, command_id: CommandId) {
+        let notify = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&command_id).cloned();
+        if let Some(notify) = notify {
+            notify.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        for notify in self.0.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            notify.notify_waiters();
+        }
+    }
+}
+
+/// Unregisters a waiter when done, or when the waiting request is dropped half-way.
+struct Registration<'a> {
+    waiters: &'a Waiters,
+    command_id: CommandId,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.waiters.forget(self.command_id, &self.notify);
+    }
+}
+
+impl RedisCommandStatus {
+    pub fn new(redis: RedisClient) -> Self {
+        Self::with_poll_interval(redis, POLL_INTERVAL)
+    }
+
+    fn with_poll_interval(redis: RedisClient, poll_interval: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                channel: redis.key("command-final"),
+                redis,
+                poll_interval,
+                waiters: Arc::default(),
+                listener: Mutex::new(None),
+            }),
+        }
+    }
+
+    fn key(&self, command_id: CommandId) -> String {
+        self.inner.redis.key(&format!("command:{command_id}"))
+    }
+
+    /// Starts the subscriber on first use and, that first time, waits (up to the connect timeout) until
+    /// it listens, so the first waits already get notifications.
+    async fn ensure_listener(&self) {
+        let mut subscribed = {
+            let mut listener = self.inner.listener.lock().unwrap_or_else(|e| e.into_inner());
+            if listener.is_some() {
+                return;
+            }
+            let (tx, rx) = watch::channel(false);
+            *listener = Some(tokio::spawn(listen(
+                self.inner.redis.clone(),
+                self.inner.channel.clone(),
+                self.inner.waiters.clone(),
+                tx,
+            )));
+            rx
+        };
+        let _ = tokio::time::timeout(self.inner.redis.settings().connect_timeout(), subscribed.wait_for(|s| *s)).await;
+    }
+}
+
+/// Keeps one subscription to `channel` open, waking the waiters of each announced command.
+async fn listen(redis: RedisClient, channel: String, waiters: Arc<Waiters>, subscribed: watch::Sender<bool>) {
+    let timeout = redis.settings().connect_timeout();
+    loop {
+        let connection = async {
+            let mut pubsub = redis.client().get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(timeout, connection).await {
+            Ok(Ok(mut pubsub)) => {
+                subscribed.send_replace(true);
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    match message.get_payload::<String>().ok().and_then(|id| id.parse().ok()) {
+                        Some(command_id) => waiters.wake(command_id),
+                        None => tracing::warn!(channel, "unexpected message on the command-final channel"),
+                    }
+                }
+                subscribed.send_replace(false);
+                // Announcements may have been missed: let every waiter look again.
+                waiters.wake_all();
+                tracing::warn!(channel, "command-final subscription lost; reconnecting");
+            }
+            Ok(Err(error)) => tracing::warn!(channel, %error, "cannot subscribe to command-final announcements"),
+            Err(_) => tracing::warn!(channel, "subscribing to command-final announcements timed out"),
+        }
+        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+    }
+}
+
+#[async_trait]
+impl CommandStatusStore for RedisCommandStatus {
+    async fn record(&self, status: &CommandStatus) -> anyhow::Result<()> {
+        let is_final = status.state != CommandState::Pending;
+        RECORD
+            .key(self.key(status.command_id))
+            .arg(u8::from(is_final))
+            .arg(serde_json::to_string(status)?)
+            .arg(self.inner.redis.settings().command_status_ttl_seconds)
+            .arg(&self.inner.channel)
+            .arg(status.command_id.to_string())
+            .invoke_async::<i64>(&mut self.inner.redis.conn())
+            .await
+            .context("recording a command status in Redis")?;
+        Ok(())
+    }
+
+    async fn get(&self, command_id: CommandId) -> anyhow::Result<Option<CommandStatus>> {
+        let body: Option<String> = redis::cmd("HGET")
+            .arg(self.key(command_id))
+            .arg("body")
+            .query_async(&mut self.inner.redis.conn())
+            .await
+            .context("reading a command status from Redis")?;
+        body.map(|b| serde_json::from_str(&b).context("a command status stored in Redis does not decode")).transpose()
+    }
+
+    async fn wait_final(&self, command_id: CommandId, timeout: Duration) -> anyhow::Result<Option<CommandStatus>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.ensure_listener().await;
+        let waiters = &self.inner.waiters;
+        let registration = Registration { waiters, command_id, notify: waiters.register(command_id) };
+        loop {
+            let notified = registration.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let status = self.get(command_id).await?;
+            if status.as_ref().is_some_and(|s| s.state != CommandState::Pending) {
+                return Ok(status);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(status);
+            }
+            let nap = (deadline - now).min(self.inner.poll_interval);
+            let _ = tokio::time::timeout(nap, notified).await;
+        }
+    }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        self.inner.redis.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use ridehail_events::CorrelationId;
+    use ridehail_runtime::contract;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::settings::RedisSettings;
+
+    fn status(command_id: CommandId, state: CommandState) -> CommandStatus {
+        CommandStatus {
+            command_id,
+            correlation_id: CorrelationId::new(),
+            command_type: "RequestRide".into(),
+            aggregate_id: Uuid::now_v7(),
+            issued_by: None,
+            state,
+            rejection: None,
+            events: vec![],
+            resource: None,
+            submitted_at: Utc::now(),
+            completed_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_final_status_recorded_elsewhere_wakes_the_waiter_without_polling() {
+        let Some(url) = contract::test_server("RIDEHAIL_TEST_REDIS_URL") else { return };
+        let settings = RedisSettings { url, key_prefix: contract::unique_name("cmd") + ":", ..Default::default() };
+        // The waiter would re-read only after a minute: only the announcement can end the wait early.
+        let waiting =
+            RedisCommandStatus::with_poll_interval(crate::connect(&settings).await.unwrap(), Duration::from_secs(60));
+        // Another process's store: same server and prefix, its own connections.
+        let other = RedisCommandStatus::new(crate::connect(&settings).await.unwrap());
+        let id = CommandId::new();
+        other.record(&status(id, CommandState::Pending)).await.unwrap();
+
+        let finisher = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            other.record(&status(id, CommandState::Accepted)).await.unwrap();
+        });
+        let started = std::time::Instant::now();
+        let done = waiting.wait_final(id, Duration::from_secs(30)).await.unwrap().unwrap();
+        assert_eq!(done.state, CommandState::Accepted);
+        assert!(started.elapsed() < Duration::from_secs(10), "woken by the announcement, took {:?}", started.elapsed());
+        finisher.await.unwrap();
+        assert!(waiting.inner.waiters.0.lock().unwrap().is_empty(), "the waiter unregistered");
+    }
+}

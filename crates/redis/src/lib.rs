@@ -1,0 +1,56 @@
+//! Redis adapters for what must be fast: the driver geo index ([`RedisDriverLocator`]), command status
+//! ([`RedisCommandStatus`]), idempotency keys ([`RedisIdempotency`]) and a read-through cache in front
+//! of the ride and profile read models ([`CachedRideViews`], [`CachedUserViews`]). All of them pass the
+//! port contract suites of `ridehail-runtime` (`tests/contracts.rs`).
+//!
+//! # Connections
+//! [`connect`] opens `connections` multiplexed connections (used round-robin), each a
+//! `redis::aio::ConnectionManager` that reconnects by itself with a short backoff; connect and response
+//! timeouts bound every command. [`connect_lazy`] defers connecting to the first command.
+//!
+//! # Keys (`P` = [`RedisSettings::key_prefix`])
+//! | key | type | content | TTL |
+//! |---|---|---|---|
+//! | `{Pdrivers}:geo` | GEO set | online drivers with a position | none |
+//! | `{Pdrivers}:driver:<id>` | hash | `version`, `online`, `lat`, `lon`, `cell`, `indexable`, hold (`ride`, `until` ms) | none |
+//! | `{Pdrivers}:cell:<cell>` | set | online located drivers in the surge cell | none |
+//! | `Pcommand:<id>` | hash | `final` (1/0), `body` (JSON status) | `command_status_ttl_seconds` |
+//! | `Pidempotency:<len(scope)>:<scope>:<key>` | hash | `fingerprint`, `claimed_at` (ms), `response` (JSON) | the claim's `ttl` |
+//! | `Pcache:ride:<id>`, `Pcache:profile:<id>` | hash | `version`, `body` (JSON view) | `cache_ttl_seconds` |
+//!
+//! Channel `Pcommand-final` announces the id of each command that reached a final state.
+//!
+//! # Atomicity
+//! Every read-then-write runs as one Lua script (Redis runs a script without interleaving other
+//! commands): a driver update that ignores older versions, reserve-nearest (search by radius, skip
+//! excluded and held drivers, hold the first free one), hold, release, the per-cell count of free
+//! drivers, the command-status record (a pending status never replaces a final one), the idempotency
+//! claim, and the cache's store-if-newer. Times (`now`, hold deadlines, claim times) are the caller's
+//! domain time passed as arguments, never Redis `TIME`, so every adapter agrees with the same clock.
+//!
+//! # Redis Cluster
+//! The client speaks to one node (or a proxy). The keys are nonetheless laid out for a cluster: the
+//! locator's keys share the hash tag `{Pdrivers}`, so its scripts, which reach per-driver and per-cell
+//! keys they discover (not declared in `KEYS`), stay within one slot; every other script touches a
+//! single declared key. Pending cache deletions are sent as one `DEL` per key.
+//!
+//! # Failures
+//! The locator, command status and idempotency stores report Redis errors to the caller: they are the
+//! source of truth for their data. The cache decorators never fail because of Redis: they answer from
+//! the inner store, skip Redis for `cache_retry_interval_ms` after a failure and log one warning per
+//! `fallback_log_interval_seconds` (see [`cache`](CachedRideViews) for how stale entries are avoided).
+//! An undecodable cached entry is logged, deleted and treated as a miss.
+
+mod cache;
+mod client;
+mod commands;
+mod drivers;
+mod idempotency;
+mod settings;
+
+pub use cache::{CacheStats, CachedRideViews, CachedUserViews};
+pub use client::{RedisClient, connect, connect_lazy};
+pub use commands::RedisCommandStatus;
+pub use drivers::RedisDriverLocator;
+pub use idempotency::RedisIdempotency;
+pub use settings::RedisSettings;

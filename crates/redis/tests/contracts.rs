@@ -1,0 +1,276 @@
+//! The port contract suites against the Redis adapters, each test under its own key prefix on the shared
+//! test server (`RIDEHAIL_TEST_REDIS_URL`), and the cache decorators' own behaviour.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use ridehail_events::{RideId, UserId};
+use ridehail_redis::{
+    CacheStats, CachedRideViews, CachedUserViews, RedisClient, RedisCommandStatus, RedisDriverLocator,
+    RedisIdempotency, RedisSettings,
+};
+use ridehail_runtime::contract;
+use ridehail_runtime::embedded::{Db, EmbeddedRideViews, EmbeddedUserViews};
+use ridehail_runtime::ports::{DriverLocator, RideParty, RideQuery, RideView, RideViews, UserViews};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+fn settings(url: String) -> RedisSettings {
+    RedisSettings {
+        url,
+        key_prefix: format!("{}:", contract::unique_name("ridehail-test")),
+        ..RedisSettings::default()
+    }
+}
+
+/// A client under a fresh key prefix, or `None` (test skipped) without a test server.
+async fn redis() -> Option<RedisClient> {
+    let url = contract::test_server("RIDEHAIL_TEST_REDIS_URL")?;
+    Some(ridehail_redis::connect(&settings(url)).await.unwrap())
+}
+
+/// A client for a Redis that is not there: a loopback port nothing listens on.
+fn unreachable_redis() -> RedisClient {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    ridehail_redis::connect_lazy(&settings(format!("redis://127.0.0.1:{port}"))).unwrap()
+}
+
+fn embedded_rides(dir: &TempDir) -> EmbeddedRideViews {
+    EmbeddedRideViews::open(&dir.path().join("rides.sqlite")).unwrap()
+}
+
+fn embedded_users(dir: &TempDir) -> EmbeddedUserViews {
+    EmbeddedUserViews::new(Db::open(&dir.path().join("users.sqlite")).unwrap()).unwrap()
+}
+
+macro_rules! redis_case {
+    ($adapter:expr, $($name:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let Some(redis) = redis().await else { return };
+                contract::$name(&$adapter(redis)).await;
+            }
+        )+
+    };
+}
+
+redis_case!(
+    RedisDriverLocator::new,
+    locator_reserves_the_nearest_free_driver_within_the_radius,
+    locator_skips_excluded_and_offline_drivers,
+    locator_holds_expire_and_releases_free_drivers,
+    locator_never_gives_one_driver_to_two_rides,
+    locator_counts_available_drivers_per_cell,
+);
+
+redis_case!(RedisCommandStatus::new, command_status_never_goes_back_to_pending);
+
+#[tokio::test]
+async fn command_status_wait_returns_once_final() {
+    let Some(redis) = redis().await else { return };
+    contract::command_status_wait_returns_once_final(Arc::new(RedisCommandStatus::new(redis))).await;
+}
+
+redis_case!(RedisIdempotency::new, idempotency_replays_and_detects_mismatches);
+
+macro_rules! cached_views_case {
+    ($decorator:ident, $embedded:ident, $($name:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let Some(redis) = redis().await else { return };
+                let dir = TempDir::new().unwrap();
+                let views = $decorator::new(Arc::new($embedded(&dir)), redis);
+                contract::$name(&views).await;
+                assert_eq!(views.stats().fallbacks, 0, "Redis was up: {:?}", views.stats());
+            }
+        )+
+    };
+}
+
+cached_views_case!(
+    CachedRideViews,
+    embedded_rides,
+    ride_views_only_move_forward,
+    ride_views_page_a_party_s_rides_newest_first,
+    ride_views_count_waiting_rides_per_cell,
+);
+cached_views_case!(CachedUserViews, embedded_users, user_views_store_profiles_and_credentials);
+
+// ------------------------------------------------------------------ locator, beyond the contract
+
+#[tokio::test]
+async fn a_driver_who_moves_is_counted_in_the_new_cell_only() {
+    let Some(redis) = redis().await else { return };
+    let locator = RedisDriverLocator::new(redis);
+    let from = ridehail_events::GeoPoint { lat: 10.005, lon: 20.005 };
+    let to = ridehail_events::GeoPoint { lat: 10.025, lon: 20.005 };
+    assert_ne!(from.cell(), to.cell());
+    let now = chrono::Utc::now();
+    let driver = UserId::new();
+    locator.update_driver(driver, Some(from), true, 1).await.unwrap();
+    locator.update_driver(driver, Some(to), true, 2).await.unwrap();
+    assert_eq!(locator.available_in_cell(&from.cell(), now).await.unwrap(), 0);
+    assert_eq!(locator.available_in_cell(&to.cell(), now).await.unwrap(), 1);
+    // Offline keeps the position; back online without a new one, the driver is found there again.
+    locator.update_driver(driver, None, false, 3).await.unwrap();
+    assert_eq!(locator.available_in_cell(&to.cell(), now).await.unwrap(), 0);
+    locator.update_driver(driver, None, true, 4).await.unwrap();
+    let found = locator.reserve_nearest(to, 100, &[], RideId::new(), now, now).await.unwrap().unwrap();
+    assert_eq!(found.driver_id, driver);
+    assert!(found.distance_m < 1.0, "distance {}", found.distance_m);
+}
+
+#[tokio::test]
+async fn a_driver_beyond_the_geo_latitude_range_is_recorded_but_not_searchable() {
+    let Some(redis) = redis().await else { return };
+    let locator = RedisDriverLocator::new(redis);
+    let polar = ridehail_events::GeoPoint { lat: 89.5, lon: 0.0 };
+    let now = chrono::Utc::now();
+    locator.update_driver(UserId::new(), Some(polar), true, 1).await.unwrap();
+    assert_eq!(locator.available_in_cell(&polar.cell(), now).await.unwrap(), 1);
+    assert_eq!(locator.reserve_nearest(polar, 1_000, &[], RideId::new(), now, now).await.unwrap(), None);
+}
+
+// ------------------------------------------------------------------ cache decorators
+
+/// A new ride's id, and its view at a given version.
+fn new_ride() -> (RideId, impl Fn(u64) -> RideView) {
+    let (ride_id, rider_id) = (RideId::new(), UserId::new());
+    (ride_id, move |version| contract::ride_view(ride_id, rider_id, version))
+}
+
+#[tokio::test]
+async fn ride_reads_count_hits_and_misses() {
+    let Some(redis) = redis().await else { return };
+    let dir = TempDir::new().unwrap();
+    let inner = Arc::new(embedded_rides(&dir));
+    let views = CachedRideViews::new(inner.clone(), redis);
+    let (ride_id, view) = new_ride();
+    // Written behind the cache's back: the first read misses and fills, the second hits.
+    inner.upsert(&view(1)).await.unwrap();
+    assert_eq!(views.get(ride_id).await.unwrap(), Some(view(1)));
+    assert_eq!(views.get(ride_id).await.unwrap(), Some(view(1)));
+    assert_eq!(views.stats(), CacheStats { hits: 1, misses: 1, fallbacks: 0 });
+    // An unknown ride is not cached: each read asks the inner store.
+    let unknown = RideId::new();
+    assert_eq!(views.get(unknown).await.unwrap(), None);
+    assert_eq!(views.get(unknown).await.unwrap(), None);
+    assert_eq!(views.stats(), CacheStats { hits: 1, misses: 3, fallbacks: 0 });
+    // Lists and counts are not cached reads.
+    let query = RideQuery { party: RideParty::Rider(UserId::new()), status: None, limit: 5, before: None };
+    views.list(&query).await.unwrap();
+    views.count_waiting_in_cell("0:0").await.unwrap();
+    assert_eq!(views.stats(), CacheStats { hits: 1, misses: 3, fallbacks: 0 });
+}
+
+#[tokio::test]
+async fn a_read_after_an_upsert_returns_the_new_view_from_the_cache() {
+    let Some(redis) = redis().await else { return };
+    let dir = TempDir::new().unwrap();
+    let views = CachedRideViews::new(Arc::new(embedded_rides(&dir)), redis);
+    let (ride_id, view) = new_ride();
+    views.upsert(&view(1)).await.unwrap();
+    assert_eq!(views.get(ride_id).await.unwrap(), Some(view(1)));
+    let mut newer = view(2);
+    newer.status = ridehail_events::ride::RideStatus::DriverAssigned;
+    assert!(views.upsert(&newer).await.unwrap());
+    assert_eq!(views.get(ride_id).await.unwrap(), Some(newer.clone()));
+    // A stale upsert the inner store refuses leaves the cache alone too.
+    assert!(!views.upsert(&view(1)).await.unwrap());
+    assert_eq!(views.get(ride_id).await.unwrap(), Some(newer));
+    assert_eq!(views.stats(), CacheStats { hits: 3, misses: 0, fallbacks: 0 });
+}
+
+#[tokio::test]
+async fn profile_reads_are_cached_and_credentials_pass_through() {
+    let Some(redis) = redis().await else { return };
+    let dir = TempDir::new().unwrap();
+    let views = CachedUserViews::new(Arc::new(embedded_users(&dir)), redis);
+    contract::user_views_store_profiles_and_credentials(&views).await;
+    // The contract read one stored profile (written through, so a hit) and one unknown user (a miss);
+    // its credential reads did not touch the cache.
+    assert_eq!(views.stats(), CacheStats { hits: 1, misses: 1, fallbacks: 0 });
+}
+
+/// A ride store whose next `get` pauses after reading, as a reader descheduled between loading a view
+/// and caching it would.
+#[derive(Debug)]
+struct PausedRead {
+    inner: EmbeddedRideViews,
+    /// (tell the test the read happened, wait for the test's go-ahead)
+    pause: Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
+}
+
+#[async_trait]
+impl RideViews for PausedRead {
+    async fn upsert(&self, view: &RideView) -> anyhow::Result<bool> {
+        self.inner.upsert(view).await
+    }
+    async fn get(&self, ride_id: RideId) -> anyhow::Result<Option<RideView>> {
+        let view = self.inner.get(ride_id).await?;
+        let pause = self.pause.lock().unwrap().take();
+        if let Some((read, go)) = pause {
+            read.send(()).unwrap();
+            go.await.unwrap();
+        }
+        Ok(view)
+    }
+    async fn list(&self, query: &RideQuery) -> anyhow::Result<Vec<RideView>> {
+        self.inner.list(query).await
+    }
+    async fn count_waiting_in_cell(&self, cell: &str) -> anyhow::Result<u64> {
+        self.inner.count_waiting_in_cell(cell).await
+    }
+    async fn ping(&self) -> anyhow::Result<()> {
+        self.inner.ping().await
+    }
+}
+
+#[tokio::test]
+async fn a_reader_that_loaded_an_old_view_cannot_cache_it_over_a_newer_one() {
+    let Some(redis) = redis().await else { return };
+    let dir = TempDir::new().unwrap();
+    let (read_tx, read_rx) = oneshot::channel();
+    let (go_tx, go_rx) = oneshot::channel();
+    let inner = Arc::new(PausedRead { inner: embedded_rides(&dir), pause: Mutex::new(Some((read_tx, go_rx))) });
+    let views = Arc::new(CachedRideViews::new(inner.clone(), redis));
+    let (ride_id, view) = new_ride();
+    inner.inner.upsert(&view(1)).await.unwrap();
+
+    // The reader misses, loads version 1, and pauses before caching it.
+    let reader = tokio::spawn({
+        let views = views.clone();
+        async move { views.get(ride_id).await.unwrap() }
+    });
+    read_rx.await.unwrap();
+    // Meanwhile the projection writes version 2, through the cache.
+    assert!(views.upsert(&view(2)).await.unwrap());
+    go_tx.send(()).unwrap();
+    assert_eq!(reader.await.unwrap(), Some(view(1)), "the reader answers what it loaded");
+
+    // Its late fill was refused: the cache serves version 2.
+    assert_eq!(views.get(ride_id).await.unwrap(), Some(view(2)));
+    assert_eq!(views.stats(), CacheStats { hits: 1, misses: 1, fallbacks: 0 });
+}
+
+#[tokio::test]
+async fn with_redis_unreachable_the_decorators_serve_from_the_inner_store() {
+    let dir = TempDir::new().unwrap();
+    let rides = CachedRideViews::new(Arc::new(embedded_rides(&dir)), unreachable_redis());
+    let users = CachedUserViews::new(Arc::new(embedded_users(&dir)), unreachable_redis());
+    let started = std::time::Instant::now();
+    contract::ride_views_only_move_forward(&rides).await;
+    contract::ride_views_page_a_party_s_rides_newest_first(&rides).await;
+    contract::ride_views_count_waiting_rides_per_cell(&rides).await;
+    contract::user_views_store_profiles_and_credentials(&users).await;
+    for stats in [rides.stats(), users.stats()] {
+        assert_eq!((stats.hits, stats.misses), (0, 0), "{stats:?}");
+        assert!(stats.fallbacks >= 2, "{stats:?}");
+    }
+    rides.ping().await.unwrap();
+    users.ping().await.unwrap();
+    // Connection refused fails fast, and later calls skip Redis instead of retrying each time.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+}
