@@ -1,0 +1,199 @@
+//! The event store: one document per event in `events`, plus the global position counter in `counters`.
+//!
+//! # Appending
+//! 1. The batch is validated ([`validate_batch`]) and the stream's current version read: a stale
+//!    `expected_version` is refused right away (the common, sequential case of a conflict).
+//! 2. Global positions for the batch are taken from the `events` counter with one atomic
+//!    `findOneAndUpdate({name}, {$inc: {value: n}}, upsert)`.
+//! 3. The events are written with one ordered `insertMany`. A concurrent append to the same stream makes
+//!    one of the writes hit the unique `(aggregate_id, sequence)` index (error 11000): that append fails
+//!    with [`AppendError::Conflict`], the stream's current version as `actual`.
+//!
+//! # Not atomic
+//! Without a multi-document transaction, a batch of several events is written one event after the
+//! other. Ordered insertion stops at the first failure, so what is stored is always a prefix of the
+//! batch with no gaps, but it can be a strict prefix: when the process or the connection dies mid-batch,
+//! or when a concurrent append takes a later sequence number of the batch first (the caller gets a
+//! `Conflict`, but its first events are stored; this is logged). The stream then holds the prefix as
+//! history; the command's retry decides again from that state, like any other reader. Ridehail's
+//! commands produce one event in the vast majority of cases, which keeps this window small. Replica-set
+//! transactions would close it at the cost of a round trip per append.
+//!
+//! # Global order
+//! `read_all` sorts by the position stored on each event, and its cursor is the last position read. A
+//! stream's events get increasing positions because an append only starts after the previous one of the
+//! stream was stored. Positions of failed appends are never used (gaps are harmless). Positions are
+//! taken before the insert, so for a moment a larger position can be readable before a smaller one:
+//! a reader following the head of the log could step over an in-flight event. `read_all` is for replay
+//! (of a log that is not being written to, or up to a point in the past), where this cannot happen.
+
+use anyhow::{Context, anyhow};
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use mongodb::bson::{DateTime as BsonDateTime, Document, doc};
+use mongodb::options::ReturnDocument;
+use mongodb::{Collection, Database};
+use ridehail_events::WireEvent;
+use ridehail_runtime::ports::{AppendError, EventStore, ReadAllPage, validate_batch};
+use uuid::Uuid;
+
+use crate::codec::{describe, duplicate_key_index, from_document, get_u64, is_duplicate_key, to_document, to_i64};
+
+pub(crate) const EVENTS: &str = "events";
+pub(crate) const COUNTERS: &str = "counters";
+/// The counter document (in `counters`) that hands out global positions.
+const POSITION_COUNTER: &str = "events";
+/// Fields an event document holds beyond the [`WireEvent`] shape.
+const BOOKKEEPING: &[&str] = &["position", "occurred_at_date"];
+
+/// [`EventStore`] on MongoDB. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MongoEventStore {
+    db: Database,
+    events: Collection<Document>,
+    counters: Collection<Document>,
+}
+
+impl MongoEventStore {
+    /// Uses `db` as migrated by [`crate::migrations::up`]: without its unique index on
+    /// `(aggregate_id, sequence)`, concurrent appends are not detected.
+    pub fn new(db: &Database) -> Self {
+        Self { db: db.clone(), events: db.collection(EVENTS), counters: db.collection(COUNTERS) }
+    }
+
+    async fn current_version(&self, aggregate_id: Uuid) -> anyhow::Result<u64> {
+        let last = self
+            .events
+            .find_one(doc! {"aggregate_id": aggregate_id.to_string()})
+            .sort(doc! {"sequence": -1})
+            .projection(doc! {"_id": 0, "sequence": 1})
+            .await
+            .with_context(|| format!("reading the version of stream {aggregate_id}"))?;
+        match last {
+            Some(doc) => get_u64(&doc, "sequence").with_context(|| format!("{EVENTS} of stream {aggregate_id}")),
+            None => Ok(0),
+        }
+    }
+
+    /// Reserves `count` consecutive global positions; returns the first.
+    async fn allocate_positions(&self, count: usize) -> anyhow::Result<u64> {
+        let count = i64::try_from(count).context("batch too large")?;
+        let mut attempt = 0;
+        let counter = loop {
+            let updated = self
+                .counters
+                .find_one_and_update(doc! {"name": POSITION_COUNTER}, doc! {"$inc": {"value": count}})
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .await;
+            match updated {
+                Ok(Some(counter)) => break counter,
+                Ok(None) => return Err(anyhow!("the position counter upsert returned no document")),
+                // Two first-ever appends raced to create the counter; the other one did: increment it.
+                Err(e) if is_duplicate_key(&e) && attempt == 0 => attempt += 1,
+                Err(e) => return Err(e).context("allocating event positions"),
+            }
+        };
+        let last = get_u64(&counter, "value").context("the position counter is corrupt")?;
+        Ok(last + 1 - count as u64)
+    }
+
+    fn decode(doc: Document) -> anyhow::Result<WireEvent> {
+        let key = match (doc.get_str("aggregate_id"), get_u64(&doc, "sequence")) {
+            (Ok(id), Ok(sequence)) => format!("{id}#{sequence}"),
+            _ => describe(&doc, "position"),
+        };
+        from_document(doc, BOOKKEEPING, EVENTS, &key)
+    }
+}
+
+/// The event's document, without its position yet.
+fn event_document(event: &WireEvent) -> anyhow::Result<Document> {
+    let mut doc = to_document(event)?;
+    // For people querying the collection: `occurred_at` itself is an exact RFC 3339 string.
+    doc.insert("occurred_at_date", BsonDateTime::from_millis(event.occurred_at.timestamp_millis()));
+    Ok(doc)
+}
+
+#[async_trait]
+impl EventStore for MongoEventStore {
+    async fn append(&self, expected_version: u64, events: &[WireEvent]) -> Result<(), AppendError> {
+        let aggregate_id = validate_batch(expected_version, events)?;
+        let actual = self.current_version(aggregate_id).await?;
+        if actual != expected_version {
+            return Err(AppendError::Conflict { aggregate_id, expected: expected_version, actual });
+        }
+        let mut docs = events
+            .iter()
+            .map(event_document)
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map_err(|e| AppendError::Invalid(format!("{e:#}")))?;
+        let first = self.allocate_positions(events.len()).await?;
+        for (doc, position) in docs.iter_mut().zip(first..) {
+            doc.insert("position", to_i64(position, "position")?);
+        }
+        match self.events.insert_many(docs).ordered(true).await {
+            Ok(_) => Ok(()),
+            Err(e) => match duplicate_key_index(&e) {
+                Some(stored) => {
+                    if stored > 0 {
+                        tracing::warn!(
+                            %aggregate_id,
+                            stored,
+                            batch = events.len(),
+                            "append conflicted after part of its batch was stored"
+                        );
+                    }
+                    let actual = self.current_version(aggregate_id).await?;
+                    Err(AppendError::Conflict { aggregate_id, expected: expected_version, actual })
+                }
+                None => Err(AppendError::Unavailable(
+                    anyhow::Error::new(e).context(format!("appending to stream {aggregate_id}")),
+                )),
+            },
+        }
+    }
+
+    async fn read_stream(&self, aggregate_id: Uuid) -> anyhow::Result<Vec<WireEvent>> {
+        let docs: Vec<Document> = self
+            .events
+            .find(doc! {"aggregate_id": aggregate_id.to_string()})
+            .sort(doc! {"sequence": 1})
+            .await
+            .with_context(|| format!("reading stream {aggregate_id}"))?
+            .try_collect()
+            .await
+            .with_context(|| format!("reading stream {aggregate_id}"))?;
+        docs.into_iter().map(Self::decode).collect()
+    }
+
+    async fn read_all(&self, after: Option<&str>, limit: usize) -> anyhow::Result<ReadAllPage> {
+        let after: i64 = match after {
+            Some(token) => token.parse().map_err(|_| anyhow!("invalid read-all position {token:?}"))?,
+            None => 0,
+        };
+        if limit == 0 {
+            return Ok(ReadAllPage { events: Vec::new(), next: None });
+        }
+        let docs: Vec<Document> = self
+            .events
+            .find(doc! {"position": {"$gt": after}})
+            .sort(doc! {"position": 1})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .context("reading all events")?
+            .try_collect()
+            .await
+            .context("reading all events")?;
+        let next = match docs.last() {
+            Some(last) => Some(get_u64(last, "position").context("an event's position is corrupt")?.to_string()),
+            None => None,
+        };
+        let events = docs.into_iter().map(Self::decode).collect::<anyhow::Result<_>>()?;
+        Ok(ReadAllPage { events, next })
+    }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        crate::ping(&self.db).await
+    }
+}

@@ -1,0 +1,113 @@
+//! MongoDB adapters of the storage ports: the event store ([`MongoEventStore`]), the ride and user read
+//! models ([`MongoRideViews`], [`MongoUserViews`]), durable timers ([`MongoTimers`]), and the schema
+//! [`migrations`] that create every index they rely on.
+//!
+//! - [`settings`](MongoSettings) and [`connect`]: one pooled client per process.
+//! - [`open`]: connect, optionally migrate, and build every adapter ([`Stores`]).
+//! - `codec`: stored documents have the JSON shape of the port types (see below).
+//! - `versioned`: the "only if newer" write of every read model.
+//!
+//! # Schema
+//! Every document has an ObjectId `_id` (generated) and is found by its own key fields, which have unique
+//! indexes. Ids are hyphenated UUID strings (UUIDv7 strings sort by creation time, which the ride lists
+//! page on); times are exact RFC 3339 strings; integers are BSON ints; payloads are BSON documents.
+//!
+//! | collection | fields | indexes (name: keys) |
+//! |---|---|---|
+//! | `events` | the [`WireEvent`](ridehail_events::WireEvent) fields; `position` (int64, global order); `occurred_at_date` (BSON date, for people) | `events_stream_sequence`: aggregate_id, sequence (unique); `events_position`: position (unique) |
+//! | `counters` | `name`, `value` (int64): the last position handed out | `counters_name`: name (unique) |
+//! | `rides` | the [`RideView`](ridehail_runtime::ports::RideView) fields | `rides_ride_id` (unique); `rides_rider_newest`: rider_id, ride_id desc; `rides_driver_newest`: driver_id, ride_id desc; `rides_offered_driver_newest`: offered_driver_id, ride_id desc; `rides_status_cell`: status, pickup_cell |
+//! | `profiles` | the [`UserProfile`](ridehail_runtime::ports::UserProfile) fields | `profiles_user_id` (unique) |
+//! | `credentials` | the [`Credentials`](ridehail_runtime::ports::Credentials) fields | `credentials_email`: email_normalised (unique) |
+//! | `timers` | `timer_id`, `due_us` (int64 µs, rounded up), `due_at` (exact), `topic`, `key`, `headers` ([{name, value}]), `payload` (binary) | `timers_timer_id` (unique); `timers_due`: due_us, timer_id |
+//! | `migrations` | `version`, `name`, `applied_at` (BSON date) | `migrations_version` (unique) |
+//!
+//! **Why a position counter.** `read_all` must give one deterministic order that respects every
+//! stream's sequence, across processes. ObjectIds and timestamps come from each client's clock and
+//! can disagree between processes; a counter document incremented atomically by each append
+//! (`findOneAndUpdate $inc` by the batch length) gives positions that grow with the order in which
+//! appends happen. The details and the one caveat (a reader at the very head) are in
+//! [`event_store`](MongoEventStore).
+//!
+//! **Only newer writes.** Read-model writes carry the version of the last event applied; a write whose
+//! version is not newer than the stored document changes nothing. The writes are a conditional
+//! `updateOne`, then a lookup, then an `insertOne`, retried when a concurrent writer wins a race (see
+//! `versioned.rs`): correct under concurrency thanks to the unique key indexes, and still correct for
+//! sequential writers where those indexes are not enforced.
+//!
+//! **Test servers.** The contract tests also run against CongoDB (an in-memory server speaking the
+//! MongoDB protocol), which lacks unique-index enforcement (and accepts duplicate `_id`s), string
+//! `_id`s, transactions and change streams. The schema needs none but the first, and only for
+//! concurrent writers: the tests that need it check the server first and report themselves SKIPPED
+//! where it is missing.
+
+mod codec;
+mod event_store;
+pub mod migrations;
+mod rides;
+mod settings;
+mod timers;
+mod users;
+mod versioned;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use mongodb::Database;
+use mongodb::bson::doc;
+
+pub use event_store::MongoEventStore;
+pub use rides::MongoRideViews;
+pub use settings::{MongoSettings, connect};
+pub use timers::MongoTimers;
+pub use users::MongoUserViews;
+
+/// Every MongoDB adapter, on one database. Clone the `Arc`s into the runtime's `Backend`.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    pub database: Database,
+    pub events: Arc<MongoEventStore>,
+    pub rides: Arc<MongoRideViews>,
+    pub users: Arc<MongoUserViews>,
+    pub timers: Arc<MongoTimers>,
+}
+
+impl Stores {
+    /// The adapters on `db`, which must be migrated.
+    pub fn new(db: &Database) -> Self {
+        Self {
+            database: db.clone(),
+            events: Arc::new(MongoEventStore::new(db)),
+            rides: Arc::new(MongoRideViews::new(db)),
+            users: Arc::new(MongoUserViews::new(db)),
+            timers: Arc::new(MongoTimers::new(db)),
+        }
+    }
+}
+
+/// Connects, applies pending migrations when `migrate_on_start` is `Some(true)`, and checks that none is
+/// left pending: the adapters rely on the migrations' indexes (unique ones for correctness), so running
+/// without them is refused rather than discovered later. Needs a reachable server.
+pub async fn open(settings: &MongoSettings) -> anyhow::Result<Stores> {
+    let db = connect(settings).await?;
+    if settings.migrate_on_start == Some(true) {
+        migrations::up(&db).await.context("migrating MongoDB")?;
+    }
+    let pending = migrations::pending(&db).await.context("checking MongoDB migrations")?;
+    if let Some(first) = pending.first() {
+        anyhow::bail!(
+            "MongoDB database {:?} lacks {} migration(s), from {} ({}): run the migrations first",
+            settings.database,
+            pending.len(),
+            first.version,
+            first.name
+        );
+    }
+    Ok(Stores::new(&db))
+}
+
+/// Runs the server's `ping` command.
+pub async fn ping(db: &Database) -> anyhow::Result<()> {
+    db.run_command(doc! {"ping": 1}).await.context("MongoDB ping")?;
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! The ride read model: one document per ride in `rides`, in the JSON shape of [`RideView`].
+
+use anyhow::Context;
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use mongodb::{Collection, Database};
+use ridehail_events::RideId;
+use ridehail_events::ride::RideStatus;
+use ridehail_runtime::ports::{RideParty, RideQuery, RideView, RideViews};
+
+use crate::codec::{describe, from_document, to_document};
+use crate::versioned::{VersionedWrite, key};
+
+pub(crate) const RIDES: &str = "rides";
+
+/// [`RideViews`] on MongoDB. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MongoRideViews {
+    db: Database,
+    rides: Collection<Document>,
+}
+
+impl MongoRideViews {
+    /// Uses `db` as migrated by [`crate::migrations::up`] (the queries rely on its indexes).
+    pub fn new(db: &Database) -> Self {
+        Self { db: db.clone(), rides: db.collection(RIDES) }
+    }
+
+    fn decode(&self, doc: Document) -> anyhow::Result<RideView> {
+        let key = describe(&doc, "ride_id");
+        from_document(doc, &[], RIDES, &key)
+    }
+}
+
+#[async_trait]
+impl RideViews for MongoRideViews {
+    async fn upsert(&self, view: &RideView) -> anyhow::Result<bool> {
+        VersionedWrite {
+            collection: &self.rides,
+            key: key("ride_id", view.ride_id),
+            label: format!("ride_id={}", view.ride_id),
+            owner: Document::new(),
+            version: view.version,
+            document: to_document(view)?,
+        }
+        .apply()
+        .await
+    }
+
+    async fn get(&self, ride_id: RideId) -> anyhow::Result<Option<RideView>> {
+        let found =
+            self.rides.find_one(key("ride_id", ride_id)).await.with_context(|| format!("reading ride {ride_id}"))?;
+        found.map(|doc| self.decode(doc)).transpose()
+    }
+
+    async fn list(&self, query: &RideQuery) -> anyhow::Result<Vec<RideView>> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Ride ids are UUIDv7 strings: their byte order is their creation order.
+        let mut filter = match query.party {
+            RideParty::Rider(id) => doc! {"rider_id": id.to_string()},
+            RideParty::Driver(id) => {
+                let id = id.to_string();
+                doc! {"$or": [{"driver_id": &id}, {"offered_driver_id": &id}]}
+            }
+        };
+        if let Some(status) = query.status {
+            filter.insert("status", status.as_str());
+        }
+        if let Some(before) = query.before {
+            filter.insert("ride_id", doc! {"$lt": before.to_string()});
+        }
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let docs: Vec<Document> = self
+            .rides
+            .find(filter)
+            .sort(doc! {"ride_id": -1})
+            .limit(limit)
+            .await
+            .context("listing rides")?
+            .try_collect()
+            .await
+            .context("listing rides")?;
+        docs.into_iter().map(|doc| self.decode(doc)).collect()
+    }
+
+    async fn count_waiting_in_cell(&self, cell: &str) -> anyhow::Result<u64> {
+        self.rides
+            .count_documents(doc! {"status": RideStatus::Requested.as_str(), "pickup_cell": cell})
+            .await
+            .context("counting waiting rides")
+    }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        crate::ping(&self.db).await
+    }
+}

@@ -1,0 +1,272 @@
+//! The port contract suites against the MongoDB adapters, plus the MongoDB-specific behaviours
+//! (migrations, corrupt documents, read-all paging). Each test gets its own migrated database on the
+//! server at `RIDEHAIL_TEST_MONGODB_URI` and drops it at the end; without the variable each test
+//! reports itself SKIPPED.
+//!
+//! Against a server without unique-index enforcement (CongoDB), the behaviours that rest on it
+//! (concurrent appends) report themselves SKIPPED; against MongoDB every test runs.
+
+use mongodb::Database;
+use mongodb::bson::{Document, doc};
+use ridehail_events::ride::RideStatus;
+use ridehail_events::{AggregateType, RideId, UserId, WireEvent};
+use ridehail_mongo::migrations::{self, MigrationId};
+use ridehail_mongo::{MongoEventStore, MongoRideViews, MongoSettings, MongoTimers, MongoUserViews, Stores};
+use ridehail_runtime::contract;
+use ridehail_runtime::ports::{EventStore, RideViews, TimerStore};
+use uuid::Uuid;
+
+fn settings(uri: String) -> MongoSettings {
+    MongoSettings { uri, database: contract::unique_name("ridehail-test"), ..MongoSettings::default() }
+}
+
+/// A fresh, empty database (not migrated), or `None` when no server is configured.
+async fn fresh_db() -> Option<(MongoSettings, Database)> {
+    let settings = settings(contract::test_server("RIDEHAIL_TEST_MONGODB_URI")?);
+    let db = ridehail_mongo::connect(&settings).await.unwrap();
+    Some((settings, db))
+}
+
+async fn migrated_db() -> Option<Database> {
+    let (_, db) = fresh_db().await?;
+    migrations::up(&db).await.unwrap();
+    Some(db)
+}
+
+/// Whether the server refuses a second document with the same value of a unique-indexed field.
+async fn enforces_unique_indexes(db: &Database) -> bool {
+    let scratch = db.collection::<Document>("unique_index_probe");
+    let index = mongodb::IndexModel::builder()
+        .keys(doc! {"k": 1})
+        .options(mongodb::options::IndexOptions::builder().unique(true).name("k".to_owned()).build())
+        .build();
+    scratch.create_index(index).await.unwrap();
+    scratch.insert_one(doc! {"k": 1}).await.unwrap();
+    let enforced = scratch.insert_one(doc! {"k": 1}).await.is_err();
+    scratch.drop().await.unwrap();
+    enforced
+}
+
+macro_rules! contract_case {
+    ($adapter:ident, $($name:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let Some(db) = migrated_db().await else { return };
+                contract::$name(&$adapter::new(&db)).await;
+                db.drop().await.unwrap();
+            }
+        )+
+    };
+}
+
+contract_case!(
+    MongoEventStore,
+    event_store_reads_back_a_stream_in_order,
+    event_store_rejects_a_stale_expected_version,
+    event_store_refuses_malformed_batches,
+    event_store_reads_everything_in_a_stable_order,
+);
+contract_case!(
+    MongoRideViews,
+    ride_views_only_move_forward,
+    ride_views_page_a_party_s_rides_newest_first,
+    ride_views_count_waiting_rides_per_cell,
+);
+contract_case!(MongoUserViews, user_views_store_profiles_and_credentials);
+contract_case!(MongoTimers, timers_fire_when_due_once_per_id);
+
+#[tokio::test]
+async fn event_store_lets_one_of_two_racing_appends_win() {
+    let Some(db) = migrated_db().await else { return };
+    if enforces_unique_indexes(&db).await {
+        contract::event_store_lets_one_of_two_racing_appends_win(&MongoEventStore::new(&db)).await;
+    } else {
+        eprintln!("SKIPPED (server lacks unique index enforcement)");
+    }
+    db.drop().await.unwrap();
+}
+
+// ------------------------------------------------------------------ migrations
+
+fn versions(ids: &[MigrationId]) -> Vec<u32> {
+    ids.iter().map(|m| m.version).collect()
+}
+
+async fn index_names(db: &Database, collection: &str) -> Vec<String> {
+    db.collection::<Document>(collection).list_index_names().await.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn migrations_apply_once_and_status_lists_every_version() {
+    let Some((_, db)) = fresh_db().await else { return };
+    let before = migrations::status(&db).await.unwrap();
+    assert!(!before.is_empty() && before.iter().all(|m| m.applied_at.is_none() && !m.unknown));
+
+    let applied = migrations::up(&db).await.unwrap();
+    let all: Vec<u32> = migrations::all().iter().map(|m| m.version).collect();
+    assert_eq!(versions(&applied), all);
+    assert!(migrations::up(&db).await.unwrap().is_empty(), "a second up is a no-op");
+
+    let after = migrations::status(&db).await.unwrap();
+    assert_eq!(after.iter().map(|m| m.version).collect::<Vec<_>>(), all);
+    assert!(after.iter().all(|m| m.applied_at.is_some()));
+    assert!(migrations::pending(&db).await.unwrap().is_empty());
+    db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn migrations_create_their_named_indexes() {
+    let Some(db) = migrated_db().await else { return };
+    for migration in migrations::all() {
+        for change in &migration.changes {
+            let migrations::Change::CreateIndex { collection, name, .. } = change;
+            assert!(index_names(&db, collection).await.iter().any(|n| n == name), "{collection}.{name} is missing");
+        }
+    }
+    db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn migrations_go_down_the_latest_one_and_up_again() {
+    let Some(db) = migrated_db().await else { return };
+    let latest = migrations::all().pop().unwrap();
+    let undone = migrations::down(&db, 1).await.unwrap();
+    assert_eq!(versions(&undone), [latest.version]);
+    let status = migrations::status(&db).await.unwrap();
+    assert!(status.iter().all(|m| m.applied_at.is_some() == (m.version != latest.version)));
+    for change in &latest.changes {
+        let migrations::Change::CreateIndex { collection, name, .. } = change;
+        assert!(!index_names(&db, collection).await.iter().any(|n| n == name), "{name} survived down");
+    }
+
+    assert_eq!(versions(&migrations::up(&db).await.unwrap()), [latest.version]);
+
+    // All the way down and back up.
+    let count = migrations::all().len();
+    assert_eq!(migrations::down(&db, usize::MAX).await.unwrap().len(), count);
+    assert!(migrations::status(&db).await.unwrap().iter().all(|m| m.applied_at.is_none()));
+    assert_eq!(migrations::up(&db).await.unwrap().len(), count);
+    db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn open_migrates_when_asked_and_refuses_an_unmigrated_database() {
+    let Some((settings, db)) = fresh_db().await else { return };
+    let refused = ridehail_mongo::open(&settings).await.unwrap_err();
+    assert!(format!("{refused:#}").contains("lacks"), "{refused:#}");
+
+    let stores: Stores =
+        ridehail_mongo::open(&MongoSettings { migrate_on_start: Some(true), ..settings.clone() }).await.unwrap();
+    stores.events.ping().await.unwrap();
+    ridehail_mongo::open(&settings).await.unwrap();
+    db.drop().await.unwrap();
+}
+
+// ------------------------------------------------------------------ bad input
+
+#[tokio::test]
+async fn a_corrupt_document_is_an_error_naming_collection_and_key() {
+    let Some(db) = migrated_db().await else { return };
+    let ride = RideId::new();
+    db.collection::<Document>("rides")
+        .insert_one(doc! {"ride_id": ride.to_string(), "rider_id": "not-a-uuid", "version": 1})
+        .await
+        .unwrap();
+    let err = MongoRideViews::new(&db).get(ride).await.unwrap_err();
+    assert!(format!("{err:#}").contains(&format!("rides document ride_id={ride} does not decode")), "{err:#}");
+
+    let stream = Uuid::now_v7();
+    db.collection::<Document>("events")
+        .insert_one(doc! {"aggregate_id": stream.to_string(), "sequence": 1, "position": 1, "payload": {}})
+        .await
+        .unwrap();
+    let err = MongoEventStore::new(&db).read_stream(stream).await.unwrap_err();
+    assert!(format!("{err:#}").contains(&format!("events document {stream}#1 does not decode")), "{err:#}");
+
+    db.collection::<Document>("timers")
+        .insert_one(doc! {"timer_id": "broken", "due_us": 0_i64, "due_at": "yesterday"})
+        .await
+        .unwrap();
+    let err = MongoTimers::new(&db).due(chrono::Utc::now(), 10).await.unwrap_err();
+    assert!(format!("{err:#}").contains("timers document timer_id=broken does not decode"), "{err:#}");
+    db.drop().await.unwrap();
+}
+
+// ------------------------------------------------------------------ event store specifics
+
+fn event(aggregate_id: Uuid, sequence: u64) -> WireEvent {
+    WireEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "RideRequested".into(),
+        schema_version: 1,
+        aggregate_type: AggregateType::Ride,
+        aggregate_id,
+        sequence,
+        correlation_id: Uuid::now_v7(),
+        causation_id: Uuid::now_v7(),
+        // Sub-microsecond precision must survive storage.
+        occurred_at: chrono::DateTime::from_timestamp(1_800_000_000, 123_456_789).unwrap(),
+        payload: serde_json::json!({"fare": {"total_minor": 650, "surge": 1.25}, "tags": ["a", null]}),
+    }
+}
+
+#[tokio::test]
+async fn read_all_pages_with_its_cursor_to_the_end() {
+    let Some(db) = migrated_db().await else { return };
+    let store = MongoEventStore::new(&db);
+    let (x, y) = (Uuid::now_v7(), Uuid::now_v7());
+    let written = vec![event(x, 1), event(x, 2), event(y, 1), event(x, 3), event(y, 2)];
+    store.append(0, &written[..2]).await.unwrap();
+    store.append(0, &written[2..3]).await.unwrap();
+    store.append(2, &written[3..4]).await.unwrap();
+    store.append(1, &written[4..]).await.unwrap();
+
+    let mut read = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store.read_all(cursor.as_deref(), 2).await.unwrap();
+        if page.events.is_empty() {
+            assert_eq!(page.next, None);
+            break;
+        }
+        assert!(page.events.len() <= 2);
+        cursor = page.next;
+        read.extend(page.events);
+    }
+    assert_eq!(read, written, "every event once, in append order, unchanged");
+    // Past the end: nothing, and the same cursor keeps working once more events arrive.
+    assert!(store.read_all(cursor.as_deref(), 10).await.unwrap().events.is_empty());
+    let later = event(y, 3);
+    store.append(2, std::slice::from_ref(&later)).await.unwrap();
+    assert_eq!(store.read_all(cursor.as_deref(), 10).await.unwrap().events, [later]);
+    assert!(store.read_all(Some("not a position"), 10).await.is_err());
+    db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn ride_lists_page_by_driver_with_a_status_filter() {
+    let Some(db) = migrated_db().await else { return };
+    let views = MongoRideViews::new(&db);
+    let driver = UserId::new();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let mut view = contract::ride_view(RideId::new(), UserId::new(), 1);
+        view.driver_id = Some(driver);
+        view.status = if i % 2 == 0 { RideStatus::Completed } else { RideStatus::InProgress };
+        views.upsert(&view).await.unwrap();
+        ids.push(view.ride_id);
+    }
+    let query = |before| ridehail_runtime::ports::RideQuery {
+        party: ridehail_runtime::ports::RideParty::Driver(driver),
+        status: Some(RideStatus::Completed),
+        limit: 1,
+        before,
+    };
+    let first = views.list(&query(None)).await.unwrap();
+    assert_eq!(first.iter().map(|r| r.ride_id).collect::<Vec<_>>(), [ids[2]]);
+    let second = views.list(&query(Some(ids[2]))).await.unwrap();
+    assert_eq!(second.iter().map(|r| r.ride_id).collect::<Vec<_>>(), [ids[0]]);
+    assert!(views.list(&query(Some(ids[0]))).await.unwrap().is_empty());
+    db.drop().await.unwrap();
+}
