@@ -115,3 +115,39 @@ impl IdempotencyStore for RedisIdempotency {
         self.redis.ping().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ridehail_runtime::contract;
+
+    use super::*;
+    use crate::RedisSettings;
+
+    #[tokio::test]
+    async fn a_claim_expires_in_redis_after_its_ttl() {
+        let Some(url) = contract::test_server("RIDEHAIL_TEST_REDIS_URL") else { return };
+        let settings = RedisSettings { url, key_prefix: contract::unique_name("idem") + ":", ..Default::default() };
+        let store = RedisIdempotency::new(crate::connect(&settings).await.unwrap());
+        let ttl = Duration::minutes(10);
+        assert_eq!(store.claim("user-1", "k", "fp", Utc::now(), ttl).await.unwrap(), IdempotencyClaim::Claimed);
+        let remaining: i64 =
+            redis::cmd("PTTL").arg(store.entry("user-1", "k")).query_async(&mut store.redis.conn()).await.unwrap();
+        assert!((1..=ttl.num_milliseconds()).contains(&remaining), "PTTL {remaining}");
+        // Completing keeps the expiry.
+        let response = StoredResponse { status: 201, headers: vec![], body: b"{}".to_vec() };
+        store.complete("user-1", "k", &response).await.unwrap();
+        let remaining: i64 =
+            redis::cmd("PTTL").arg(store.entry("user-1", "k")).query_async(&mut store.redis.conn()).await.unwrap();
+        assert!(remaining > 0, "PTTL {remaining}");
+    }
+
+    #[tokio::test]
+    async fn scopes_and_keys_containing_the_separator_do_not_collide() {
+        let Some(url) = contract::test_server("RIDEHAIL_TEST_REDIS_URL") else { return };
+        let settings = RedisSettings { url, key_prefix: contract::unique_name("idem") + ":", ..Default::default() };
+        let store = RedisIdempotency::new(crate::connect(&settings).await.unwrap());
+        let (now, ttl) = (Utc::now(), Duration::hours(1));
+        assert_eq!(store.claim("a:b", "c", "fp-1", now, ttl).await.unwrap(), IdempotencyClaim::Claimed);
+        assert_eq!(store.claim("a", "b:c", "fp-2", now, ttl).await.unwrap(), IdempotencyClaim::Claimed);
+    }
+}

@@ -35,11 +35,24 @@
 //! single declared key. Pending cache deletions are sent as one `DEL` per key.
 //!
 //! # Failures
-//! The locator, command status and idempotency stores report Redis errors to the caller: they are the
-//! source of truth for their data. The cache decorators never fail because of Redis: they answer from
-//! the inner store, skip Redis for `cache_retry_interval_ms` after a failure and log one warning per
-//! `fallback_log_interval_seconds` (see [`cache`](CachedRideViews) for how stale entries are avoided).
-//! An undecodable cached entry is logged, deleted and treated as a miss.
+//! The locator, command status and idempotency stores report Redis errors to the caller: Redis is the
+//! source of truth for their data.
+//!
+//! The cache decorators never fail because of Redis; they answer from the inner store (still correct,
+//! only slower). Each cache call, connecting included, is bounded by `response_timeout_ms`; after a
+//! failure the decorators skip Redis for `cache_retry_interval_ms`, so an outage costs one timeout per
+//! interval, not one per request, and they log one warning per `fallback_log_interval_seconds` (with
+//! the count held back). An undecodable cached entry is logged with its key, deleted and treated as a
+//! miss.
+//!
+//! Staleness: every cache store, a reader filling a miss or a writer after the inner store took a
+//! change, writes only when the entry is absent or at an older version, so a reader that loaded a view
+//! before a change cannot put it back over the newer one. A writer whose cache update fails deletes
+//! the entry; if Redis refuses that too, the key is remembered (up to 10 000 keys) and deleted as soon
+//! as Redis answers again, before this process reads from the cache. Residual risk, bounded by
+//! `cache_ttl_seconds`: other processes reading the old entry before that deletion, a process that
+//! stops before it can delete, or a reader that loaded the old view before the change and fills it
+//! right after the deletion.
 
 mod cache;
 mod client;

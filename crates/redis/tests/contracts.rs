@@ -274,3 +274,69 @@ async fn with_redis_unreachable_the_decorators_serve_from_the_inner_store() {
     // Connection refused fails fast, and later calls skip Redis instead of retrying each time.
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
 }
+
+/// Forwards every connection to `port` on to `target` once started, standing in for a Redis that comes
+/// back on the address the client was given.
+async fn forward(port: u16, target: String) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else { return };
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_write_made_while_redis_was_down_deletes_the_stale_entry_once_redis_is_back() {
+    let Some(url) = contract::test_server("RIDEHAIL_TEST_REDIS_URL") else { return };
+    let up = settings(url.clone());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let down = RedisSettings { url: format!("redis://127.0.0.1:{port}"), cache_retry_interval_ms: 50, ..up.clone() };
+    let dir = TempDir::new().unwrap();
+    let store: Arc<dyn RideViews> = Arc::new(embedded_rides(&dir));
+    // Another process (the edge) reads through the same cache; this one (a projection) lost Redis.
+    let edge = CachedRideViews::new(store.clone(), ridehail_redis::connect(&up).await.unwrap());
+    let projection = CachedRideViews::new(store, ridehail_redis::connect_lazy(&down).unwrap());
+    let (ride_id, view) = new_ride();
+    edge.upsert(&view(1)).await.unwrap();
+
+    assert!(projection.upsert(&view(2)).await.unwrap());
+    assert_eq!(edge.get(ride_id).await.unwrap(), Some(view(1)), "stale until the projection reaches Redis");
+
+    let target = url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
+    let forwarder = forward(port, target).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Reads keep being answered (from the store) until the projection's client reconnects.
+    while projection.stats().hits + projection.stats().misses == 0 {
+        assert!(std::time::Instant::now() < deadline, "never reconnected: {:?}", projection.stats());
+        assert_eq!(projection.get(ride_id).await.unwrap(), Some(view(2)));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(edge.get(ride_id).await.unwrap(), Some(view(2)));
+    forwarder.abort();
+}
+
+#[tokio::test]
+async fn a_silent_redis_costs_one_timeout_per_retry_interval_not_one_per_read() {
+    // Accepts connections (the kernel completes the handshake) but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", silent.local_addr().unwrap());
+    let settings = RedisSettings { response_timeout_ms: 200, cache_retry_interval_ms: 60_000, ..settings(url) };
+    let dir = TempDir::new().unwrap();
+    let views = CachedRideViews::new(Arc::new(embedded_rides(&dir)), ridehail_redis::connect_lazy(&settings).unwrap());
+    let (ride_id, view) = new_ride();
+    let started = std::time::Instant::now();
+    views.upsert(&view(1)).await.unwrap();
+    for _ in 0..20 {
+        assert_eq!(views.get(ride_id).await.unwrap(), Some(view(1)));
+    }
+    assert_eq!(views.stats(), CacheStats { hits: 0, misses: 0, fallbacks: 20 });
+    // The upsert waited for its cache update (and the delete after it); every read skipped Redis.
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "took {:?}", started.elapsed());
+}

@@ -1,16 +1,6 @@
-//! The read-through cache shared by [`CachedRideViews`] and [`CachedUserViews`].
-//!
-//! An entry is a hash (`version`, JSON `body`) with a TTL. Every store, by a reader filling a miss or by
-//! a writer after the inner store took a change, goes through one script that writes only when the
-//! entry is absent or older, so a reader that loaded an old view before a change cannot put it back
-//! over the newer one.
-//!
-//! Redis failures never fail a call: the decorators fall back to the inner store. After a failure they
-//! skip Redis for `cache_retry_interval_ms` (one timeout per interval, not per request) and log at most
-//! once per `fallback_log_interval_seconds`. A writer whose cache update fails deletes the entry; if
-//! that fails too, the key is remembered and deleted as soon as Redis answers again, before this
-//! process reads from the cache. What remains: a process that stops before that retry, or another
-//! process reading meanwhile, may serve the old entry until its TTL (`cache_ttl_seconds`) ends it.
+//! The read-through cache shared by [`CachedRideViews`] and [`CachedUserViews`]: entries, the
+//! store-if-newer script, counters and the fallback when Redis fails (the crate documentation describes
+//! the guarantees).
 
 mod log_limiter;
 mod rides;
@@ -76,6 +66,7 @@ pub(crate) struct ReadThrough {
     kind: &'static str,
     ttl_seconds: u64,
     retry_interval: Duration,
+    call_timeout: Duration,
     hits: AtomicU64,
     misses: AtomicU64,
     fallbacks: AtomicU64,
@@ -96,6 +87,7 @@ impl ReadThrough {
             kind,
             ttl_seconds: settings.cache_ttl_seconds,
             retry_interval: Duration::from_millis(settings.cache_retry_interval_ms),
+            call_timeout: settings.response_timeout(),
             failures: LogLimiter::new(Duration::from_secs(settings.fallback_log_interval_seconds)),
             overflows: LogLimiter::new(Duration::from_secs(settings.fallback_log_interval_seconds)),
             redis,
@@ -156,7 +148,7 @@ impl ReadThrough {
         if self.store(&key, view).await.is_ok() {
             return;
         }
-        let deleted: redis::RedisResult<i64> = redis::cmd("DEL").arg(&key).query_async(&mut self.redis.conn()).await;
+        let deleted = self.bounded(redis::cmd("DEL").arg(&key).query_async::<i64>(&mut self.redis.conn())).await;
         if deleted.is_err() {
             self.remember_delete(key);
         }
@@ -167,7 +159,7 @@ impl ReadThrough {
             return Lookup::Unavailable;
         }
         let body: Option<String> =
-            match redis::cmd("HGET").arg(key).arg("body").query_async(&mut self.redis.conn()).await {
+            match self.bounded(redis::cmd("HGET").arg(key).arg("body").query_async(&mut self.redis.conn())).await {
                 Ok(body) => body,
                 Err(error) => {
                     self.failed(&error);
@@ -180,7 +172,8 @@ impl ReadThrough {
             Err(error) => {
                 tracing::warn!(key, %error, "cached entry does not decode; dropping it and reading the inner store");
                 // Gone, so the fill that follows is not refused as "not newer".
-                if let Err(error) = redis::cmd("DEL").arg(key).query_async::<i64>(&mut self.redis.conn()).await {
+                let deleted = self.bounded(redis::cmd("DEL").arg(key).query_async::<i64>(&mut self.redis.conn())).await;
+                if let Err(error) = deleted {
                     self.failed(&error);
                     return Lookup::Unavailable;
                 }
@@ -197,13 +190,9 @@ impl ReadThrough {
                 return Err(());
             }
         };
-        let stored = STORE_IF_NEWER
-            .key(key)
-            .arg(view.version())
-            .arg(body)
-            .arg(self.ttl_seconds)
-            .invoke_async::<i64>(&mut self.redis.conn())
-            .await;
+        let mut script = STORE_IF_NEWER.key(key);
+        script.arg(view.version()).arg(body).arg(self.ttl_seconds);
+        let stored = self.bounded(script.invoke_async::<i64>(&mut self.redis.conn())).await;
         stored.map(|_| ()).map_err(|error| self.failed(&error))
     }
 
@@ -230,7 +219,7 @@ impl ReadThrough {
             // One DEL per key: cached entries live in different cluster slots.
             pipe.cmd("DEL").arg(key).ignore();
         }
-        match pipe.exec_async(&mut self.redis.conn()).await {
+        match self.bounded(pipe.exec_async(&mut self.redis.conn())).await {
             Ok(()) => {
                 let mut pending = self.pending_deletes.lock().unwrap_or_else(|e| e.into_inner());
                 for key in &keys {
@@ -265,6 +254,15 @@ impl ReadThrough {
                 suppressed,
                 "too many cache entries awaiting deletion; further ones may stay stale until their TTL"
             );
+        }
+    }
+
+    /// Bounds a call, connecting included, by the response timeout: a cache that answers late is no
+    /// use, and a request should not wait out connection retries.
+    async fn bounded<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> redis::RedisResult<T> {
+        match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis cache call timed out").into()),
         }
     }
 

@@ -2,6 +2,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ridehail_events::RideId;
+#[cfg(test)]
+use ridehail_events::UserId;
 use ridehail_runtime::ports::{RideQuery, RideView, RideViews};
 
 use super::{CacheStats, ReadThrough, Versioned};
@@ -56,5 +58,41 @@ impl RideViews for CachedRideViews {
     /// The inner store's health: without Redis the views are still served, only slower.
     async fn ping(&self) -> anyhow::Result<()> {
         self.inner.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ridehail_runtime::contract;
+    use ridehail_runtime::embedded::EmbeddedRideViews;
+
+    use super::*;
+    use crate::{CacheStats, RedisSettings};
+
+    #[tokio::test]
+    async fn an_undecodable_entry_is_a_miss_and_is_replaced_by_the_inner_view() {
+        let Some(url) = contract::test_server("RIDEHAIL_TEST_REDIS_URL") else { return };
+        let settings = RedisSettings { url, key_prefix: contract::unique_name("cache") + ":", ..Default::default() };
+        let redis = crate::connect(&settings).await.unwrap();
+        let dir = tempfile::TempDir::new().unwrap();
+        let inner = Arc::new(EmbeddedRideViews::open(&dir.path().join("rides.sqlite")).unwrap());
+        let views = CachedRideViews::new(inner.clone(), redis.clone());
+        let view = contract::ride_view(RideId::new(), UserId::new(), 3);
+        inner.upsert(&view).await.unwrap();
+        // An entry no version of the code wrote, at a higher version than the real view.
+        let key = views.cache.key(&view.ride_id);
+        redis::cmd("HSET")
+            .arg(&key)
+            .arg("version")
+            .arg(99)
+            .arg("body")
+            .arg("{not json")
+            .query_async::<i64>(&mut redis.conn())
+            .await
+            .unwrap();
+
+        assert_eq!(views.get(view.ride_id).await.unwrap(), Some(view.clone()));
+        assert_eq!(views.get(view.ride_id).await.unwrap(), Some(view));
+        assert_eq!(views.stats(), CacheStats { hits: 1, misses: 1, fallbacks: 0 });
     }
 }
