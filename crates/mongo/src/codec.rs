@@ -86,10 +86,11 @@ pub(crate) fn from_document<T: DeserializeOwned>(
 
 /// A description of `doc` for error messages: the value of `key_field`, else its `_id`.
 pub(crate) fn describe(doc: &Document, key_field: &str) -> String {
-    match doc.get(key_field).or_else(|| doc.get("_id")) {
-        Some(Bson::String(s)) => format!("{key_field}={s}"),
-        Some(other) => format!("{other}"),
-        None => "(without key)".to_owned(),
+    match (doc.get(key_field), doc.get("_id")) {
+        (Some(Bson::String(s)), _) => format!("{key_field}={s}"),
+        (Some(other), _) => format!("{key_field}={other}"),
+        (None, Some(id)) => format!("_id={id}"),
+        (None, None) => "(without key)".to_owned(),
     }
 }
 

@@ -26,6 +26,8 @@
 //! taken before the insert, so for a moment a larger position can be readable before a smaller one:
 //! a reader following the head of the log could step over an in-flight event. `read_all` is for replay
 //! (of a log that is not being written to, or up to a point in the past), where this cannot happen.
+//! The counter must never fall behind the largest stored position: back up and restore `events` and
+//! `counters` together.
 
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
@@ -145,6 +147,14 @@ impl EventStore for MongoEventStore {
                         );
                     }
                     let actual = self.current_version(aggregate_id).await?;
+                    if actual == expected_version {
+                        // Nothing took the stream's next sequence: the clash was on a position, so the
+                        // counter is behind the stored events. Not a conflict the caller could resolve.
+                        return Err(AppendError::Unavailable(anyhow::Error::new(e).context(format!(
+                            "appending to stream {aggregate_id}: a position is taken; is the `{POSITION_COUNTER}` \
+                             counter in `{COUNTERS}` behind the largest stored position?"
+                        ))));
+                    }
                     Err(AppendError::Conflict { aggregate_id, expected: expected_version, actual })
                 }
                 None => Err(AppendError::Unavailable(

@@ -12,15 +12,21 @@
 //! indexes. Ids are hyphenated UUID strings (UUIDv7 strings sort by creation time, which the ride lists
 //! page on); times are exact RFC 3339 strings; integers are BSON ints; payloads are BSON documents.
 //!
-//! | collection | fields | indexes (name: keys) |
-//! |---|---|---|
-//! | `events` | the [`WireEvent`](ridehail_events::WireEvent) fields; `position` (int64, global order); `occurred_at_date` (BSON date, for people) | `events_stream_sequence`: aggregate_id, sequence (unique); `events_position`: position (unique) |
-//! | `counters` | `name`, `value` (int64): the last position handed out | `counters_name`: name (unique) |
-//! | `rides` | the [`RideView`](ridehail_runtime::ports::RideView) fields | `rides_ride_id` (unique); `rides_rider_newest`: rider_id, ride_id desc; `rides_driver_newest`: driver_id, ride_id desc; `rides_offered_driver_newest`: offered_driver_id, ride_id desc; `rides_status_cell`: status, pickup_cell |
-//! | `profiles` | the [`UserProfile`](ridehail_runtime::ports::UserProfile) fields | `profiles_user_id` (unique) |
-//! | `credentials` | the [`Credentials`](ridehail_runtime::ports::Credentials) fields | `credentials_email`: email_normalised (unique) |
-//! | `timers` | `timer_id`, `due_us` (int64 µs, rounded up), `due_at` (exact), `topic`, `key`, `headers` ([{name, value}]), `payload` (binary) | `timers_timer_id` (unique); `timers_due`: due_us, timer_id |
-//! | `migrations` | `version`, `name`, `applied_at` (BSON date) | `migrations_version` (unique) |
+//! - `events`: the [`WireEvent`](ridehail_events::WireEvent) fields, plus `position` (int64, the global
+//!   order) and `occurred_at_date` (a BSON date, for people querying). Indexes `events_stream_sequence`
+//!   (aggregate_id, sequence; unique) and `events_position` (position; unique).
+//! - `counters`: `name`, `value` (the last position handed out). Index `counters_name` (unique).
+//! - `rides`: the [`RideView`](ridehail_runtime::ports::RideView) fields. Indexes `rides_ride_id`
+//!   (unique); `rides_rider_newest`, `rides_driver_newest`, `rides_offered_driver_newest` (the party's
+//!   id, then ride_id descending); `rides_status_cell` (status, pickup_cell).
+//! - `profiles`: the [`UserProfile`](ridehail_runtime::ports::UserProfile) fields. Index
+//!   `profiles_user_id` (unique).
+//! - `credentials`: the [`Credentials`](ridehail_runtime::ports::Credentials) fields. Index
+//!   `credentials_email` (email_normalised; unique).
+//! - `timers`: `timer_id`, `due_us` (int64 microseconds, rounded up), `due_at` (exact), `topic`, `key`,
+//!   `headers` (`[{name, value}]`), `payload` (binary). Indexes `timers_timer_id` (unique) and
+//!   `timers_due` (due_us, timer_id).
+//! - `migrations`: `version`, `name`, `applied_at` (a BSON date). Index `migrations_version` (unique).
 //!
 //! **Why a position counter.** `read_all` must give one deterministic order that respects every
 //! stream's sequence, across processes. ObjectIds and timestamps come from each client's clock and
@@ -31,7 +37,7 @@
 //!
 //! **Only newer writes.** Read-model writes carry the version of the last event applied; a write whose
 //! version is not newer than the stored document changes nothing. The writes are a conditional
-//! `updateOne`, then a lookup, then an `insertOne`, retried when a concurrent writer wins a race (see
+//! `replaceOne`, then a lookup, then an `insertOne`, retried when a concurrent writer wins a race (see
 //! `versioned.rs`): correct under concurrency thanks to the unique key indexes, and still correct for
 //! sequential writers where those indexes are not enforced.
 //!

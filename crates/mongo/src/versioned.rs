@@ -1,15 +1,15 @@
 //! The projection write every read model uses: store a document only if it is newer than the stored one.
 //!
 //! The idiom is conditional update, then insert:
-//! 1. `updateOne({key, owner.., version: {$lt: v}}, {$set: doc})`: matched ⇒ the stored document was
-//!    older (and had the same owner): written.
+//! 1. `replaceOne({key, owner.., version: {$lt: v}}, doc)`: matched ⇒ the stored document was older (and
+//!    had the same owner): replaced, keeping its `_id`.
 //! 2. Otherwise look the key up: a document with the same or a newer version (or another owner) ⇒ not
 //!    written; an older one ⇒ it appeared since step 1, start again.
 //! 3. No document ⇒ `insertOne`. A duplicate-key error (a concurrent writer inserted it first, caught by
 //!    the unique index on the key) ⇒ start again, which now goes through step 1 or 2.
 //!
 //! On MongoDB the unique index on the key makes this correct under concurrency; the usual one-shot
-//! `updateOne(.., upsert: true)` would be too, but it depends entirely on that index, whereas these
+//! `replaceOne(.., upsert: true)` would be too, but it depends entirely on that index, whereas these
 //! steps stay correct for sequential writers on a server without unique-index enforcement.
 
 use anyhow::{Context, bail};
@@ -45,17 +45,23 @@ impl VersionedWrite<'_> {
         let mut filter = self.key.clone();
         filter.extend(self.owner.clone());
         filter.insert("version", doc! {"$lt": version});
-        let update = doc! {"$set": self.document.clone()};
+        let mut projection = doc! {"_id": 0, "version": 1};
+        projection.extend(self.owner.keys().map(|field| (field.clone(), Bson::Int32(1))));
         for _ in 0..ATTEMPTS {
             let updated = self
                 .collection
-                .update_one(filter.clone(), update.clone())
+                .replace_one(filter.clone(), self.document.clone())
                 .await
                 .with_context(|| format!("updating {name}"))?;
             if updated.matched_count > 0 {
                 return Ok(true);
             }
-            let stored = self.collection.find_one(self.key.clone()).await.with_context(|| format!("reading {name}"))?;
+            let stored = self
+                .collection
+                .find_one(self.key.clone())
+                .projection(projection.clone())
+                .await
+                .with_context(|| format!("reading {name}"))?;
             if let Some(stored) = stored {
                 let same_owner = self.owner.iter().all(|(field, value)| stored.get(field) == Some(value));
                 let stored_version = get_u64(&stored, "version").with_context(|| format!("{name} is corrupt"))?;

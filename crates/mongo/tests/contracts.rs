@@ -7,7 +7,7 @@
 //! (concurrent appends) report themselves SKIPPED; against MongoDB every test runs.
 
 use mongodb::Database;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{Bson, Document, doc};
 use ridehail_events::ride::RideStatus;
 use ridehail_events::{AggregateType, RideId, UserId, WireEvent};
 use ridehail_mongo::migrations::{self, MigrationId};
@@ -241,6 +241,25 @@ async fn read_all_pages_with_its_cursor_to_the_end() {
     store.append(2, std::slice::from_ref(&later)).await.unwrap();
     assert_eq!(store.read_all(cursor.as_deref(), 10).await.unwrap().events, [later]);
     assert!(store.read_all(Some("not a position"), 10).await.is_err());
+    db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_are_stored_with_string_ids_a_document_payload_and_a_position() {
+    let Some(db) = migrated_db().await else { return };
+    let written = event(Uuid::now_v7(), 1);
+    MongoEventStore::new(&db).append(0, std::slice::from_ref(&written)).await.unwrap();
+    let stored = db.collection::<Document>("events").find_one(doc! {}).await.unwrap().unwrap();
+    assert_eq!(stored.get_str("aggregate_id").unwrap(), written.aggregate_id.to_string());
+    assert_eq!(stored.get_str("event_id").unwrap(), written.event_id.to_string());
+    assert_eq!(stored.get_str("occurred_at").unwrap(), "2027-01-15T08:00:00.123456789Z");
+    assert_eq!(
+        stored.get_document("payload").unwrap().get_document("fare").unwrap().get_i32("total_minor").unwrap(),
+        650
+    );
+    // MongoDB keeps the int64 written; CongoDB narrows small values to int32.
+    assert!(matches!(stored.get("position"), Some(Bson::Int64(1..) | Bson::Int32(1..))), "{stored}");
+    assert!(stored.get_datetime("occurred_at_date").is_ok());
     db.drop().await.unwrap();
 }
 
