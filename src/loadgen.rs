@@ -16,7 +16,7 @@ use rand::Rng as _;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Semaphore};
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Base URL of the edge (loopback only).
     #[arg(long, default_value = "http://127.0.0.1:8080")]

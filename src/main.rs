@@ -4,18 +4,22 @@
 //! - `ridehail edge | ride-worker | user-worker`: one service per process.
 //! - `ridehail replay`: rebuild the read models from the event history.
 //! - `ridehail loadgen`: drive a running edge with ride requests and report latency.
+//! - `ridehail topics apply`: create the Kafka topics (safe to run twice).
+//! - `ridehail migrate up|down|status`: the MongoDB schema migrations.
+//! - `ridehail seed`: demo riders and drivers (development).
 
+mod backend;
 mod loadgen;
 mod replay;
+mod seed;
 mod settings;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use ridehail_runtime::{Backend, SystemClock};
+
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -46,9 +50,45 @@ enum Command {
     /// The user worker only (sign-ups, profiles, driver availability).
     UserWorker,
     /// Rebuilds every read model from the event store.
-    Replay,
+    Replay {
+        /// Change nothing: compare the stored read models with a fold of the history, print the
+        /// result as JSON, and exit with an error if any differs.
+        #[arg(long)]
+        verify: bool,
+    },
     /// Load generator against a running edge.
     Loadgen(loadgen::Args),
+    /// Kafka topics as code.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
+    /// MongoDB schema migrations (indexes), recorded in the `migrations` collection.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
+    /// Creates demo riders and drivers (online, spread over the city centre); safe to run twice.
+    Seed(seed::Args),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum MigrateAction {
+    /// Applies every pending migration.
+    Up,
+    /// Reverts the newest applied migrations.
+    Down {
+        #[arg(long, default_value_t = 1)]
+        steps: usize,
+    },
+    /// Lists every migration and whether it is applied.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsAction {
+    /// Creates every missing topic with the configured partitions; reports the others. Safe to re-run.
+    Apply,
 }
 
 #[derive(Debug, clap::Args, Default)]
@@ -71,13 +111,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     ridehail_runtime::telemetry::init(settings.log_format(), "info");
     let command = cli.command.unwrap_or(Command::Dev(ServeArgs::default()));
-    if let Command::Loadgen(args) = command {
-        return loadgen::run(args).await;
+    let role = match &command {
+        Command::Loadgen(args) => return loadgen::run(args.clone()).await,
+        Command::Topics { action: TopicsAction::Apply } => return apply_topics(&settings).await,
+        Command::Migrate { action } => return migrate(&settings, action.clone()).await,
+        Command::Seed(_) => "seed",
+        Command::Dev(_) => "dev",
+        Command::Edge(_) => "edge",
+        Command::RideWorker => "ride-worker",
+        Command::UserWorker => "user-worker",
+        Command::Replay { .. } => "replay",
+    };
+    let backend = backend::open(&settings, role).await?;
+    if let Command::Seed(args) = &command {
+        anyhow::ensure!(
+            settings.environment == settings::Environment::Development,
+            "seed creates users with a published password: development only"
+        );
+        let report = seed::run(&backend, args).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
     }
-    let backend = open_backend(&settings)?;
-    if let Command::Replay = command {
-        return replay::run(&backend).await;
+    if let Command::Replay { verify } = command {
+        if !verify {
+            return replay::run(&backend).await;
+        }
+        let report = replay::verify(&backend).await?;
+        println!("{}", serde_json::to_string(&report)?);
+        anyhow::ensure!(
+            report.mismatches.is_empty(),
+            "{} read models differ from the history",
+            report.mismatches.len()
+        );
+        return Ok(());
     }
+    if settings.backend.is_embedded() && settings.environment == settings::Environment::Production {
+        warn!("production on the embedded backend: one node, no replication (see docs/operations.md)");
+    }
+    backend.require_topics(&ridehail_events::topics::ALL).await?;
     let shutdown = CancellationToken::new();
     let mut services = JoinSet::new();
     let (edge, rides, users) = match &command {
@@ -85,7 +156,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Edge(args) => (Some(args), false, false),
         Command::RideWorker => (None, true, false),
         Command::UserWorker => (None, false, true),
-        Command::Replay | Command::Loadgen(_) => unreachable!("handled above"),
+        Command::Replay { .. }
+        | Command::Loadgen(_)
+        | Command::Topics { .. }
+        | Command::Migrate { .. }
+        | Command::Seed(_) => unreachable!("handled above"),
     };
     // Refuse to start at all, rather than half, when the edge's secret is missing or weak.
     let keys = match edge {
@@ -121,8 +196,63 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     supervise(services, shutdown, Duration::from_secs(settings.shutdown_grace_seconds)).await
 }
 
-fn open_backend(settings: &Settings) -> anyhow::Result<Backend> {
-    ridehail_runtime::embedded::open(&settings.data_dir, settings.partitions, Arc::new(SystemClock))
+async fn migrate(settings: &Settings, action: MigrateAction) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        settings.backend.store == backend::StoreKind::Mongodb,
+        "migrate is for backend.store = \"mongodb\" (the embedded store creates its tables itself)"
+    );
+    let db = ridehail_mongo::connect(&settings.mongodb).await?;
+    use ridehail_mongo::migrations;
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout();
+    match action {
+        MigrateAction::Up => {
+            let applied = migrations::up(&db).await?;
+            for m in &applied {
+                writeln!(stdout, "applied\t{}\t{}", m.version, m.name)?;
+            }
+            if applied.is_empty() {
+                writeln!(stdout, "up to date")?;
+            }
+        }
+        MigrateAction::Down { steps } => {
+            for m in migrations::down(&db, steps).await? {
+                writeln!(stdout, "reverted\t{}\t{}", m.version, m.name)?;
+            }
+        }
+        MigrateAction::Status => {
+            for m in migrations::status(&db).await? {
+                let state = match (m.applied_at, m.unknown) {
+                    (_, true) => "applied by a newer build".to_owned(),
+                    (Some(at), false) => format!("applied {}", at.to_rfc3339()),
+                    (None, false) => "pending".to_owned(),
+                };
+                writeln!(stdout, "{}\t{}\t{state}", m.version, m.name)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn apply_topics(settings: &Settings) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        settings.backend.bus == backend::BusKind::Kafka,
+        "topics apply is for backend.bus = \"kafka\" (the embedded bus creates its topics itself)"
+    );
+    let reports = ridehail_kafka::apply_topics(&settings.kafka, &ridehail_events::topics::ALL).await?;
+    let mut stdout = std::io::stdout();
+    use std::io::Write as _;
+    for report in reports {
+        let state = match report.state {
+            ridehail_kafka::TopicState::Created => "created".to_owned(),
+            ridehail_kafka::TopicState::Unchanged => "exists".to_owned(),
+            ridehail_kafka::TopicState::PartitionMismatch { actual } => {
+                format!("exists with {actual} partitions (left unchanged: adding partitions remaps keys)")
+            }
+        };
+        writeln!(stdout, "{}\t{} partitions\t{state}", report.topic, report.partitions)?;
+    }
+    Ok(())
 }
 
 /// Waits for SIGTERM/Ctrl-C or a service failing, then stops everything with a bounded grace period.

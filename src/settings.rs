@@ -12,10 +12,15 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use api_edge::EdgeConfig;
 use ride_worker::RideWorkerConfig;
+use ridehail_kafka::KafkaSettings;
+use ridehail_mongo::MongoSettings;
+use ridehail_redis::RedisSettings;
 use ridehail_runtime::telemetry::LogFormat;
 use secrecy::SecretString;
 use serde::Deserialize;
 use user_worker::UserWorkerConfig;
+
+use crate::backend::{BackendSettings, BusKind, HotStoreKind, StoreKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -49,6 +54,11 @@ pub struct Settings {
     /// How long shutdown waits for work in flight before giving up, in seconds.
     pub shutdown_grace_seconds: u64,
     pub http: HttpSettings,
+    /// Which adapters carry the ports (all embedded by default).
+    pub backend: BackendSettings,
+    pub kafka: KafkaSettings,
+    pub mongodb: MongoSettings,
+    pub redis: RedisSettings,
     pub edge: EdgeConfig,
     pub ride_worker: RideWorkerConfig,
     pub user_worker: UserWorkerConfig,
@@ -63,6 +73,10 @@ impl Default for Settings {
             log_format: None,
             shutdown_grace_seconds: 10,
             http: HttpSettings::default(),
+            backend: BackendSettings::default(),
+            kafka: KafkaSettings::default(),
+            mongodb: MongoSettings::default(),
+            redis: RedisSettings::default(),
             edge: EdgeConfig::default(),
             ride_worker: RideWorkerConfig::default(),
             user_worker: UserWorkerConfig::default(),
@@ -89,6 +103,15 @@ impl Settings {
             builder.build()?.try_deserialize().context("invalid settings (see README: Configuration)")?;
         anyhow::ensure!(settings.partitions >= 1, "partitions must be at least 1");
         settings.edge.validate()?;
+        if settings.backend.bus == BusKind::Kafka {
+            settings.kafka.validate()?;
+        }
+        if settings.backend.store == StoreKind::Mongodb {
+            settings.mongodb.validate()?;
+        }
+        if settings.backend.hot_store == HotStoreKind::Redis {
+            settings.redis.validate()?;
+        }
         Ok(settings)
     }
 

@@ -4,125 +4,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{Api, Server};
-
-const DRIVER_EMAIL: &str = "dora@example.com";
-const DRIVER_PASSWORD: &str = "dora-drives-safely";
-const RIDER_EMAIL: &str = "rui@example.com";
-const RIDER_PASSWORD: &str = "rui-rides-often";
-
-/// The README session, step by step. Returns the ride id.
-async fn readme_session(api: &Api) -> String {
-    // Register a driver and a rider.
-    let (status, driver) = api
-        .send(
-            "POST",
-            "/v1/users",
-            None,
-            Some(json!({
-                "email": DRIVER_EMAIL, "password": DRIVER_PASSWORD, "name": "Dora", "role": "driver",
-                "vehicle": { "make": "Toyota", "model": "Prius", "colour": "white", "plate": "AA-11-BB" }
-            })),
-        )
-        .await;
-    assert_eq!(status, 201, "{driver}");
-    let (status, rider) = api
-        .send(
-            "POST",
-            "/v1/users",
-            None,
-            Some(json!({ "email": RIDER_EMAIL, "password": RIDER_PASSWORD, "name": "Rui", "role": "rider" })),
-        )
-        .await;
-    assert_eq!(status, 201, "{rider}");
-
-    // Log in.
-    let (driver_id, driver_token) = api.login(DRIVER_EMAIL, DRIVER_PASSWORD).await;
-    let (rider_id, rider_token) = api.login(RIDER_EMAIL, RIDER_PASSWORD).await;
-
-    // The driver goes online near the pickup.
-    let (status, body) = api
-        .send(
-            "PUT",
-            "/v1/drivers/me/availability",
-            Some(&driver_token),
-            Some(json!({ "online": true, "location": { "lat": 38.7230, "lon": -9.1400 } })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["online"], true);
-
-    // The rider requests a ride; it is offered to the driver.
-    let (status, ride) = api
-        .send(
-            "POST",
-            "/v1/rides",
-            Some(&rider_token),
-            Some(
-                json!({ "pickup": { "lat": 38.7223, "lon": -9.1393 }, "dropoff": { "lat": 38.7369, "lon": -9.1427 } }),
-            ),
-        )
-        .await;
-    assert_eq!(status, 201, "{ride}");
-    assert_eq!(ride["offered_driver_id"], driver_id.as_str());
-    let ride_id = ride["ride_id"].as_str().unwrap().to_owned();
-
-    // The driver accepts, arrives, starts and completes.
-    for (action, expected) in [("accept", "driver_assigned"), ("arrive", "driver_arrived"), ("start", "in_progress")] {
-        let (status, body) =
-            api.send("POST", &format!("/v1/rides/{ride_id}/{action}"), Some(&driver_token), None).await;
-        assert_eq!((status, body["status"].as_str()), (200, Some(expected)), "{action}: {body}");
-    }
-    let (status, body) = api
-        .send(
-            "POST",
-            &format!("/v1/rides/{ride_id}/complete"),
-            Some(&driver_token),
-            Some(json!({ "distance_meters": 2300 })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["status"], "completed");
-    assert_eq!(body["fare"]["distance_meters"], 2300);
-
-    // Both rate.
-    let (status, body) = api
-        .send(
-            "POST",
-            &format!("/v1/rides/{ride_id}/rating"),
-            Some(&rider_token),
-            Some(json!({ "stars": 5, "comment": "smooth" })),
-        )
-        .await;
-    assert_eq!((status, &body["rider_rating"]), (200, &json!(5)), "{body}");
-    let (status, body) = api
-        .send("POST", &format!("/v1/rides/{ride_id}/rating"), Some(&driver_token), Some(json!({ "stars": 4 })))
-        .await;
-    assert_eq!((status, &body["driver_rating"]), (200, &json!(4)), "{body}");
-
-    // The rider reads the ride and its history.
-    let (status, ride) = api.send("GET", &format!("/v1/rides/{ride_id}"), Some(&rider_token), None).await;
-    assert_eq!(status, 200);
-    assert_eq!(ride["rider_id"], rider_id.as_str());
-    assert_eq!(ride["driver_id"], driver_id.as_str());
-    assert!(ride["fare"]["total_minor"].as_i64().unwrap() >= 500);
-    let (status, history) = api.send("GET", &format!("/v1/rides/{ride_id}/history"), Some(&rider_token), None).await;
-    assert_eq!(status, 200);
-    assert_eq!(
-        event_types(&history),
-        [
-            "RideRequested",
-            "DriverOffered",
-            "DriverAssigned",
-            "DriverArrived",
-            "RideStarted",
-            "RideCompleted",
-            "RideRated",
-            "RideRated"
-        ]
-    );
-    ride_id
-}
+use support::{Api, DRIVER_EMAIL, DRIVER_PASSWORD, RIDER_EMAIL, RIDER_PASSWORD, Server, event_types, readme_session};
 
 /// What the rider can read after the session: the ride, its history and their own profile.
 async fn rider_view(api: &Api, rider_token: &str, ride_id: &str) -> (Value, Value, Value) {
@@ -130,10 +12,6 @@ async fn rider_view(api: &Api, rider_token: &str, ride_id: &str) -> (Value, Valu
     let (_, history) = api.send("GET", &format!("/v1/rides/{ride_id}/history"), Some(rider_token), None).await;
     let (_, me) = api.send("GET", "/v1/me", Some(rider_token), None).await;
     (ride, history, me)
-}
-
-fn event_types(history: &Value) -> Vec<&str> {
-    history["events"].as_array().unwrap().iter().map(|e| e["event_type"].as_str().unwrap()).collect()
 }
 
 #[tokio::test]

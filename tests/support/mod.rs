@@ -81,14 +81,61 @@ impl Drop for Worker {
 
 /// Starts a worker process (`ride-worker` or `user-worker`) on the data directory.
 pub fn start_worker(data_dir: &Path, worker: &str) -> Worker {
+    start_worker_with(data_dir, worker, &[])
+}
+
+/// Starts a worker process with extra environment (e.g. the backend settings).
+pub fn start_worker_with(data_dir: &Path, worker: &str, env: &[(&str, &str)]) -> Worker {
     let child = Command::new(env!("CARGO_BIN_EXE_ridehail"))
         .args(["--data-dir", data_dir.to_str().unwrap(), worker])
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("worker starts");
     Worker(Some(child))
+}
+
+impl Worker {
+    pub fn kill_9(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+/// Runs the binary to completion (e.g. `topics apply`, `replay --verify`); returns status and stdout.
+pub fn run_command(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ridehail"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("ridehail runs");
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Settings (as environment) that put the binary on the test servers, each run in its own namespace
+/// (Kafka topic/group prefix). `None` (test skipped) when the servers are not running.
+pub fn server_env() -> Option<Vec<(String, String)>> {
+    let brokers = ridehail_runtime::contract::test_server("RIDEHAIL_TEST_KAFKA_BROKERS")?;
+    let namespace = format!("{}.", ridehail_runtime::contract::unique_name("e2e"));
+    Some(vec![
+        ("RIDEHAIL__BACKEND__BUS".into(), "kafka".into()),
+        ("RIDEHAIL__KAFKA__BROKERS".into(), brokers),
+        ("RIDEHAIL__KAFKA__NAMESPACE".into(), namespace),
+        ("RIDEHAIL__KAFKA__PARTITIONS".into(), "6".into()),
+        ("RIDEHAIL__KAFKA__SESSION_TIMEOUT_MS".into(), "6000".into()),
+    ])
+}
+
+pub fn as_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 impl Drop for Server {
@@ -130,4 +177,126 @@ impl Api {
         assert_eq!(status, 200, "{body}");
         (body["user_id"].as_str().unwrap().to_owned(), body["access_token"].as_str().unwrap().to_owned())
     }
+}
+
+pub const DRIVER_EMAIL: &str = "dora@example.com";
+pub const DRIVER_PASSWORD: &str = "dora-drives-safely";
+pub const RIDER_EMAIL: &str = "rui@example.com";
+pub const RIDER_PASSWORD: &str = "rui-rides-often";
+
+/// The README session, step by step. Returns the ride id.
+pub async fn readme_session(api: &Api) -> String {
+    // Register a driver and a rider.
+    let (status, driver) = api
+        .send(
+            "POST",
+            "/v1/users",
+            None,
+            Some(json!({
+                "email": DRIVER_EMAIL, "password": DRIVER_PASSWORD, "name": "Dora", "role": "driver",
+                "vehicle": { "make": "Toyota", "model": "Prius", "colour": "white", "plate": "AA-11-BB" }
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{driver}");
+    let (status, rider) = api
+        .send(
+            "POST",
+            "/v1/users",
+            None,
+            Some(json!({ "email": RIDER_EMAIL, "password": RIDER_PASSWORD, "name": "Rui", "role": "rider" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{rider}");
+
+    // Log in.
+    let (driver_id, driver_token) = api.login(DRIVER_EMAIL, DRIVER_PASSWORD).await;
+    let (rider_id, rider_token) = api.login(RIDER_EMAIL, RIDER_PASSWORD).await;
+
+    // The driver goes online near the pickup.
+    let (status, body) = api
+        .send(
+            "PUT",
+            "/v1/drivers/me/availability",
+            Some(&driver_token),
+            Some(json!({ "online": true, "location": { "lat": 38.7230, "lon": -9.1400 } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["online"], true);
+
+    // The rider requests a ride; it is offered to the driver.
+    let (status, ride) = api
+        .send(
+            "POST",
+            "/v1/rides",
+            Some(&rider_token),
+            Some(
+                json!({ "pickup": { "lat": 38.7223, "lon": -9.1393 }, "dropoff": { "lat": 38.7369, "lon": -9.1427 } }),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{ride}");
+    assert_eq!(ride["offered_driver_id"], driver_id.as_str());
+    let ride_id = ride["ride_id"].as_str().unwrap().to_owned();
+
+    // The driver accepts, arrives, starts and completes.
+    for (action, expected) in [("accept", "driver_assigned"), ("arrive", "driver_arrived"), ("start", "in_progress")] {
+        let (status, body) =
+            api.send("POST", &format!("/v1/rides/{ride_id}/{action}"), Some(&driver_token), None).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some(expected)), "{action}: {body}");
+    }
+    let (status, body) = api
+        .send(
+            "POST",
+            &format!("/v1/rides/{ride_id}/complete"),
+            Some(&driver_token),
+            Some(json!({ "distance_meters": 2300 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["fare"]["distance_meters"], 2300);
+
+    // Both rate.
+    let (status, body) = api
+        .send(
+            "POST",
+            &format!("/v1/rides/{ride_id}/rating"),
+            Some(&rider_token),
+            Some(json!({ "stars": 5, "comment": "smooth" })),
+        )
+        .await;
+    assert_eq!((status, &body["rider_rating"]), (200, &json!(5)), "{body}");
+    let (status, body) = api
+        .send("POST", &format!("/v1/rides/{ride_id}/rating"), Some(&driver_token), Some(json!({ "stars": 4 })))
+        .await;
+    assert_eq!((status, &body["driver_rating"]), (200, &json!(4)), "{body}");
+
+    // The rider reads the ride and its history.
+    let (status, ride) = api.send("GET", &format!("/v1/rides/{ride_id}"), Some(&rider_token), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(ride["rider_id"], rider_id.as_str());
+    assert_eq!(ride["driver_id"], driver_id.as_str());
+    assert!(ride["fare"]["total_minor"].as_i64().unwrap() >= 500);
+    let (status, history) = api.send("GET", &format!("/v1/rides/{ride_id}/history"), Some(&rider_token), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        event_types(&history),
+        [
+            "RideRequested",
+            "DriverOffered",
+            "DriverAssigned",
+            "DriverArrived",
+            "RideStarted",
+            "RideCompleted",
+            "RideRated",
+            "RideRated"
+        ]
+    );
+    ride_id
+}
+
+pub fn event_types(history: &Value) -> Vec<&str> {
+    history["events"].as_array().unwrap().iter().map(|e| e["event_type"].as_str().unwrap()).collect()
 }
