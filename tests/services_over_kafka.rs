@@ -37,6 +37,31 @@ async fn register(api: &Api, tag: &str, role: &str, n: usize) -> Party {
     Party { id, token }
 }
 
+/// Sends a driver's command and follows it to its outcome: true when accepted. A `Prefer: wait` that
+/// runs out (e.g. while the partition moves to the surviving worker) answers 202: then poll the status.
+async fn act(api: &Api, token: &str, path: &str, body: Option<Value>) -> bool {
+    let (status, answer) = api.send("POST", path, Some(token), body).await;
+    match status {
+        200 => true,
+        202 => {
+            let status_url = answer["status_url"].as_str().unwrap().to_owned();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let (_, command) = api.send("GET", &status_url, Some(token), None).await;
+                match command["state"].as_str().unwrap() {
+                    "accepted" => return true,
+                    "rejected" => return false,
+                    _ => {
+                        assert!(Instant::now() < deadline, "{path}: no outcome in 60 s");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }
+        _ => false,
+    }
+}
+
 /// A driver who accepts every offer and drives the ride to the end, until `stop`.
 async fn drive(api: Arc<Api>, driver: Party, stop: Arc<AtomicBool>) -> usize {
     let mut driven = 0;
@@ -53,18 +78,14 @@ async fn drive(api: Arc<Api>, driver: Party, stop: Arc<AtomicBool>) -> usize {
             continue;
         };
         let id = ride["ride_id"].as_str().unwrap().to_owned();
-        let (status, _) = api.send("POST", &format!("/v1/rides/{id}/accept"), Some(&driver.token), None).await;
-        if status != 200 {
+        if !act(&api, &driver.token, &format!("/v1/rides/{id}/accept"), None).await {
             continue; // The offer lapsed or the rider cancelled: both fine.
         }
         for step in ["arrive", "start"] {
-            let (status, body) = api.send("POST", &format!("/v1/rides/{id}/{step}"), Some(&driver.token), None).await;
-            assert_eq!(status, 200, "{step}: {body}");
+            assert!(act(&api, &driver.token, &format!("/v1/rides/{id}/{step}"), None).await, "{step} refused");
         }
         let done = json!({ "distance_meters": 1800 });
-        let (status, body) =
-            api.send("POST", &format!("/v1/rides/{id}/complete"), Some(&driver.token), Some(done)).await;
-        assert_eq!(status, 200, "{body}");
+        assert!(act(&api, &driver.token, &format!("/v1/rides/{id}/complete"), Some(done)).await, "complete refused");
         driven += 1;
     }
     driven
@@ -96,6 +117,8 @@ async fn separate_processes_over_kafka_lose_nothing_when_a_ride_worker_is_killed
     let dir = tempfile::TempDir::new().unwrap();
     let (ok, out) = run_command(dir.path(), &["topics", "apply"], &env);
     assert!(ok, "topics apply failed: {out}");
+    let (ok, out) = run_command(dir.path(), &["migrate", "up"], &env);
+    assert!(ok, "migrate up failed: {out}");
 
     let edge = Server::start_service(dir.path(), "edge", &env);
     let _user_worker = start_worker_with(dir.path(), "user-worker", &env);

@@ -120,17 +120,30 @@ pub fn run_command(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (boo
     (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Settings (as environment) that put the binary on the test servers, each run in its own namespace
-/// (Kafka topic/group prefix). `None` (test skipped) when the servers are not running.
+/// Settings (as environment) that put the binary on the production engines — Kafka, MongoDB and
+/// Redis test servers — in a namespace of its own (topic/group prefix, database, key prefix).
+/// `None` (test skipped) when the servers are not running.
 pub fn server_env() -> Option<Vec<(String, String)>> {
-    let brokers = ridehail_runtime::contract::test_server("RIDEHAIL_TEST_KAFKA_BROKERS")?;
-    let namespace = format!("{}.", ridehail_runtime::contract::unique_name("e2e"));
+    use ridehail_runtime::contract::{test_server, unique_name};
+    let brokers = test_server("RIDEHAIL_TEST_KAFKA_BROKERS")?;
+    let mongodb = test_server("RIDEHAIL_TEST_MONGODB_URI")?;
+    let redis = test_server("RIDEHAIL_TEST_REDIS_URL")?;
+    let name = unique_name("e2e");
     Some(vec![
         ("RIDEHAIL__BACKEND__BUS".into(), "kafka".into()),
+        ("RIDEHAIL__BACKEND__STORE".into(), "mongodb".into()),
+        ("RIDEHAIL__BACKEND__HOT_STORE".into(), "redis".into()),
         ("RIDEHAIL__KAFKA__BROKERS".into(), brokers),
-        ("RIDEHAIL__KAFKA__NAMESPACE".into(), namespace),
+        ("RIDEHAIL__KAFKA__NAMESPACE".into(), format!("{name}.")),
         ("RIDEHAIL__KAFKA__PARTITIONS".into(), "6".into()),
         ("RIDEHAIL__KAFKA__SESSION_TIMEOUT_MS".into(), "6000".into()),
+        ("RIDEHAIL__MONGODB__URI".into(), mongodb),
+        ("RIDEHAIL__MONGODB__DATABASE".into(), name.replace('-', "_")),
+        ("RIDEHAIL__REDIS__URL".into(), redis),
+        ("RIDEHAIL__REDIS__KEY_PREFIX".into(), format!("{name}:")),
+        // Eight processes share two cores here (servers, services, the test): a Redis answer can be
+        // late by more than the production default of 500 ms without anything being wrong.
+        ("RIDEHAIL__REDIS__RESPONSE_TIMEOUT_MS".into(), "3000".into()),
     ])
 }
 

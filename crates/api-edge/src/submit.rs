@@ -209,7 +209,7 @@ async fn submit_once<C: Message>(
         {
             Ok(Some(response)) => return Ok(response),
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "waiting for the outcome failed; answering 202"),
+            Err(e) => tracing::warn!(error = ?e, "waiting for the outcome failed; answering 202"),
         }
     }
     Ok(accepted_response(&pending, submission.resource))
