@@ -9,6 +9,7 @@
 //! - `ridehail seed`: demo riders and drivers (development).
 
 mod backend;
+mod bench_bus;
 mod loadgen;
 mod replay;
 mod seed;
@@ -70,6 +71,8 @@ enum Command {
     },
     /// Creates demo riders and drivers (online, spread over the city centre); safe to run twice.
     Seed(seed::Args),
+    /// Raw ceiling of the configured bus: one producer and one consumer on a scratch topic.
+    BenchBus(bench_bus::Args),
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -116,6 +119,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topics { action: TopicsAction::Apply } => return apply_topics(&settings).await,
         Command::Migrate { action } => return migrate(&settings, action.clone()).await,
         Command::Seed(_) => "seed",
+        Command::BenchBus(args) => {
+            if settings.backend.bus == backend::BusKind::Kafka {
+                ridehail_kafka::apply_topics(&settings.kafka, &[bench_bus::TOPIC]).await?;
+            }
+            let bus = backend::open_bus(&settings, "bench")?;
+            let report = bench_bus::run(bus, args).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            return Ok(());
+        }
         Command::Dev(_) => "dev",
         Command::Edge(_) => "edge",
         Command::RideWorker => "ride-worker",
@@ -160,7 +172,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Loadgen(_)
         | Command::Topics { .. }
         | Command::Migrate { .. }
-        | Command::Seed(_) => unreachable!("handled above"),
+        | Command::Seed(_)
+        | Command::BenchBus(_) => unreachable!("handled above"),
     };
     // Refuse to start at all, rather than half, when the edge's secret is missing or weak.
     let keys = match edge {
