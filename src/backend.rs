@@ -10,7 +10,9 @@ use ridehail_runtime::embedded::{
     Db, EmbeddedBus, EmbeddedCommandStatus, EmbeddedDriverLocator, EmbeddedEventStore, EmbeddedIdempotency,
     EmbeddedRideViews, EmbeddedTimers, EmbeddedUserViews,
 };
-use ridehail_runtime::ports::MessageBus;
+use ridehail_runtime::ports::{
+    CommandStatusStore, DriverLocator, EventStore, IdempotencyStore, MessageBus, RideViews, TimerStore, UserViews,
+};
 use ridehail_runtime::{Backend, SystemClock};
 use serde::Deserialize;
 
@@ -80,6 +82,11 @@ pub fn open_bus(settings: &Settings, role: &str) -> anyhow::Result<Arc<dyn Messa
     })
 }
 
+/// The event store, ride views, user views and timers.
+type Stores = (Arc<dyn EventStore>, Arc<dyn RideViews>, Arc<dyn UserViews>, Arc<dyn TimerStore>);
+/// The driver locator, command status and idempotency keys.
+type HotStores = (Arc<dyn DriverLocator>, Arc<dyn CommandStatusStore>, Arc<dyn IdempotencyStore>);
+
 /// Every port, on the adapters the settings choose. `role` names the process to the brokers.
 pub async fn open(settings: &Settings, role: &str) -> anyhow::Result<Backend> {
     if settings.backend.is_embedded() {
@@ -87,12 +94,7 @@ pub async fn open(settings: &Settings, role: &str) -> anyhow::Result<Backend> {
     }
     let bus = open_bus(settings, role)?;
     let dir = || data_dir(settings);
-    let (events, mut rides, mut users, timers): (
-        Arc<dyn ridehail_runtime::ports::EventStore>,
-        Arc<dyn ridehail_runtime::ports::RideViews>,
-        Arc<dyn ridehail_runtime::ports::UserViews>,
-        Arc<dyn ridehail_runtime::ports::TimerStore>,
-    ) = match settings.backend.store {
+    let (events, mut rides, mut users, timers): Stores = match settings.backend.store {
         StoreKind::Embedded => (
             Arc::new(EmbeddedEventStore::open(&dir()?.join("events.sqlite"))?),
             Arc::new(EmbeddedRideViews::open(&dir()?.join("rides.sqlite"))?),
@@ -104,11 +106,7 @@ pub async fn open(settings: &Settings, role: &str) -> anyhow::Result<Backend> {
             (stores.events, stores.rides, stores.users, stores.timers)
         }
     };
-    let (drivers, commands, idempotency): (
-        Arc<dyn ridehail_runtime::ports::DriverLocator>,
-        Arc<dyn ridehail_runtime::ports::CommandStatusStore>,
-        Arc<dyn ridehail_runtime::ports::IdempotencyStore>,
-    ) = match settings.backend.hot_store {
+    let (drivers, commands, idempotency): HotStores = match settings.backend.hot_store {
         HotStoreKind::Embedded => {
             let bookkeeping = Db::open(&dir()?.join("commands.sqlite"))?;
             (

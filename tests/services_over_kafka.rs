@@ -205,8 +205,8 @@ async fn separate_processes_over_kafka_lose_nothing_when_a_ride_worker_is_killed
 
     // The histories: one request per ride, each command's events appended once, and per driver
     // assignments that never overlap.
-    let mut assignments: HashMap<String, Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>> =
-        HashMap::new();
+    type Span = (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>);
+    let mut assignments: HashMap<String, Vec<Span>> = HashMap::new();
     let mut completed = 0;
     for (rider, ride) in &rides {
         let (status, history) =
@@ -251,6 +251,6 @@ async fn separate_processes_over_kafka_lose_nothing_when_a_ride_worker_is_killed
     let (ok, report) = run_command(dir.path(), &["replay", "--verify"], &env);
     assert!(ok, "replay --verify found differences: {report}");
     let report: Value = serde_json::from_str(report.trim()).unwrap();
-    assert!(report["rides"].as_u64().unwrap() >= RIDES as u64 + 1, "{report}");
+    assert!(report["rides"].as_u64().unwrap() > RIDES as u64, "{report}");
     assert!(report["users"].as_u64().unwrap() >= (DRIVERS + RIDERS) as u64, "{report}");
 }
