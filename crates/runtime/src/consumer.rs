@@ -2,15 +2,16 @@
 //!
 //! Guarantee: a record's offset is committed only after its handler returned (its effects are
 //! durable) or after it was written to the dead-letter topic. A crash redelivers at most the records
-//! of the batch in flight, so handlers must be idempotent. Partitions of a batch are processed
-//! concurrently; records of one partition strictly in order. A record that fails to decode (poison) or
+//! handed to the workers and not yet committed, so handlers must be idempotent. Each partition has its
+//! own worker task: partitions are processed concurrently and never wait for each other, records of
+//! one partition strictly in order. A record that fails to decode (poison) or
 //! keeps failing after the retries goes to the dead-letter topic with its original bytes, headers,
 //! source position and the reason, and the partition moves on. A record whose effects are partly
 //! durable ([`HandleError::Unfinished`]) is retried with capped backoff until it succeeds: the
 //! partition waits for the dependency rather than leave work half done.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,7 +20,9 @@ use ridehail_events::topics::headers;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info_span, warn};
 
-use crate::ports::{IncomingMessage, MessageBus, OutgoingMessage, PartitionOffset, StartFrom};
+use tokio::sync::mpsc;
+
+use crate::ports::{IncomingMessage, MessageBus, OutgoingMessage, PartitionOffset, StartFrom, Subscription};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
@@ -70,7 +73,23 @@ impl ConsumerConfig {
     }
 }
 
-/// Consumes until `shutdown` is cancelled, then finishes the batch in hand, commits and returns.
+/// Finished positions per partition: the offset of the next record to process, once every record
+/// before it is handled or dead-lettered. Written by the partition workers, committed by the poll loop.
+type Progress = Arc<Mutex<HashMap<(String, u32), u64>>>;
+
+/// One partition's in-order worker: its queue and task.
+struct PartitionWorker {
+    queue: mpsc::Sender<IncomingMessage>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Consumes until `shutdown` is cancelled, then finishes the records already handed to the partition
+/// workers (a record interrupted in a retry is left uncommitted), commits and returns.
+///
+/// One worker task per partition processes that partition's records strictly in order; partitions
+/// never wait for each other (a slow record delays only its own partition). The poll loop hands
+/// records to the workers and commits what they finished; a full worker queue (`batch_size` records)
+/// holds the poll loop back, which bounds memory.
 pub async fn run(
     bus: Arc<dyn MessageBus>,
     handler: Arc<dyn MessageHandler>,
@@ -79,8 +98,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     let mut subscription = bus.subscribe(&config.group, &topics, config.start.clone()).await?;
+    let config = Arc::new(config);
+    let progress: Progress = Arc::default();
+    let mut committed: HashMap<(String, u32), u64> = HashMap::new();
+    let mut workers: HashMap<(String, u32), PartitionWorker> = HashMap::new();
     let mut poll_failures = 0u32;
-    while !shutdown.is_cancelled() {
+    'consume: while !shutdown.is_cancelled() {
         let batch = tokio::select! {
             batch = subscription.poll(config.batch_size, config.poll_wait) => batch,
             _ = shutdown.cancelled() => break,
@@ -97,57 +120,94 @@ pub async fn run(
                 tokio::select! { _ = tokio::time::sleep(pause) => continue, _ = shutdown.cancelled() => break }
             }
         };
-        if batch.is_empty() {
-            continue;
-        }
-        let mut partitions: BTreeMap<(String, u32), Vec<IncomingMessage>> = BTreeMap::new();
         for message in batch {
-            partitions.entry((message.topic.clone(), message.partition)).or_default().push(message);
-        }
-        let work = partitions.into_values().map(|messages| {
-            let (bus, handler, config, shutdown) = (bus.clone(), handler.clone(), &config, &shutdown);
-            async move { process_partition(&*bus, &*handler, config, shutdown, messages).await }
-        });
-        let done: Vec<PartitionOffset> = futures::future::join_all(work).await.into_iter().flatten().collect();
-        if !done.is_empty() {
-            // A failed commit only means these records may be redelivered: handlers are idempotent.
-            if let Err(e) = subscription.commit(&done).await {
-                warn!(error = %e, group = %config.group, "offset commit failed; records may be redelivered");
+            let key = (message.topic.clone(), message.partition);
+            let worker = workers.entry(key).or_insert_with(|| {
+                spawn_worker(&bus, &handler, &config, &shutdown, &progress, message.topic.clone(), message.partition)
+            });
+            tokio::select! {
+                sent = worker.queue.send(message) => {
+                    if sent.is_err() {
+                        error!(group = %config.group, "a partition worker stopped; stopping the consumer");
+                        break 'consume;
+                    }
+                }
+                _ = shutdown.cancelled() => break 'consume,
             }
         }
+        commit_progress(&mut *subscription, &progress, &mut committed, &config.group).await;
     }
+    // Close the queues; the workers finish what they hold (retries give up on shutdown).
+    let tasks: Vec<_> = workers.into_values().map(|w| w.task).collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+    commit_progress(&mut *subscription, &progress, &mut committed, &config.group).await;
     Ok(())
 }
 
-/// Processes one partition's records in order; returns the offset to commit, if any progress was made.
-async fn process_partition(
-    bus: &dyn MessageBus,
-    handler: &dyn MessageHandler,
-    config: &ConsumerConfig,
+fn spawn_worker(
+    bus: &Arc<dyn MessageBus>,
+    handler: &Arc<dyn MessageHandler>,
+    config: &Arc<ConsumerConfig>,
     shutdown: &CancellationToken,
-    messages: Vec<IncomingMessage>,
-) -> Option<PartitionOffset> {
-    let mut committed = None;
-    for message in messages {
-        let span = info_span!(
-            "consume",
-            topic = %message.topic,
-            partition = message.partition,
-            offset = message.offset,
-            message_type = message.header(headers::MESSAGE_TYPE).unwrap_or(""),
-            correlation_id = message.header(headers::CORRELATION_ID).unwrap_or(""),
-        );
-        let finished = process_one(bus, handler, config, shutdown, &message).instrument(span).await;
-        if !finished {
-            break;
+    progress: &Progress,
+    topic: String,
+    partition: u32,
+) -> PartitionWorker {
+    let (queue, mut records) = mpsc::channel::<IncomingMessage>(config.batch_size.max(1));
+    let (bus, handler, config, shutdown, progress) =
+        (bus.clone(), handler.clone(), config.clone(), shutdown.clone(), progress.clone());
+    let task = tokio::spawn(async move {
+        while let Some(message) = records.recv().await {
+            let span = info_span!(
+                "consume",
+                topic = %message.topic,
+                partition = message.partition,
+                offset = message.offset,
+                message_type = message.header(headers::MESSAGE_TYPE).unwrap_or(""),
+                correlation_id = message.header(headers::CORRELATION_ID).unwrap_or(""),
+            );
+            let finished = process_one(&*bus, &*handler, &config, &shutdown, &message).instrument(span).await;
+            if !finished {
+                return; // Interrupted by shutdown: this record and the rest stay uncommitted.
+            }
+            progress.lock().unwrap_or_else(|e| e.into_inner()).insert((topic.clone(), partition), message.offset + 1);
         }
-        committed = Some(PartitionOffset {
-            topic: message.topic.clone(),
-            partition: message.partition,
-            offset: message.offset + 1,
-        });
+    });
+    PartitionWorker { queue, task }
+}
+
+/// Commits the partitions that moved since the last commit.
+async fn commit_progress(
+    subscription: &mut dyn Subscription,
+    progress: &Progress,
+    committed: &mut HashMap<(String, u32), u64>,
+    group: &str,
+) {
+    let moved: Vec<PartitionOffset> = progress
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(key, offset)| committed.get(*key) != Some(*offset))
+        .map(|((topic, partition), offset)| PartitionOffset {
+            topic: topic.clone(),
+            partition: *partition,
+            offset: *offset,
+        })
+        .collect();
+    if moved.is_empty() {
+        return;
     }
-    committed
+    // A failed commit only means these records may be redelivered: handlers are idempotent.
+    match subscription.commit(&moved).await {
+        Ok(()) => {
+            for position in moved {
+                committed.insert((position.topic, position.partition), position.offset);
+            }
+        }
+        Err(e) => warn!(error = %e, group, "offset commit failed; records may be redelivered"),
+    }
 }
 
 /// True once the record is handled or dead-lettered; false if shutdown interrupted it.

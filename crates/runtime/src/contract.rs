@@ -589,6 +589,13 @@ pub struct Recorder {
     pub handled: std::sync::Mutex<Vec<String>>,
     failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
+impl Recorder {
+    /// How many times `text` failed so far.
+    pub fn attempts(&self, text: &str) -> u32 {
+        self.failures.lock().unwrap().get(text).copied().unwrap_or(0)
+    }
+}
+
 #[async_trait::async_trait]
 impl MessageHandler for Recorder {
     async fn handle(&self, message: &IncomingMessage) -> Result<(), HandleError> {
@@ -749,6 +756,25 @@ pub async fn consumer_commits_after_the_work_so_a_restart_resumes_after_it(
     wait_for(|| !second.handled.lock().unwrap().is_empty()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(*second.handled.lock().unwrap(), ["ok:a2"], "nothing already handled is handled again");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// A partition stuck retrying one record does not hold back the others, also for records that
+/// arrive while it is stuck.
+pub async fn consumer_partitions_do_not_wait_for_each_other(bus: Arc<dyn MessageBus>, topic: &str, dlq: &str) {
+    let handler = Arc::new(Recorder::default());
+    let (shutdown, task) = start_consumer(&bus, &handler, consumer_config(topic, dlq));
+    // 100 retries of 20 ms: the stuck record's partition is busy for about two seconds.
+    bus.publish(topic, vec![work("stuck-key", b"stuck:100")]).await.unwrap();
+    wait_for(|| handler.attempts("stuck:100") > 0).await;
+    // Keys are hashed to partitions deterministically; with two partitions or more, some of these
+    // eight land on a partition other than the stuck one's.
+    let others = (0..8).map(|n| work(&format!("key-{n}"), format!("ok:{n}").as_bytes())).collect();
+    bus.publish(topic, others).await.unwrap();
+    wait_for(|| handler.handled.lock().unwrap().len() == 9).await;
+    let handled = handler.handled.lock().unwrap().clone();
+    assert!(handled[0].starts_with("ok:"), "other partitions waited for the stuck one: {handled:?}");
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
