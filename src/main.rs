@@ -10,6 +10,7 @@
 
 mod backend;
 mod bench_bus;
+mod bench_reads;
 mod loadgen;
 mod replay;
 mod seed;
@@ -73,6 +74,8 @@ enum Command {
     Seed(seed::Args),
     /// Raw ceiling of the configured bus: one producer and one consumer on a scratch topic.
     BenchBus(bench_bus::Args),
+    /// Read-path load: `GET /v1/rides/{id}` on an edge, or a bare Redis `GET` (the ceiling).
+    BenchReads(bench_reads::Args),
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -116,6 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let command = cli.command.unwrap_or(Command::Dev(ServeArgs::default()));
     let role = match &command {
         Command::Loadgen(args) => return loadgen::run(args.clone()).await,
+        Command::BenchReads(args) => return bench_reads::run(args.clone()).await,
         Command::Topics { action: TopicsAction::Apply } => return apply_topics(&settings).await,
         Command::Migrate { action } => return migrate(&settings, action.clone()).await,
         Command::Seed(_) => "seed",
@@ -173,7 +177,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Topics { .. }
         | Command::Migrate { .. }
         | Command::Seed(_)
-        | Command::BenchBus(_) => unreachable!("handled above"),
+        | Command::BenchBus(_)
+        | Command::BenchReads(_) => unreachable!("handled above"),
     };
     // Refuse to start at all, rather than half, when the edge's secret is missing or weak.
     let keys = match edge {
