@@ -210,7 +210,10 @@ pub struct WireEvent {
     pub schema_version: u16,
     pub aggregate_type: AggregateType,
     pub aggregate_id: Uuid,
-    /// 1-based position in the aggregate's stream; no gaps, no repeats.
+    /// 1-based position in the aggregate's stream, increasing, never repeated for another event. On the
+    /// public topics a stream's numbers can skip: internal events (e.g. a password change) are stored
+    /// in the stream but not published. A record delivered twice carries the same `event_id`.
+    #[schemars(range(min = 1))]
     pub sequence: u64,
     /// Shared by everything caused by one client request.
     pub correlation_id: Uuid,
