@@ -137,6 +137,8 @@ pub fn server_env() -> Option<Vec<(String, String)>> {
         ("RIDEHAIL__KAFKA__NAMESPACE".into(), format!("{name}.")),
         ("RIDEHAIL__KAFKA__PARTITIONS".into(), "6".into()),
         ("RIDEHAIL__KAFKA__SESSION_TIMEOUT_MS".into(), "6000".into()),
+        // tansu holds a fetch for about half of this even when records are waiting.
+        ("RIDEHAIL__KAFKA__FETCH_WAIT_MAX_MS".into(), "10".into()),
         ("RIDEHAIL__MONGODB__URI".into(), mongodb),
         ("RIDEHAIL__MONGODB__DATABASE".into(), name.replace('-', "_")),
         ("RIDEHAIL__REDIS__URL".into(), redis),

@@ -24,7 +24,9 @@ pub struct KafkaSettings {
     /// A member that stops heartbeating for this long loses its partitions to the others. Lower =
     /// faster take-over after a crash, higher = fewer spurious rebalances on a slow machine.
     pub session_timeout_ms: u32,
-    /// How long the broker may hold a fetch waiting for data. Small keeps end-to-end latency low.
+    /// How long the broker may hold a fetch waiting for data. Kafka answers as soon as data arrives,
+    /// so this only bounds how often an idle consumer asks again; tansu (the test broker) answers after
+    /// about half of it even when data is there, so tests set 10.
     pub fetch_wait_max_ms: u32,
     /// How long the producer waits to fill a batch. Small keeps publish latency low.
     pub linger_ms: u32,
@@ -47,7 +49,7 @@ impl Default for KafkaSettings {
             dead_letter_partitions: 1,
             replication_factor: 1,
             session_timeout_ms: 10_000,
-            fetch_wait_max_ms: 10,
+            fetch_wait_max_ms: 100,
             linger_ms: 1,
             delivery_timeout_ms: 10_000,
             auto_commit_interval_ms: 500,

@@ -16,6 +16,8 @@ pub fn settings() -> Option<KafkaSettings> {
         partitions: 3,
         // Join a group in ~3 s instead of ~5 s (tansu waits half the session timeout).
         session_timeout_ms: 6_000,
+        // tansu holds a fetch for about half of this even when records are waiting.
+        fetch_wait_max_ms: 10,
         ..KafkaSettings::default()
     })
 }
