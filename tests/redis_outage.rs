@@ -23,9 +23,11 @@ impl PrivateRedis {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed by scripts/test-services");
+        // Owned (and so killed and reaped on drop) before anything can fail.
+        let redis = Self { child, url: format!("redis://127.0.0.1:{port}") };
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self { child, url: format!("redis://127.0.0.1:{port}") };
+                return redis;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
