@@ -42,6 +42,16 @@ impl ConsumerContext for RebalanceContext {
             Rebalance::Error(e) => warn!(group = %self.group, error = %e, "rebalance error"),
         }
     }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            // Not fatal: the records are redelivered after a restart or rebalance (idempotent handlers).
+            Err(e) => {
+                warn!(group = %self.group, error = %e, partitions = offsets.count(), "offset commit failed")
+            }
+        }
+    }
 }
 
 type Consumer = StreamConsumer<RebalanceContext>;
@@ -224,10 +234,17 @@ impl Subscription for KafkaSubscription {
     }
 
     async fn commit(&mut self, offsets: &[PartitionOffset]) -> Result<(), BusError> {
-        let mut list = TopicPartitionList::with_capacity(offsets.len());
+        // One element per partition (librdkafka stores the last element of a partition, and a list
+        // built with a partition twice holds an invalid offset there): keep the furthest position.
+        let mut furthest: std::collections::BTreeMap<(String, u32), u64> = std::collections::BTreeMap::new();
         for position in offsets {
-            let topic = format!("{}{}", self.namespace, position.topic);
-            list.add_partition_offset(&topic, position.partition as i32, Offset::Offset(position.offset as i64))
+            let entry = furthest.entry((position.topic.clone(), position.partition)).or_default();
+            *entry = (*entry).max(position.offset);
+        }
+        let mut list = TopicPartitionList::with_capacity(furthest.len());
+        for ((topic, partition), offset) in furthest {
+            let topic = format!("{}{topic}", self.namespace);
+            list.add_partition_offset(&topic, partition as i32, Offset::Offset(offset as i64))
                 .map_err(unavailable("building the offset list"))?;
         }
         // Stored offsets are committed by librdkafka (interval, revoke, close). A partition revoked

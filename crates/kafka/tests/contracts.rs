@@ -179,3 +179,87 @@ consumer_case!(consumer_retries_transient_failures_and_dead_letters_after_the_at
 consumer_case!(consumer_retries_unfinished_records_and_never_dead_letters_them);
 consumer_case!(consumer_commits_after_the_work_so_a_restart_resumes_after_it);
 consumer_case!(consumer_partitions_do_not_wait_for_each_other);
+
+/// Two members of a group share the partitions; when one leaves, the other takes its partitions over
+/// and resumes from what the leaver committed (nothing finished is read again, nothing is lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_share_partitions_and_one_takes_over_when_the_other_leaves() {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+    let Some(bus) = bus_with_topic().await else { return };
+    let record =
+        |n: u32| OutgoingMessage { key: format!("key-{n}"), headers: vec![], payload: n.to_be_bytes().to_vec() };
+    let number = |m: &ridehail_runtime::ports::IncomingMessage| u32::from_be_bytes(m.payload[..4].try_into().unwrap());
+    bus.publish(TOPIC, (0..30).map(record).collect()).await.unwrap();
+
+    let mut a = bus.subscribe("shared", &[TOPIC], StartFrom::Committed).await.unwrap();
+    let mut b = bus.subscribe("shared", &[TOPIC], StartFrom::Committed).await.unwrap();
+    let (mut seen_a, mut seen_b) = (BTreeSet::new(), BTreeSet::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    // Keep both polling (a member that stops polling cannot take part in the rebalance), committing
+    // what each one read, until both have partitions and every record is read.
+    while (seen_a.len() + seen_b.len() < 30 || seen_a.is_empty() || seen_b.is_empty())
+        && tokio::time::Instant::now() < deadline
+    {
+        for (member, seen) in [(&mut a, &mut seen_a), (&mut b, &mut seen_b)] {
+            let got = member.poll(100, Duration::from_millis(100)).await.unwrap();
+            let done: Vec<PartitionOffset> = got
+                .iter()
+                .map(|m| PartitionOffset { topic: m.topic.clone(), partition: m.partition, offset: m.offset + 1 })
+                .collect();
+            member.commit(&done).await.unwrap();
+            seen.extend(got.iter().map(number));
+        }
+        if seen_a.len() + seen_b.len() >= 30 && (seen_a.is_empty() || seen_b.is_empty()) {
+            // Everything went to the first member before the second joined: publish more so the
+            // second, once it has partitions, gets some.
+            bus.publish(TOPIC, (100..110).map(record).collect()).await.unwrap();
+        }
+    }
+    assert!(!seen_a.is_empty() && !seen_b.is_empty(), "both members got partitions: {seen_a:?} / {seen_b:?}");
+    let all: BTreeSet<u32> = seen_a.union(&seen_b).copied().collect();
+    assert!((0..30).all(|n| all.contains(&n)), "every record read by one of them: {all:?}");
+
+    drop(b); // Leaves the group after committing what it finished.
+    bus.publish(TOPIC, (200..230).map(record).collect()).await.unwrap();
+    let mut after = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while after.len() < 30 && tokio::time::Instant::now() < deadline {
+        let got = a.poll(100, Duration::from_millis(200)).await.unwrap();
+        after.extend(got.iter().map(number));
+    }
+    assert_eq!(after.iter().filter(|n| **n >= 200).count(), 30, "the survivor took every partition over");
+    assert!(after.iter().all(|n| *n >= 100), "nothing committed before the hand-over is read again: {after:?}");
+}
+
+/// Finished records are committed while the member runs (not only when it leaves): a crash loses at
+/// most what finished since the last commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_offsets_are_committed_while_running() {
+    use std::time::Duration;
+    let Some(bus) = bus_with_topic().await else { return };
+    let record =
+        |n: u32| OutgoingMessage { key: format!("key-{n}"), headers: vec![], payload: n.to_be_bytes().to_vec() };
+    bus.publish(TOPIC, (0..30).map(record).collect()).await.unwrap();
+    let mut member = bus.subscribe("running", &[TOPIC], StartFrom::Committed).await.unwrap();
+    let mut read = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut committed = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        let got = member.poll(100, Duration::from_millis(100)).await.unwrap();
+        read += got.len();
+        let done: Vec<PartitionOffset> = got
+            .iter()
+            .map(|m| PartitionOffset { topic: m.topic.clone(), partition: m.partition, offset: m.offset + 1 })
+            .collect();
+        member.commit(&done).await.unwrap();
+        if read == 30 {
+            committed = member.committed().await.unwrap();
+            if committed.iter().map(|c| c.offset).sum::<u64>() == 30 {
+                break;
+            }
+        }
+    }
+    assert_eq!(read, 30);
+    assert_eq!(committed.iter().map(|c| c.offset).sum::<u64>(), 30, "{committed:?}");
+}
