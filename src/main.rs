@@ -122,7 +122,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchReads(args) => return bench_reads::run(args.clone()).await,
         Command::Topics { action: TopicsAction::Apply } => return apply_topics(&settings).await,
         Command::Migrate { action } => return migrate(&settings, action.clone()).await,
-        Command::Seed(_) => "seed",
+        Command::Seed(_) => {
+            anyhow::ensure!(
+                settings.environment == settings::Environment::Development,
+                "seed creates users with a published password: development only"
+            );
+            "seed"
+        }
         Command::BenchBus(args) => {
             if settings.backend.bus == backend::BusKind::Kafka {
                 ridehail_kafka::apply_topics(&settings.kafka, &[bench_bus::TOPIC]).await?;
@@ -140,10 +146,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let backend = backend::open(&settings, role).await?;
     if let Command::Seed(args) = &command {
-        anyhow::ensure!(
-            settings.environment == settings::Environment::Development,
-            "seed creates users with a published password: development only"
-        );
         let report = seed::run(&backend, args).await?;
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
