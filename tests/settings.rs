@@ -37,3 +37,20 @@ fn a_short_secret_and_unknown_settings_are_refused() {
     assert!(!out.status.success(), "a misspelt setting must not be ignored");
     assert!(String::from_utf8_lossy(&out.stderr).contains("bindd"));
 }
+
+#[test]
+fn librdkafka_properties_from_the_settings_file_reach_the_kafka_clients() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("ridehail.toml");
+    let toml = "[backend]\nbus = \"kafka\"\n[kafka]\nbrokers = \"127.0.0.1:1\"\n\
+                [kafka.properties]\n\"security.protocol\" = \"NOT-A-PROTOCOL\"\n";
+    std::fs::write(&config, toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ridehail"))
+        .args(["--config", config.to_str().unwrap(), "--data-dir", dir.path().to_str().unwrap(), "topics", "apply"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("security.protocol") && stderr.contains("NOT-A-PROTOCOL"), "{stderr}");
+}
