@@ -6,7 +6,6 @@
 //! also re-read every [`POLL_INTERVAL`], so a notification lost while the subscriber reconnects only
 //! delays an answer.
 
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -15,8 +14,8 @@ use async_trait::async_trait;
 use futures::StreamExt as _;
 use redis::Script;
 use ridehail_events::CommandId;
-use ridehail_runtime::ports::{CommandState, CommandStatus, CommandStatusStore};
-use tokio::sync::{Notify, watch};
+use ridehail_runtime::ports::{CommandState, CommandStatus, CommandStatusStore, CompletionWaiters};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::client::RedisClient;
@@ -50,7 +49,7 @@ struct Inner {
     redis: RedisClient,
     channel: String,
     poll_interval: Duration,
-    waiters: Arc<Waiters>,
+    waiters: Arc<CompletionWaiters>,
     /// The subscriber task, started by the first wait.
     listener: Mutex<Option<JoinHandle<()>>>,
 }
@@ -60,50 +59,6 @@ impl Drop for Inner {
         if let Some(listener) = self.listener.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
             listener.abort();
         }
-    }
-}
-
-/// The requests of this process waiting for a command, by command id.
-#[derive(Debug, Default)]
-struct Waiters(Mutex<HashMap<CommandId, Arc<Notify>>>);
-
-impl Waiters {
-    fn register(&self, command_id: CommandId) -> Arc<Notify> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(command_id).or_default().clone()
-    }
-
-    fn forget(&self, command_id: CommandId, notify: &Arc<Notify>) {
-        let mut waiters = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        // Drop the entry when only the map and this waiter hold it.
-        if waiters.get(&command_id).is_some_and(|n| Arc::ptr_eq(n, notify) && Arc::strong_count(n) <= 2) {
-            waiters.remove(&command_id);
-        }
-    }
-
-    fn wake(&self, command_id: CommandId) {
-        let notify = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&command_id).cloned();
-        if let Some(notify) = notify {
-            notify.notify_waiters();
-        }
-    }
-
-    fn wake_all(&self) {
-        for notify in self.0.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            notify.notify_waiters();
-        }
-    }
-}
-
-/// Unregisters a waiter when done, or when the waiting request is dropped half-way.
-struct Registration<'a> {
-    waiters: &'a Waiters,
-    command_id: CommandId,
-    notify: Arc<Notify>,
-}
-
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        self.waiters.forget(self.command_id, &self.notify);
     }
 }
 
@@ -150,7 +105,7 @@ impl RedisCommandStatus {
 }
 
 /// Keeps one subscription to `channel` open, waking the waiters of each announced command.
-async fn listen(redis: RedisClient, channel: String, waiters: Arc<Waiters>, subscribed: watch::Sender<bool>) {
+async fn listen(redis: RedisClient, channel: String, waiters: Arc<CompletionWaiters>, subscribed: watch::Sender<bool>) {
     let timeout = redis.settings().connect_timeout();
     loop {
         let connection = async {
@@ -208,25 +163,8 @@ impl CommandStatusStore for RedisCommandStatus {
     }
 
     async fn wait_final(&self, command_id: CommandId, timeout: Duration) -> anyhow::Result<Option<CommandStatus>> {
-        let deadline = tokio::time::Instant::now() + timeout;
         self.ensure_listener().await;
-        let waiters = &self.inner.waiters;
-        let registration = Registration { waiters, command_id, notify: waiters.register(command_id) };
-        loop {
-            let notified = registration.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let status = self.get(command_id).await?;
-            if status.as_ref().is_some_and(|s| s.state != CommandState::Pending) {
-                return Ok(status);
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(status);
-            }
-            let nap = (deadline - now).min(self.inner.poll_interval);
-            let _ = tokio::time::timeout(nap, notified).await;
-        }
+        self.inner.waiters.wait_final(self, command_id, timeout, self.inner.poll_interval).await
     }
 
     async fn ping(&self) -> anyhow::Result<()> {
@@ -281,6 +219,6 @@ mod tests {
         assert_eq!(done.state, CommandState::Accepted);
         assert!(started.elapsed() < Duration::from_secs(10), "woken by the announcement, took {:?}", started.elapsed());
         finisher.await.unwrap();
-        assert!(waiting.inner.waiters.0.lock().unwrap().is_empty(), "the waiter unregistered");
+        assert_eq!(waiting.inner.waiters.waiting(), 0, "the waiter unregistered");
     }
 }

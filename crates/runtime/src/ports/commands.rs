@@ -66,19 +66,87 @@ pub trait CommandStatusStore: Send + Sync + std::fmt::Debug {
     async fn get(&self, command_id: CommandId) -> anyhow::Result<Option<CommandStatus>>;
 
     /// Waits up to `timeout` for the command to reach a final state; returns the latest status seen.
-    async fn wait_final(&self, command_id: CommandId, timeout: Duration) -> anyhow::Result<Option<CommandStatus>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut pause = Duration::from_millis(2);
-        loop {
-            let status = self.get(command_id).await?;
-            let is_final = status.as_ref().is_some_and(|s| s.state != CommandState::Pending);
-            if is_final || tokio::time::Instant::now() + pause > deadline {
-                return Ok(status);
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+    /// Adapters implement it with [`CompletionWaiters`].
+    async fn wait_final(&self, command_id: CommandId, timeout: Duration) -> anyhow::Result<Option<CommandStatus>>;
+
+    async fn ping(&self) -> anyhow::Result<()>;
+}
+
+/// The requests of this process waiting for commands to complete, by command id: what an adapter
+/// needs for a [`CommandStatusStore::wait_final`] woken by completions instead of polling alone.
+/// A completion wakes only the requests waiting for that command.
+#[derive(Debug, Default)]
+pub struct CompletionWaiters(
+    std::sync::Mutex<std::collections::HashMap<CommandId, std::sync::Arc<tokio::sync::Notify>>>,
+);
+
+/// One waiting request; unregisters when done, or when the request is dropped half-way.
+struct Registration<'a> {
+    waiters: &'a CompletionWaiters,
+    command_id: CommandId,
+    notify: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self.waiters.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Drop the entry when only the map and this waiter hold it.
+        let last = |n: &std::sync::Arc<tokio::sync::Notify>| {
+            std::sync::Arc::ptr_eq(n, &self.notify) && std::sync::Arc::strong_count(n) <= 2
+        };
+        if waiters.get(&self.command_id).is_some_and(last) {
+            waiters.remove(&self.command_id);
+        }
+    }
+}
+
+impl CompletionWaiters {
+    /// Wakes the requests waiting for `command_id` (call it once its final status is stored).
+    pub fn wake(&self, command_id: CommandId) {
+        let notify = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&command_id).cloned();
+        if let Some(notify) = notify {
+            notify.notify_waiters();
         }
     }
 
-    async fn ping(&self) -> anyhow::Result<()>;
+    /// How many commands have requests waiting for them.
+    pub fn waiting(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Wakes every waiting request (e.g. when completions may have been missed).
+    pub fn wake_all(&self) {
+        for notify in self.0.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            notify.notify_waiters();
+        }
+    }
+
+    /// `wait_final` for `store`: reads the status, and again on each wake-up for this command or
+    /// every `poll_interval` (completions recorded by another process), until final or `timeout`.
+    pub async fn wait_final<S: CommandStatusStore + ?Sized>(
+        &self,
+        store: &S,
+        command_id: CommandId,
+        timeout: Duration,
+        poll_interval: Duration,
+    ) -> anyhow::Result<Option<CommandStatus>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let notify = self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(command_id).or_default().clone();
+        let registration = Registration { waiters: self, command_id, notify };
+        loop {
+            let notified = registration.notify.notified();
+            tokio::pin!(notified);
+            // Registered before reading, so a completion between the read and the wait is not lost.
+            notified.as_mut().enable();
+            let status = store.get(command_id).await?;
+            if status.as_ref().is_some_and(|s| s.state != CommandState::Pending) {
+                return Ok(status);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(status);
+            }
+            let _ = tokio::time::timeout((deadline - now).min(poll_interval), notified).await;
+        }
+    }
 }

@@ -11,7 +11,7 @@ mod timers;
 mod users;
 
 pub use bus::{BusError, IncomingMessage, MessageBus, OutgoingMessage, PartitionOffset, StartFrom, Subscription};
-pub use commands::{CommandState, CommandStatus, CommandStatusStore, Rejection, RejectionKind};
+pub use commands::{CommandState, CommandStatus, CommandStatusStore, CompletionWaiters, Rejection, RejectionKind};
 pub use drivers::{Candidate, DriverLocator};
 pub use event_store::validate_batch;
 pub use event_store::{AppendError, EventStore, ReadAllPage};
