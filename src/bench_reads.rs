@@ -269,7 +269,7 @@ async fn measured_phase(target: &Target, load: Load, duration: Duration, args: &
                 "pid": pid,
                 "cpu_s": cpu,
                 "cpu_us_per_request": cpu.and_then(per_request_us),
-                "memory": memory_of(*pid),
+                "memory": crate::loadgen::memory_of(*pid),
             })
         })
         .collect();
@@ -353,19 +353,6 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(ticks as f64 / 100.0)
-}
-
-/// Current and peak resident memory of a process, from `/proc` (Linux).
-fn memory_of(pid: u32) -> Option<Value> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    Some(json!({ "rss_mib": field("VmRSS:")? as f64 / 1024.0, "peak_rss_mib": field("VmHWM:")? as f64 / 1024.0 }))
 }
 
 #[cfg(test)]

@@ -270,7 +270,7 @@ async fn register_and_login(client: &reqwest::Client, base: &str, email: &str, r
 }
 
 /// Current and peak resident memory of a process, from /proc (Linux).
-fn memory_of(pid: u32) -> Option<Value> {
+pub(crate) fn memory_of(pid: u32) -> Option<Value> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status

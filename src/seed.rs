@@ -13,8 +13,8 @@ use ridehail_events::user::{PasswordHash, Role, SetAvailability, UserCommand, Ve
 use ridehail_events::{Actor, CommandEnvelope, CommandId, CorrelationId, GeoPoint, Message, topics};
 use ridehail_runtime::Backend;
 use ridehail_runtime::consumer::{HandleError, MessageHandler};
-use ridehail_runtime::ports::{CommandState, IncomingMessage};
-use ridehail_runtime::worker::command_record;
+use ridehail_runtime::ports::CommandState;
+use ridehail_runtime::worker::command_message;
 use secrecy::SecretString;
 use uuid::Uuid;
 
@@ -76,16 +76,7 @@ async fn execute(
         command,
     };
     let type_name = envelope.command.type_name();
-    let record = command_record(&envelope.to_wire());
-    let message = IncomingMessage {
-        topic: topics::USER_COMMANDS.to_owned(),
-        partition: 0,
-        offset: 0,
-        key: record.key,
-        headers: record.headers,
-        payload: record.payload,
-        timestamp: Utc::now(),
-    };
+    let message = command_message(topics::USER_COMMANDS, &envelope.to_wire());
     handler.handle(&message).await.map_err(|e| match e {
         HandleError::Poison(reason) => anyhow::anyhow!("{type_name} refused: {reason}"),
         HandleError::Transient(e) | HandleError::Unfinished(e) => e.context(type_name),

@@ -16,7 +16,7 @@ use std::time::Instant;
 use ridehail_events::topics;
 use ridehail_runtime::contract::{test_server, unique_name};
 use serde_json::Value;
-use support::{Api, Server, as_refs, readme_session, run_command, server_env, start_worker_with};
+use support::{Api, Server, as_refs, readme_session, server_env, start_worker_with};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/analytics/consume_and_validate.py");
 const SCHEMAS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas");
@@ -93,10 +93,7 @@ async fn an_independent_kafka_client_finds_every_published_event_valid_against_t
     let (brokers, namespace) = (setting("RIDEHAIL__KAFKA__BROKERS"), setting("RIDEHAIL__KAFKA__NAMESPACE"));
     let env = as_refs(&env);
     let dir = tempfile::TempDir::new().unwrap();
-    let (ok, out) = run_command(dir.path(), &["topics", "apply"], &env);
-    assert!(ok, "topics apply failed: {out}");
-    let (ok, out) = run_command(dir.path(), &["migrate", "up"], &env);
-    assert!(ok, "migrate up failed: {out}");
+    support::prepare_servers(dir.path(), &env);
     let edge = Server::start_service(dir.path(), "edge", &env);
     let _user_worker = start_worker_with(dir.path(), "user-worker", &env);
     let _ride_worker = start_worker_with(dir.path(), "ride-worker", &env);

@@ -7,7 +7,7 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{Api, RIDER_EMAIL, RIDER_PASSWORD, Server, as_refs, readme_session, run_command, server_env};
+use support::{Api, RIDER_EMAIL, RIDER_PASSWORD, Server, as_refs, readme_session, server_env};
 
 /// A private redis-server on a free loopback port, killed on drop.
 struct PrivateRedis {
@@ -55,10 +55,7 @@ async fn reads_fall_back_to_mongodb_when_redis_dies_and_readiness_says_so() {
     env.push(("RIDEHAIL__REDIS__URL".into(), redis.url.clone()));
     let env = as_refs(&env);
     let dir = tempfile::TempDir::new().unwrap();
-    for command in [&["topics", "apply"][..], &["migrate", "up"][..]] {
-        let (ok, out) = run_command(dir.path(), command, &env);
-        assert!(ok, "{command:?}: {out}");
-    }
+    support::prepare_servers(dir.path(), &env);
     let edge = Server::start_service(dir.path(), "edge", &env);
     let _workers = [
         support::start_worker_with(dir.path(), "user-worker", &env),

@@ -115,10 +115,7 @@ async fn separate_processes_over_kafka_lose_nothing_when_a_ride_worker_is_killed
     env.push(("RIDEHAIL__EDGE__MAX_IN_FLIGHT".into(), "4096".into()));
     let env = as_refs(&env);
     let dir = tempfile::TempDir::new().unwrap();
-    let (ok, out) = run_command(dir.path(), &["topics", "apply"], &env);
-    assert!(ok, "topics apply failed: {out}");
-    let (ok, out) = run_command(dir.path(), &["migrate", "up"], &env);
-    assert!(ok, "migrate up failed: {out}");
+    support::prepare_servers(dir.path(), &env);
 
     let edge = Server::start_service(dir.path(), "edge", &env);
     let _user_worker = start_worker_with(dir.path(), "user-worker", &env);

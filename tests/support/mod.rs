@@ -149,6 +149,15 @@ pub fn server_env() -> Option<Vec<(String, String)>> {
     ])
 }
 
+/// Creates the topics and applies the migrations a run on the servers needs (`topics apply`,
+/// `migrate up`), failing the test if either fails.
+pub fn prepare_servers(data_dir: &Path, env: &[(&str, &str)]) {
+    for command in [&["topics", "apply"][..], &["migrate", "up"][..]] {
+        let (ok, out) = run_command(data_dir, command, env);
+        assert!(ok, "{command:?} failed: {out}");
+    }
+}
+
 pub fn as_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }

@@ -8,7 +8,7 @@ use ridehail_events::ride::*;
 use ridehail_events::{Actor, CommandEnvelope, CommandId, CorrelationId, GeoPoint, RideId, UserId, WireCommand};
 use ridehail_runtime::consumer::MessageHandler;
 use ridehail_runtime::ports::{CommandState, IncomingMessage, StartFrom};
-use ridehail_runtime::worker::{CommandProcessor, command_record};
+use ridehail_runtime::worker::{CommandProcessor, command_message};
 use ridehail_runtime::{Backend, Clock, ManualClock};
 use tempfile::TempDir;
 
@@ -68,16 +68,7 @@ impl World {
 }
 
 fn incoming(wire: &WireCommand) -> IncomingMessage {
-    let record = command_record(wire);
-    IncomingMessage {
-        topic: ridehail_events::topics::RIDE_COMMANDS.into(),
-        partition: 0,
-        offset: 0,
-        key: record.key,
-        headers: record.headers,
-        payload: record.payload,
-        timestamp: Utc::now(),
-    }
+    command_message(ridehail_events::topics::RIDE_COMMANDS, wire)
 }
 
 fn request(rider: UserId) -> RideCommand {

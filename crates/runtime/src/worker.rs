@@ -97,6 +97,21 @@ pub fn command_record(wire: &WireCommand) -> OutgoingMessage {
     OutgoingMessage { key: wire.aggregate_id.to_string(), headers, payload: wire.to_json() }
 }
 
+/// A command record as a consumer receives it from `topic`: for running a command through its
+/// handler in-process (seeds, tests), without a bus.
+pub fn command_message(topic: &str, wire: &WireCommand) -> IncomingMessage {
+    let record = command_record(wire);
+    IncomingMessage {
+        topic: topic.to_owned(),
+        partition: 0,
+        offset: 0,
+        key: record.key,
+        headers: record.headers,
+        payload: record.payload,
+        timestamp: Utc::now(),
+    }
+}
+
 /// Publishes the public ones among `events` on `topic`, in order.
 pub async fn publish_events<E: Message>(
     bus: &dyn MessageBus,
