@@ -29,25 +29,54 @@ pub use users::EmbeddedUserViews;
 
 use crate::backend::Backend;
 use crate::clock::Clock;
+use crate::ports::{CommandStatusStore, DriverLocator, EventStore, IdempotencyStore, RideViews, TimerStore, UserViews};
+
+/// The event store, ride views, user views and timers.
+pub type Stores = (Arc<dyn EventStore>, Arc<dyn RideViews>, Arc<dyn UserViews>, Arc<dyn TimerStore>);
+/// The driver locator, command status and idempotency keys.
+pub type HotStores = (Arc<dyn DriverLocator>, Arc<dyn CommandStatusStore>, Arc<dyn IdempotencyStore>);
+
+fn create(data_dir: &Path) -> anyhow::Result<&Path> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display()))?;
+    Ok(data_dir)
+}
+
+/// The bus under `data_dir`, with `partitions` partitions for each of Ridehail's topics.
+pub fn open_bus(data_dir: &Path, partitions: u32) -> anyhow::Result<EmbeddedBus> {
+    let topics: Vec<(&str, u32)> = ridehail_events::topics::ALL.iter().map(|t| (*t, partitions)).collect();
+    EmbeddedBus::open(&create(data_dir)?.join("bus"), &topics)
+}
+
+/// The event store, the read models that `ridehail replay` rebuilds (one file each: rides, users)
+/// and the timers.
+pub fn open_stores(data_dir: &Path) -> anyhow::Result<Stores> {
+    let dir = create(data_dir)?;
+    Ok((
+        Arc::new(EmbeddedEventStore::open(&dir.join("events.sqlite"))?),
+        Arc::new(EmbeddedRideViews::open(&dir.join("rides.sqlite"))?),
+        Arc::new(EmbeddedUserViews::new(Db::open(&dir.join("users.sqlite"))?)?),
+        Arc::new(EmbeddedTimers::new(Db::open(&dir.join("timers.sqlite"))?)?),
+    ))
+}
+
+/// The driver geo index (rebuilt by replay, a file of its own) and the edge's bookkeeping (command
+/// status and idempotency keys, one file).
+pub fn open_hot_stores(data_dir: &Path) -> anyhow::Result<HotStores> {
+    let dir = create(data_dir)?;
+    let bookkeeping = Db::open(&dir.join("commands.sqlite"))?;
+    Ok((
+        Arc::new(EmbeddedDriverLocator::open(&dir.join("drivers.sqlite"))?),
+        Arc::new(EmbeddedCommandStatus::new(bookkeeping.clone())?),
+        Arc::new(EmbeddedIdempotency::new(bookkeeping)?),
+    ))
+}
 
 /// Opens (creating if needed) every embedded adapter under `data_dir`, with `partitions` partitions
 /// for each of Ridehail's topics.
 pub fn open(data_dir: &Path, partitions: u32, clock: Arc<dyn Clock>) -> anyhow::Result<Backend> {
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display()))?;
-    let topics: Vec<(&str, u32)> = ridehail_events::topics::ALL.iter().map(|t| (*t, partitions)).collect();
-    // Read models that `ridehail replay` rebuilds live in files of their own (rides, users, drivers),
-    // apart from the log, the event store and the edge's bookkeeping (commands, idempotency keys).
-    let bookkeeping = Db::open(&data_dir.join("commands.sqlite"))?;
-    Ok(Backend {
-        bus: Arc::new(EmbeddedBus::open(&data_dir.join("bus"), &topics)?),
-        events: Arc::new(EmbeddedEventStore::open(&data_dir.join("events.sqlite"))?),
-        rides: Arc::new(EmbeddedRideViews::open(&data_dir.join("rides.sqlite"))?),
-        users: Arc::new(EmbeddedUserViews::new(Db::open(&data_dir.join("users.sqlite"))?)?),
-        drivers: Arc::new(EmbeddedDriverLocator::open(&data_dir.join("drivers.sqlite"))?),
-        commands: Arc::new(EmbeddedCommandStatus::new(bookkeeping.clone())?),
-        idempotency: Arc::new(EmbeddedIdempotency::new(bookkeeping)?),
-        timers: Arc::new(EmbeddedTimers::new(Db::open(&data_dir.join("timers.sqlite"))?)?),
-        clock,
-    })
+    let (events, rides, users, timers) = open_stores(data_dir)?;
+    let (drivers, commands, idempotency) = open_hot_stores(data_dir)?;
+    let bus = Arc::new(open_bus(data_dir, partitions)?);
+    Ok(Backend { bus, events, rides, users, drivers, commands, idempotency, timers, clock })
 }
