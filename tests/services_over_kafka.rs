@@ -105,6 +105,37 @@ async fn request_ride(api: &Api, rider: &Party, n: usize) -> (String, String) {
     (body["command_id"].as_str().unwrap().to_owned(), body["ride_id"].as_str().unwrap().to_owned())
 }
 
+/// Reads each `(rider, path)` as that rider every half second until `settled` holds for all of them
+/// (every answer must be 200); fails after 120 s naming what is still unsettled.
+async fn wait_until_all(
+    api: &Api,
+    riders: &[Party],
+    mut waiting: Vec<(usize, String)>,
+    what: &str,
+    settled: impl Fn(&Value) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut unsettled: Vec<Value> = Vec::new();
+    while !waiting.is_empty() {
+        assert!(Instant::now() < deadline, "{what} after 120 s: {} {unsettled:?}", waiting.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let answers = futures::future::join_all(
+            waiting.iter().map(|(rider, path)| api.send("GET", path, Some(&riders[*rider].token), None)),
+        )
+        .await;
+        unsettled.clear();
+        let mut still = Vec::new();
+        for (entry, (status, body)) in waiting.into_iter().zip(answers) {
+            assert_eq!(status, 200, "{body}");
+            if !settled(&body) {
+                still.push(entry);
+                unsettled.push(body);
+            }
+        }
+        waiting = still;
+    }
+}
+
 fn time_of(event: &Value) -> chrono::DateTime<chrono::Utc> {
     event["occurred_at"].as_str().unwrap().parse().unwrap()
 }
@@ -149,54 +180,20 @@ async fn separate_processes_over_kafka_lose_nothing_when_a_ride_worker_is_killed
     submitted.extend(half(RIDES / 2..RIDES).await);
 
     // Every accepted command gets its outcome, also those the dead worker had taken.
-    let mut pending: Vec<(usize, String)> =
-        submitted.iter().map(|(rider, (command, _))| (*rider, command.clone())).collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !pending.is_empty() {
-        assert!(Instant::now() < deadline, "{} commands still pending after 120 s", pending.len());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let states = futures::future::join_all(pending.iter().map(|(rider, command)| {
-            let path = format!("/v1/commands/{command}");
-            let (api, token) = (&api, &riders[*rider].token);
-            async move { api.send("GET", &path, Some(token), None).await }
-        }))
-        .await;
-        let mut still = Vec::new();
-        for (entry, (status, body)) in pending.into_iter().zip(states) {
-            assert_eq!(status, 200, "{body}");
-            assert_ne!(body["state"], "rejected", "a ride request was rejected: {body}");
-            if body["state"] == "pending" {
-                still.push(entry);
-            }
-        }
-        pending = still;
-    }
+    let commands = submitted.iter().map(|(rider, (command, _))| (*rider, format!("/v1/commands/{command}"))).collect();
+    wait_until_all(&api, &riders, commands, "commands still pending", |body| {
+        assert_ne!(body["state"], "rejected", "a ride request was rejected: {body}");
+        body["state"] != "pending"
+    })
+    .await;
 
     // Every ride ends: driven to completion, or expired when no driver was free in time.
     let rides: Vec<(usize, String)> = submitted.iter().map(|(rider, (_, ride))| (*rider, ride.clone())).collect();
-    let mut open = rides.clone();
-    let mut open_statuses: Vec<String> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !open.is_empty() {
-        assert!(Instant::now() < deadline, "rides still open after 120 s: {open_statuses:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let views = futures::future::join_all(open.iter().map(|(rider, ride)| {
-            let path = format!("/v1/rides/{ride}");
-            let (api, token) = (&api, &riders[*rider].token);
-            async move { api.send("GET", &path, Some(token), None).await }
-        }))
-        .await;
-        let mut still = Vec::new();
-        open_statuses.clear();
-        for (entry, (status, view)) in open.into_iter().zip(views) {
-            assert_eq!(status, 200, "{view}");
-            if !["completed", "expired", "cancelled"].contains(&view["status"].as_str().unwrap()) {
-                still.push(entry);
-                open_statuses.push(format!("{} {}", view["ride_id"], view["status"]));
-            }
-        }
-        open = still;
-    }
+    let views = rides.iter().map(|(rider, ride)| (*rider, format!("/v1/rides/{ride}"))).collect();
+    wait_until_all(&api, &riders, views, "rides still open", |view| {
+        ["completed", "expired", "cancelled"].contains(&view["status"].as_str().unwrap())
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     let driven: usize = futures::future::join_all(driving).await.into_iter().map(Result::unwrap).sum();
 
