@@ -35,8 +35,17 @@ async fn seed_creates_demo_users_once_and_they_can_ride() {
 fn seed_is_refused_in_production() {
     let dir = tempfile::TempDir::new().unwrap();
     let secret = ("RIDEHAIL_JWT_SECRET", "0123456789abcdef0123456789abcdef-long-enough");
-    let (ok, _) = run_command(dir.path(), &["seed"], &[("RIDEHAIL__ENVIRONMENT", "production"), secret]);
-    assert!(!ok);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ridehail"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("seed")
+        .envs([("RIDEHAIL__ENVIRONMENT", "production"), secret])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("development only"), "refused for another reason: {stderr}");
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing was created before refusing");
 }
 
 #[tokio::test]
