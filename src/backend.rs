@@ -4,54 +4,10 @@
 
 use std::sync::Arc;
 
-use ridehail_runtime::embedded::{self, HotStores, Stores};
-use ridehail_runtime::ports::MessageBus;
-use ridehail_runtime::{Backend, SystemClock};
-use serde::Deserialize;
+use ridehail_ports::{Backend, MessageBus, SystemClock};
+use ridehail_sqlite::{self as embedded, HotStores, Stores};
 
-use crate::settings::Settings;
-
-/// Which adapter carries the message bus.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BusKind {
-    #[default]
-    Embedded,
-    Kafka,
-}
-
-/// Which adapter keeps the event store, the read models and the timers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    #[default]
-    Embedded,
-    Mongodb,
-}
-
-/// Which adapter keeps the hot state: driver geo index, command status, idempotency keys, and the
-/// read-through cache in front of the read models.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum HotStoreKind {
-    #[default]
-    Embedded,
-    Redis,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BackendSettings {
-    pub bus: BusKind,
-    pub store: StoreKind,
-    pub hot_store: HotStoreKind,
-}
-
-impl BackendSettings {
-    pub fn is_embedded(&self) -> bool {
-        *self == Self::default()
-    }
-}
+use crate::settings::{BusKind, HotStoreKind, Settings, StoreKind};
 
 /// The bus alone (for `topics apply` and start-up checks).
 pub fn open_bus(settings: &Settings, role: &str) -> anyhow::Result<Arc<dyn MessageBus>> {

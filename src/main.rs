@@ -3,15 +3,14 @@
 //! - `ridehail` / `ridehail dev`: the whole system in one process on the embedded backend.
 //! - `ridehail edge | ride-worker | user-worker`: one service per process.
 //! - `ridehail replay`: rebuild the read models from the event history.
-//! - `ridehail loadgen`: drive a running edge with ride requests and report latency.
 //! - `ridehail topics apply`: create the Kafka topics (safe to run twice).
 //! - `ridehail migrate up|down|status`: the MongoDB schema migrations.
 //! - `ridehail seed`: demo riders and drivers (development).
+//!
+//! Each subcommand is one function below. The benchmarks are a binary of their own
+//! (`ridehail-bench`, crates/bench).
 
 mod backend;
-mod bench_bus;
-mod bench_reads;
-mod loadgen;
 mod replay;
 mod seed;
 mod settings;
@@ -58,8 +57,6 @@ enum Command {
         #[arg(long)]
         verify: bool,
     },
-    /// Load generator against a running edge.
-    Loadgen(loadgen::Args),
     /// Kafka topics as code.
     Topics {
         #[command(subcommand)]
@@ -72,10 +69,6 @@ enum Command {
     },
     /// Creates demo riders and drivers (online, spread over the city centre); safe to run twice.
     Seed(seed::Args),
-    /// Raw ceiling of the configured bus: one producer and one consumer on a scratch topic.
-    BenchBus(bench_bus::Args),
-    /// Read-path load: `GET /v1/rides/{id}` on an edge, or a bare Redis `GET` (the ceiling).
-    BenchReads(bench_reads::Args),
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -116,72 +109,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         settings.data_dir = dir;
     }
     ridehail_runtime::telemetry::init(settings.log_format(), "info");
-    let command = cli.command.unwrap_or(Command::Dev(ServeArgs::default()));
-    let role = match &command {
-        Command::Loadgen(args) => return loadgen::run(args.clone()).await,
-        Command::BenchReads(args) => return bench_reads::run(args.clone()).await,
-        Command::Topics { action: TopicsAction::Apply } => return apply_topics(&settings).await,
-        Command::Migrate { action } => return migrate(&settings, action.clone()).await,
-        Command::Seed(_) => {
-            anyhow::ensure!(
-                settings.environment == settings::Environment::Development,
-                "seed creates users with a published password: development only"
-            );
-            "seed"
-        }
-        Command::BenchBus(args) => {
-            if settings.backend.bus == backend::BusKind::Kafka {
-                ridehail_kafka::apply_topics(&settings.kafka, &[bench_bus::TOPIC]).await?;
-            }
-            let bus = backend::open_bus(&settings, "bench")?;
-            let report = bench_bus::run(bus, args).await?;
-            println!("{}", serde_json::to_string(&report)?);
-            return Ok(());
-        }
-        Command::Dev(_) => "dev",
-        Command::Edge(_) => "edge",
-        Command::RideWorker => "ride-worker",
-        Command::UserWorker => "user-worker",
-        Command::Replay { .. } => "replay",
-    };
-    let backend = backend::open(&settings, role).await?;
-    if let Command::Seed(args) = &command {
-        let report = seed::run(&backend, args).await?;
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
+    match cli.command.unwrap_or(Command::Dev(ServeArgs::default())) {
+        Command::Dev(args) => serve(&settings, "dev", Some(args), true, true).await,
+        Command::Edge(args) => serve(&settings, "edge", Some(args), false, false).await,
+        Command::RideWorker => serve(&settings, "ride-worker", None, true, false).await,
+        Command::UserWorker => serve(&settings, "user-worker", None, false, true).await,
+        Command::Replay { verify } => replay(&settings, verify).await,
+        Command::Topics { action: TopicsAction::Apply } => apply_topics(&settings).await,
+        Command::Migrate { action } => migrate(&settings, action).await,
+        Command::Seed(args) => seed(&settings, &args).await,
     }
-    if let Command::Replay { verify } = command {
-        if !verify {
-            return replay::run(&backend).await;
-        }
-        let report = replay::verify(&backend).await?;
-        println!("{}", serde_json::to_string(&report)?);
-        anyhow::ensure!(
-            report.mismatches.is_empty(),
-            "{} read models differ from the history",
-            report.mismatches.len()
-        );
-        return Ok(());
-    }
-    if settings.backend.is_embedded() && settings.environment == settings::Environment::Production {
-        warn!("production on the embedded backend: one node, no replication (see docs/operations.md)");
-    }
-    backend.require_topics(&ridehail_events::topics::ALL).await?;
-    let shutdown = CancellationToken::new();
-    let mut services = JoinSet::new();
-    let (edge, rides, users) = match &command {
-        Command::Dev(args) => (Some(args), true, true),
-        Command::Edge(args) => (Some(args), false, false),
-        Command::RideWorker => (None, true, false),
-        Command::UserWorker => (None, false, true),
-        Command::Replay { .. }
-        | Command::Loadgen(_)
-        | Command::Topics { .. }
-        | Command::Migrate { .. }
-        | Command::Seed(_)
-        | Command::BenchBus(_)
-        | Command::BenchReads(_) => unreachable!("handled above"),
-    };
+}
+
+/// Runs the edge (with `edge`), the ride worker and the user worker in this process until SIGTERM or
+/// Ctrl-C, or until one of them fails.
+async fn serve(
+    settings: &Settings,
+    role: &str,
+    edge: Option<ServeArgs>,
+    rides: bool,
+    users: bool,
+) -> anyhow::Result<()> {
     // Refuse to start at all, rather than half, when the edge's secret is missing or weak.
     let keys = match edge {
         Some(_) => Some(api_edge::auth::JwtKeys::new(
@@ -191,6 +139,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    let backend = backend::open(settings, role).await?;
+    if settings.backend.is_embedded() && settings.environment == settings::Environment::Production {
+        warn!("production on the embedded backend: one node, no replication (see docs/operations.md)");
+    }
+    backend.require_topics(&ridehail_events::topics::ALL).await?;
+    let shutdown = CancellationToken::new();
+    let mut services = JoinSet::new();
     if rides {
         let (backend, config, token) = (backend.clone(), settings.ride_worker.clone(), shutdown.clone());
         services.spawn(async move { ride_worker::run(backend, config, token).await.context("ride-worker") });
@@ -200,7 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         services.spawn(async move { user_worker::run(backend, config, token).await.context("user-worker") });
     }
     if let (Some(args), Some(keys)) = (edge, keys) {
-        let bind = args.bind.clone().unwrap_or_else(|| settings.http.bind.clone());
+        let bind = args.bind.unwrap_or_else(|| settings.http.bind.clone());
         let listener = tokio::net::TcpListener::bind(&bind).await.with_context(|| format!("binding {bind}"))?;
         let address = listener.local_addr()?;
         let state = api_edge::AppState::new(backend.clone(), keys, settings.edge.clone());
@@ -216,9 +171,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     supervise(services, shutdown, Duration::from_secs(settings.shutdown_grace_seconds)).await
 }
 
+/// Rebuilds the read models, or (`verify`) compares them with a fold of the history.
+async fn replay(settings: &Settings, verify: bool) -> anyhow::Result<()> {
+    let backend = backend::open(settings, "replay").await?;
+    if !verify {
+        return replay::run(&backend).await;
+    }
+    let report = replay::verify(&backend).await?;
+    println!("{}", serde_json::to_string(&report)?);
+    anyhow::ensure!(report.mismatches.is_empty(), "{} read models differ from the history", report.mismatches.len());
+    Ok(())
+}
+
+async fn seed(settings: &Settings, args: &seed::Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        settings.environment == settings::Environment::Development,
+        "seed creates users with a published password: development only"
+    );
+    let backend = backend::open(settings, "seed").await?;
+    let report = seed::run(&backend, args).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
 async fn migrate(settings: &Settings, action: MigrateAction) -> anyhow::Result<()> {
     anyhow::ensure!(
-        settings.backend.store == backend::StoreKind::Mongodb,
+        settings.backend.store == settings::StoreKind::Mongodb,
         "migrate is for backend.store = \"mongodb\" (the embedded store creates its tables itself)"
     );
     let db = ridehail_mongo::connect(&settings.mongodb).await?;
@@ -256,7 +234,7 @@ async fn migrate(settings: &Settings, action: MigrateAction) -> anyhow::Result<(
 
 async fn apply_topics(settings: &Settings) -> anyhow::Result<()> {
     anyhow::ensure!(
-        settings.backend.bus == backend::BusKind::Kafka,
+        settings.backend.bus == settings::BusKind::Kafka,
         "topics apply is for backend.bus = \"kafka\" (the embedded bus creates its topics itself)"
     );
     let reports = ridehail_kafka::apply_topics(&settings.kafka, &ridehail_events::topics::ALL).await?;
@@ -315,16 +293,19 @@ async fn supervise(
     }
 }
 
+/// SIGTERM or Ctrl-C; if the SIGTERM handler cannot be installed, Ctrl-C still works.
 async fn termination() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            },
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM; stop with Ctrl-C");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
     #[cfg(not(unix))]

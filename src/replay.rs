@@ -8,11 +8,11 @@
 
 use std::collections::HashMap;
 
-use ridehail_events::ride::{RideEvent, RideStatus};
+use ridehail_events::ride::RideEvent;
 use ridehail_events::user::UserEvent;
 use ridehail_events::{AggregateType, EventEnvelope, RideId, UserId, WireEvent};
-use ridehail_runtime::Backend;
-use tracing::{info, warn};
+use ridehail_ports::Backend;
+use tracing::info;
 
 /// Every stream of the history, in each stream's order.
 async fn load_streams(backend: &Backend) -> anyhow::Result<(HashMap<uuid::Uuid, Vec<WireEvent>>, usize)> {
@@ -35,7 +35,7 @@ async fn load_streams(backend: &Backend) -> anyhow::Result<(HashMap<uuid::Uuid, 
 
 pub async fn run(backend: &Backend) -> anyhow::Result<()> {
     let (streams, total) = load_streams(backend).await?;
-    let (mut rides, mut users) = (0usize, 0usize);
+    let mut users = 0usize;
     // Users first: holds restored from rides need the drivers' rows.
     for (id, stream) in
         streams.iter().filter(|(_, s)| s.first().is_some_and(|e| e.aggregate_type == AggregateType::User))
@@ -45,36 +45,12 @@ pub async fn run(backend: &Backend) -> anyhow::Result<()> {
             users += 1;
         }
     }
-    let now = backend.clock.now();
-    // Holds: rides under way first (no deadline), then open offers, so that a stale offer can never
-    // take a driver who is already assigned to another ride.
-    let mut assigned = Vec::new();
-    let mut offered = Vec::new();
-    for (id, stream) in
-        streams.iter().filter(|(_, s)| s.first().is_some_and(|e| e.aggregate_type == AggregateType::Ride))
-    {
-        let events = decode::<RideEvent>(stream.clone())?;
-        if let Some(view) = ride_worker::projection::project(&events) {
-            backend.rides.upsert(&view).await?;
-            rides += 1;
-        }
-        let Some(state) = ride_worker::domain::state_of(&events) else { continue };
-        let ride = RideId(*id);
-        match (state.status, &state.offer, state.driver_id) {
-            (RideStatus::Requested, Some(offer), _) => {
-                offered.push((offer.driver_id, ride, Some(offer.expires_at + ride_worker::handler::HOLD_GRACE)));
-            }
-            (RideStatus::DriverAssigned | RideStatus::DriverArrived | RideStatus::InProgress, _, Some(driver)) => {
-                assigned.push((driver, ride, None));
-            }
-            _ => {}
-        }
+    let mut rebuild = ride_worker::rebuild::RideRebuild::default();
+    for stream in streams.values().filter(|s| s.first().is_some_and(|e| e.aggregate_type == AggregateType::Ride)) {
+        rebuild.ride(backend, &decode::<RideEvent>(stream.clone())?).await?;
     }
-    for (driver, ride, until) in assigned.into_iter().chain(offered) {
-        if !backend.drivers.hold(driver, ride, until, now).await? {
-            warn!(%ride, "driver already held for another ride; hold not restored");
-        }
-    }
+    let rides = rebuild.rides;
+    rebuild.restore_holds(backend, backend.clock.now()).await?;
     info!(events = total, rides, users, "replay finished");
     Ok(())
 }

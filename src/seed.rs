@@ -8,13 +8,14 @@
 use std::sync::Arc;
 
 use chrono::Utc;
+use ridehail_events::Role;
 use ridehail_events::ids::normalise_email;
-use ridehail_events::user::{PasswordHash, Role, SetAvailability, UserCommand, Vehicle};
+use ridehail_events::user::{PasswordHash, SetAvailability, UserCommand, Vehicle};
 use ridehail_events::{Actor, CommandEnvelope, CommandId, CorrelationId, GeoPoint, Message, topics};
-use ridehail_runtime::Backend;
+use ridehail_ports::Backend;
+use ridehail_ports::CommandState;
 use ridehail_runtime::consumer::{HandleError, MessageHandler};
-use ridehail_runtime::ports::CommandState;
-use ridehail_runtime::worker::command_message;
+use ridehail_runtime::records::command_message;
 use secrecy::SecretString;
 use uuid::Uuid;
 
@@ -90,7 +91,7 @@ async fn execute(
 }
 
 pub async fn run(backend: &Backend, args: &Args) -> anyhow::Result<Report> {
-    let handler = user_worker::UserCommandHandler::new(backend.clone());
+    let handler = user_worker::command_handler(backend.clone());
     let hasher = api_edge::password::PasswordPool::new(2, 64);
     let hash = Arc::new(PasswordHash(
         hasher.hash(SecretString::from(SEED_PASSWORD)).await.map_err(|e| anyhow::anyhow!("{e}"))?,

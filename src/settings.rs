@@ -20,13 +20,53 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use user_worker::UserWorkerConfig;
 
-use crate::backend::{BackendSettings, BusKind, HotStoreKind, StoreKind};
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Environment {
     Development,
     Production,
+}
+
+/// Which adapter carries the message bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    #[default]
+    Embedded,
+    Kafka,
+}
+
+/// Which adapter keeps the event store, the read models and the timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Embedded,
+    Mongodb,
+}
+
+/// Which adapter keeps the hot state: driver geo index, command status, idempotency keys, and the
+/// read-through cache in front of the read models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HotStoreKind {
+    #[default]
+    Embedded,
+    Redis,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendSettings {
+    pub bus: BusKind,
+    pub store: StoreKind,
+    pub hot_store: HotStoreKind,
+}
+
+impl BackendSettings {
+    pub fn is_embedded(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

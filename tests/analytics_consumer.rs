@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use ridehail_contract::{test_server, unique_name};
 use ridehail_events::topics;
-use ridehail_runtime::contract::{test_server, unique_name};
 use serde_json::Value;
 use support::{Api, Server, as_refs, readme_session, server_env, start_worker_with};
 

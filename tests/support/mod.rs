@@ -124,7 +124,7 @@ pub fn run_command(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (boo
 /// Redis test servers — in a namespace of its own (topic/group prefix, database, key prefix).
 /// `None` (test skipped) when the servers are not running.
 pub fn server_env() -> Option<Vec<(String, String)>> {
-    use ridehail_runtime::contract::{test_server, unique_name};
+    use ridehail_contract::{test_server, unique_name};
     let brokers = test_server("RIDEHAIL_TEST_KAFKA_BROKERS")?;
     let mongodb = test_server("RIDEHAIL_TEST_MONGODB_URI")?;
     let redis = test_server("RIDEHAIL_TEST_REDIS_URL")?;

@@ -5,8 +5,8 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
+use ridehail_events::Role;
 use ridehail_events::UserId;
-use ridehail_events::user::Role;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 

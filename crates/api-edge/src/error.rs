@@ -3,7 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ridehail_runtime::ports::{Rejection, RejectionKind};
+use ridehail_ports::{BusError, Rejection, RejectionKind, StoreError};
 use serde::Serialize;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -52,6 +52,21 @@ impl From<crate::password::PoolError> for ApiError {
     }
 }
 
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(e) => Self::Unavailable(e),
+            corrupt @ StoreError::Corrupt(_) => Self::Unexpected(corrupt.into()),
+        }
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(error: BusError) -> Self {
+        Self::Unavailable(error.into())
+    }
+}
+
 impl ApiError {
     pub fn field(field: &str, message: impl Into<String>) -> Self {
         Self::Validation(vec![FieldError { field: field.to_owned(), message: message.into() }])
@@ -93,7 +108,7 @@ pub fn problem(
     response
 }
 
-pub fn rejection_status(kind: RejectionKind) -> StatusCode {
+fn rejection_status(kind: RejectionKind) -> StatusCode {
     match kind {
         RejectionKind::NotFound => StatusCode::NOT_FOUND,
         RejectionKind::Conflict => StatusCode::CONFLICT,

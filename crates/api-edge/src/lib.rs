@@ -6,7 +6,7 @@
 //! - [`submit`]: the single command-submission path (idempotency keys, status, publish, `Prefer: wait`).
 //! - [`error`]: the one error type, mapped to `application/problem+json` in one place.
 //! - [`auth`], [`password`], [`extract`]: tokens, argon2id, request parsing.
-//! - [`routes`]: one file per resource.
+//! - [`routes`]: one file per resource; [`views`]: what a caller may read and how it is rendered.
 
 pub mod auth;
 pub mod error;
@@ -14,6 +14,7 @@ pub mod extract;
 pub mod password;
 pub mod routes;
 pub mod submit;
+pub mod views;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::routing::{get, post, put};
-use ridehail_runtime::Backend;
+use ridehail_ports::Backend;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;

@@ -10,8 +10,8 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ridehail_events::{Actor, CommandEnvelope, CommandId, Message};
-use ridehail_runtime::ports::{CommandState, CommandStatus, IdempotencyClaim, StoredResponse};
-use ridehail_runtime::worker::command_record;
+use ridehail_ports::{CommandState, CommandStatus, IdempotencyClaim, Resource, StoredResponse};
+use ridehail_runtime::records::command_record;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -20,31 +20,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::error::{ApiError, problem, rejection_status};
+use crate::error::ApiError;
 use crate::extract::CommandHeaders;
-
-/// What a command acts on, to link to it and to show it once the command is accepted.
-#[derive(Debug, Clone, Copy)]
-pub enum Resource {
-    Ride(Uuid),
-    User(Uuid),
-}
-
-impl Resource {
-    pub fn url(&self) -> String {
-        match self {
-            Self::Ride(id) => format!("/v1/rides/{id}"),
-            Self::User(_) => "/v1/me".to_owned(),
-        }
-    }
-
-    fn id_field(&self) -> (&'static str, Uuid) {
-        match self {
-            Self::Ride(id) => ("ride_id", *id),
-            Self::User(id) => ("user_id", *id),
-        }
-    }
-}
+use crate::views;
 
 /// One command to submit.
 #[derive(Debug)]
@@ -81,7 +59,7 @@ pub async fn submit<C: Message>(
     };
     let now = state.backend.clock.now();
     let ttl = chrono::Duration::hours(i64::from(state.config.idempotency_ttl_hours));
-    match state.backend.idempotency.claim(scope, key, &fingerprint, now, ttl).await.map_err(ApiError::Unavailable)? {
+    match state.backend.idempotency.claim(scope, key, &fingerprint, now, ttl).await? {
         IdempotencyClaim::Replay(stored) => return Ok(replay(stored)),
         IdempotencyClaim::Mismatch => return Err(ApiError::IdempotencyMismatch),
         IdempotencyClaim::InProgress => return Err(ApiError::IdempotencyInProgress),
@@ -165,26 +143,10 @@ async fn submit_once<C: Message>(
         issued_at: now,
         command: submission.command,
     };
-    let issued_by = match &envelope.actor {
-        Actor::User { user_id, .. } => Some(*user_id),
-        _ => None,
-    };
-    let pending = CommandStatus {
-        command_id: envelope.command_id,
-        correlation_id: envelope.correlation_id,
-        command_type: envelope.command.type_name().to_owned(),
-        aggregate_id: envelope.aggregate_id,
-        issued_by,
-        state: CommandState::Pending,
-        rejection: None,
-        events: Vec::new(),
-        resource: Some(submission.resource.url()),
-        submitted_at: now,
-        completed_at: None,
-    };
-    b.commands.record(&pending).await.map_err(ApiError::Unavailable)?;
+    let pending = CommandStatus::pending(&envelope, submission.resource);
+    b.commands.record(&pending).await?;
     let record = command_record(&envelope.to_wire());
-    b.bus.publish(submission.topic, vec![record]).await.map_err(|e| ApiError::Unavailable(e.into()))?;
+    b.bus.publish(submission.topic, vec![record]).await?;
     tracing::info!(command_id = %envelope.command_id, command_type = envelope.command.type_name(), "command published");
 
     // Published: from here on the answer is never an error (a retry would submit the command again),
@@ -224,7 +186,7 @@ async fn waited_response(
     creates: bool,
     viewer: Option<crate::auth::AuthUser>,
 ) -> Result<Option<Response>, ApiError> {
-    let status = state.backend.commands.wait_final(command_id, wait).await.map_err(ApiError::Unavailable)?;
+    let status = state.backend.commands.wait_final(command_id, wait).await?;
     let Some(status) = status.filter(|s| s.state != CommandState::Pending) else { return Ok(None) };
     let mut response = outcome_response(state, &status, resource, creates, viewer).await?;
     if let Ok(value) = HeaderValue::from_str(&format!("wait={}", wait.as_secs())) {
@@ -273,19 +235,13 @@ async fn outcome_response(
     viewer: Option<crate::auth::AuthUser>,
 ) -> Result<Response, ApiError> {
     if let Some(rejection) = &status.rejection {
-        return Ok(problem(
-            rejection_status(rejection.kind),
-            &rejection.code,
-            "Command rejected",
-            Some(rejection.detail.clone()),
-            vec![],
-        ));
+        return Ok(ApiError::Rejected(rejection.clone()).into_response());
     }
     let body = match resource {
-        Resource::Ride(id) => crate::routes::rides::visible_ride(state, id.into(), viewer)
-            .await?
-            .map(|v| serde_json::to_value(v).unwrap_or_default()),
-        Resource::User(id) => crate::routes::users::profile_json(state, id.into()).await?,
+        Resource::Ride(id) => {
+            views::visible_ride(state, id.into(), viewer).await?.map(|v| serde_json::to_value(v).unwrap_or_default())
+        }
+        Resource::User(id) => views::profile_json(state, id.into()).await?,
     };
     let body = body.unwrap_or_else(|| json!({ "command_id": status.command_id, "status": "accepted" }));
     let code = if creates { StatusCode::CREATED } else { StatusCode::OK };

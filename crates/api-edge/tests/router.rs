@@ -11,8 +11,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt as _;
 use ridehail_events::topics;
-use ridehail_runtime::ports::StartFrom;
-use ridehail_runtime::{Backend, SystemClock};
+use ridehail_ports::StartFrom;
+use ridehail_ports::{Backend, SystemClock};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -44,7 +44,7 @@ fn spawn_app(with_workers: bool) -> TestApp {
 
 fn spawn_app_with(with_workers: bool, config: EdgeConfig) -> TestApp {
     let dir = TempDir::new().unwrap();
-    let backend = ridehail_runtime::embedded::open(dir.path(), 2, Arc::new(SystemClock)).unwrap();
+    let backend = ridehail_sqlite::open(dir.path(), 2, Arc::new(SystemClock)).unwrap();
     let shutdown = CancellationToken::new();
     if with_workers {
         tokio::spawn(ride_worker::run(backend.clone(), Default::default(), shutdown.clone()));
@@ -143,7 +143,7 @@ impl TestApp {
         self.call("POST", "/v1/rides", Some(token), Some(&body.to_string()), extra).await
     }
 
-    fn token_for(&self, role: ridehail_events::user::Role) -> String {
+    fn token_for(&self, role: ridehail_events::Role) -> String {
         self.keys.issue(ridehail_events::UserId::new(), role, chrono::Utc::now()).unwrap().0
     }
 }
@@ -156,7 +156,7 @@ fn assert_problem(reply: &Reply, status: StatusCode) {
 }
 
 fn rider_token(app: &TestApp) -> String {
-    app.token_for(ridehail_events::user::Role::Rider)
+    app.token_for(ridehail_events::Role::Rider)
 }
 
 // ------------------------------------------------------------------ bad input never publishes
@@ -191,7 +191,7 @@ async fn out_of_range_coordinates_are_refused_before_publishing() {
     let reply = app.call("POST", "/v1/rides", Some(&rider_token(&app)), Some(body), &[]).await;
     assert_problem(&reply, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(reply.body["errors"][0]["field"], "pickup");
-    let driver = app.token_for(ridehail_events::user::Role::Driver);
+    let driver = app.token_for(ridehail_events::Role::Driver);
     let reply = app.call("PUT", "/v1/drivers/me/location", Some(&driver), Some(r#"{"lat":0,"lon":181}"#), &[]).await;
     assert_problem(&reply, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(app.published(topics::RIDE_COMMANDS).await + app.published(topics::USER_COMMANDS).await, 0);
@@ -226,7 +226,7 @@ async fn missing_expired_and_tampered_tokens_are_401() {
         .keys
         .issue(
             ridehail_events::UserId::new(),
-            ridehail_events::user::Role::Rider,
+            ridehail_events::Role::Rider,
             chrono::Utc::now() - chrono::Duration::hours(2),
         )
         .unwrap()
@@ -250,7 +250,7 @@ async fn roles_are_enforced_with_403() {
     let ride = uuid::Uuid::now_v7();
     let reply = app.call("POST", &format!("/v1/rides/{ride}/accept"), Some(&rider), None, &[]).await;
     assert_problem(&reply, StatusCode::FORBIDDEN);
-    let driver = app.token_for(ridehail_events::user::Role::Driver);
+    let driver = app.token_for(ridehail_events::Role::Driver);
     let reply = app.request_ride(&driver, &[]).await;
     assert_problem(&reply, StatusCode::FORBIDDEN);
     assert_eq!(app.published(topics::RIDE_COMMANDS).await + app.published(topics::USER_COMMANDS).await, 0);

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::ids::Role;
 use crate::ids::{CommandId, CorrelationId, EventId};
-use crate::user::Role;
 
 /// Which kind of aggregate a stream belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

@@ -91,6 +91,23 @@ pub fn normalise_email(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
+/// What a user is on the platform: the role in their token and on their commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Rider,
+    Driver,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Rider => "rider",
+            Self::Driver => "driver",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,5 +25,5 @@ pub use envelope::{
     Actor, AggregateType, CommandEnvelope, DecodeError, EventEnvelope, Message, WireCommand, WireEvent,
 };
 pub use geo::GeoPoint;
-pub use ids::{CommandId, CorrelationId, EventId, RideId, UserId};
+pub use ids::{CommandId, CorrelationId, EventId, RideId, Role, UserId};
 pub use money::Money;

@@ -6,23 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::{AggregateType, message_enum};
 use crate::geo::GeoPoint;
-use crate::ids::UserId;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Rider,
-    Driver,
-}
-
-impl Role {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Rider => "rider",
-            Self::Driver => "driver",
-        }
-    }
-}
+use crate::ids::{Role, UserId};
 
 /// A driver's car.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -1,7 +1,30 @@
-//! Field rules for user data: part of the contract, applied by the edge (which names the failing
-//! field) and again by the user domain.
+//! Field rules: part of the contract, applied by the edge (which names the failing field, before
+//! anything is published) and again by the domain (which has the last word). One source for both.
+
+use std::ops::RangeInclusive;
 
 use crate::user::Vehicle;
+
+// ---------------------------------------------------------------- rides
+
+/// Rides whose pickup and dropoff are closer than this, in metres, are refused.
+pub const MIN_TRIP_M: f64 = 50.0;
+/// A cancellation's reason, in characters (and it must not be blank).
+pub const MAX_REASON_CHARS: usize = 200;
+/// A rating's comment, in characters.
+pub const MAX_COMMENT_CHARS: usize = 500;
+/// The stars a rating may give.
+pub const STARS: RangeInclusive<u8> = 1..=5;
+
+pub fn valid_reason(reason: &str) -> bool {
+    !reason.trim().is_empty() && reason.chars().count() <= MAX_REASON_CHARS
+}
+
+pub fn valid_comment(comment: Option<&str>) -> bool {
+    comment.is_none_or(|c| c.chars().count() <= MAX_COMMENT_CHARS)
+}
+
+// ---------------------------------------------------------------- users
 
 pub const MAX_EMAIL_CHARS: usize = 254;
 pub const MAX_NAME_CHARS: usize = 100;

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use ridehail_events::envelope::{CommandEnvelope, EventEnvelope, Message, WireCommand, WireEvent};
 use ridehail_events::ride::*;
 use ridehail_events::user::*;
-use ridehail_events::{Actor, CommandId, CorrelationId, EventId, GeoPoint, UserId};
+use ridehail_events::{Actor, CommandId, CorrelationId, EventId, GeoPoint, Role, UserId};
 use uuid::Uuid;
 
 fn uuid() -> impl Strategy<Value = Uuid> {

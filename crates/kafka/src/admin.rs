@@ -1,6 +1,6 @@
 //! Topics as code: `ridehail topics apply` creates Ridehail's topics with the configured partition
 //! counts; running it again changes nothing. (Services check their topics at start-up with
-//! `ridehail_runtime::Backend::require_topics`.)
+//! `ridehail_ports::Backend::require_topics`.)
 
 use std::time::Duration;
 

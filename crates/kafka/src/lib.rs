@@ -36,7 +36,7 @@ use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use ridehail_runtime::ports::{BusError, MessageBus, OutgoingMessage, StartFrom, Subscription};
+use ridehail_ports::{BusError, MessageBus, OutgoingMessage, StartFrom, Subscription};
 use tracing::debug;
 
 pub use admin::{TopicReport, TopicState, apply_topics};
@@ -210,14 +210,16 @@ impl MessageBus for KafkaBus {
         self.topic_partitions(topic).await
     }
 
-    async fn ping(&self) -> anyhow::Result<()> {
+    async fn ping(&self) -> Result<(), BusError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let checked = tokio::task::spawn_blocking(move || {
             let metadata = this.inner.producer.client().fetch_metadata(None, Duration::from_secs(2))?;
             anyhow::ensure!(!metadata.brokers().is_empty(), "no Kafka broker in the cluster metadata");
             Ok(())
         })
-        .await?
+        .await
+        .map_err(anyhow::Error::from)?;
+        Ok(checked?)
     }
 }
 

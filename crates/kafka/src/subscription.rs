@@ -10,7 +10,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use ridehail_runtime::ports::{BusError, IncomingMessage, PartitionOffset, StartFrom, Subscription};
+use ridehail_ports::{BusError, IncomingMessage, PartitionOffset, StartFrom, Subscription};
 use tracing::{info, warn};
 
 use crate::KafkaSettings;

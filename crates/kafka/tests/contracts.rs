@@ -1,11 +1,12 @@
 //! The bus contract suite (the same bodies the embedded bus passes) against a real Kafka-protocol
 //! broker, each test in its own namespace so tests run in parallel on one broker.
 
+use ridehail_contract::{Capability, Fixture, test_server, unique_name};
 use ridehail_kafka::{KafkaBus, KafkaSettings, TopicState, apply_topics};
-use ridehail_runtime::contract::{self, test_server, unique_name};
-use ridehail_runtime::ports::{MessageBus, OutgoingMessage, PartitionOffset, StartFrom};
+use ridehail_ports::{MessageBus, OutgoingMessage, PartitionOffset, StartFrom};
 
 const TOPIC: &str = "contract.topic";
+const DEAD_LETTERS: &str = "contract.dead-letters";
 
 /// Settings for a fresh namespace on the test broker, or `None` (test skipped) without one.
 pub fn settings() -> Option<KafkaSettings> {
@@ -28,18 +29,20 @@ async fn bus_with_topic() -> Option<KafkaBus> {
     Some(KafkaBus::connect(&settings, "contract").unwrap())
 }
 
-macro_rules! bus_case {
-    ($name:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let Some(bus) = bus_with_topic().await else { return };
-            contract::$name(&bus, TOPIC, "group-1").await;
-        }
-    };
+/// A bus in a fresh namespace with the contract's topics (three partitions; the dead-letter topic
+/// too), marked as lacking faithful offset lookups where the broker does (tansu).
+async fn fixture() -> Option<Fixture<KafkaBus>> {
+    let settings = settings()?;
+    apply_topics(&settings, &[TOPIC, DEAD_LETTERS]).await.unwrap();
+    let bus = KafkaBus::connect(&settings, "contract").unwrap();
+    let mut fixture = Fixture::new(std::sync::Arc::new(bus)).with_topics(TOPIC, DEAD_LETTERS);
+    if !server_lists_offsets_faithfully(&settings).await {
+        fixture = fixture.lacking(Capability::OffsetLookup, UNFAITHFUL_REASON);
+    }
+    Some(fixture)
 }
-
-bus_case!(bus_delivers_each_key_in_order_with_headers);
-bus_case!(bus_resumes_a_group_from_its_committed_offsets);
+ridehail_contract::bus_suite!(fixture);
+ridehail_contract::consumer_suite!(fixture);
 
 /// Whether the broker answers ListOffsets faithfully. tansu does not: it reports a partition's high
 /// watermark as the last *batch's* base offset + 1 (so `Latest` starts inside the last multi-record
@@ -66,19 +69,8 @@ async fn server_lists_offsets_faithfully(settings: &KafkaSettings) -> bool {
     high == 2 && !matches!(by_time, Some(rdkafka::Offset::Offset(0)))
 }
 
-const UNFAITHFUL: &str =
-    "SKIPPED (server lacks faithful ListOffsets: high watermark and timestamp lookups; tansu, see docs/testing.md)";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bus_start_positions_select_what_is_read() {
-    let Some(settings) = settings() else { return };
-    if !server_lists_offsets_faithfully(&settings).await {
-        eprintln!("{UNFAITHFUL}");
-        return;
-    }
-    let Some(bus) = bus_with_topic().await else { return };
-    contract::bus_start_positions_select_what_is_read(&bus, TOPIC, "group-1").await;
-}
+const UNFAITHFUL_REASON: &str =
+    "server lacks faithful ListOffsets: high watermark and timestamp lookups; tansu, see docs/testing.md";
 
 /// Start positions checked on any broker; timestamps only where the broker looks them up faithfully.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,20 +104,13 @@ async fn earliest_offset_and_timestamp_starts_read_from_there() {
     let tail = read(StartFrom::Offsets(vec![from]), 2).await;
     assert_eq!(tail.iter().map(|m| m.payload[0]).collect::<Vec<_>>(), [1, 2]);
     if !faithful {
-        eprintln!("{UNFAITHFUL}");
+        eprintln!("SKIPPED (timestamp starts: {UNFAITHFUL_REASON})");
         return;
     }
     let by_time = read(StartFrom::Timestamp(before), 3).await;
     assert_eq!(by_time.len(), 3);
     let future = read(StartFrom::Timestamp(chrono::Utc::now() + chrono::Duration::days(1)), 0).await;
     assert!(future.is_empty());
-}
-bus_case!(bus_poll_returns_empty_when_nothing_arrives);
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bus_refuses_unknown_topics() {
-    let Some(bus) = bus_with_topic().await else { return };
-    contract::bus_refuses_unknown_topics(&bus).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,26 +145,6 @@ async fn ping_reports_an_unreachable_broker() {
     assert!(nowhere.ping().await.is_err());
 }
 
-// The consume loop over Kafka: poison messages, retries, commits after the work.
-macro_rules! consumer_case {
-    ($name:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let Some(settings) = settings() else { return };
-            apply_topics(&settings, &["work", "dead"]).await.unwrap();
-            let bus: std::sync::Arc<dyn MessageBus> =
-                std::sync::Arc::new(KafkaBus::connect(&settings, "consumer").unwrap());
-            contract::$name(bus, "work", "dead").await;
-        }
-    };
-}
-
-consumer_case!(consumer_dead_letters_poison_intact_and_moves_on_in_order);
-consumer_case!(consumer_retries_transient_failures_and_dead_letters_after_the_attempts);
-consumer_case!(consumer_retries_unfinished_records_and_never_dead_letters_them);
-consumer_case!(consumer_commits_after_the_work_so_a_restart_resumes_after_it);
-consumer_case!(consumer_partitions_do_not_wait_for_each_other);
-
 /// Two members of a group share the partitions; when one leaves, the other takes its partitions over
 /// and resumes from what the leaver committed (nothing finished is read again, nothing is lost).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +154,7 @@ async fn group_members_share_partitions_and_one_takes_over_when_the_other_leaves
     let Some(bus) = bus_with_topic().await else { return };
     let record =
         |n: u32| OutgoingMessage { key: format!("key-{n}"), headers: vec![], payload: n.to_be_bytes().to_vec() };
-    let number = |m: &ridehail_runtime::ports::IncomingMessage| u32::from_be_bytes(m.payload[..4].try_into().unwrap());
+    let number = |m: &ridehail_ports::IncomingMessage| u32::from_be_bytes(m.payload[..4].try_into().unwrap());
     bus.publish(TOPIC, (0..30).map(record).collect()).await.unwrap();
 
     let mut a = bus.subscribe("shared", &[TOPIC], StartFrom::Committed).await.unwrap();

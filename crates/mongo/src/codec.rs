@@ -9,6 +9,7 @@
 
 use anyhow::{Context, anyhow, bail};
 use mongodb::bson::{Bson, Document};
+use ridehail_ports::{StoreError, StoreResult};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Number, Value};
@@ -75,13 +76,13 @@ pub(crate) fn from_document<T: DeserializeOwned>(
     bookkeeping: &[&str],
     collection: &str,
     key: &str,
-) -> anyhow::Result<T> {
+) -> StoreResult<T> {
     doc.remove("_id");
     for field in bookkeeping {
         doc.remove(*field);
     }
     let decoded = document_to_map(doc).and_then(|map| Ok(serde_json::from_value(Value::Object(map))?));
-    decoded.with_context(|| format!("{collection} document {key} does not decode"))
+    decoded.map_err(|e| StoreError::Corrupt(format!("{collection} document {key} does not decode: {e:#}")))
 }
 
 /// A description of `doc` for error messages: the value of `key_field`, else its `_id`.

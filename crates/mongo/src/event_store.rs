@@ -36,7 +36,8 @@ use mongodb::bson::{DateTime as BsonDateTime, Document, doc};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 use ridehail_events::WireEvent;
-use ridehail_runtime::ports::{AppendError, EventStore, ReadAllPage, validate_batch};
+use ridehail_ports::{AppendError, EventStore, ReadAllPage, validate_batch};
+use ridehail_ports::{StoreError, StoreResult};
 use uuid::Uuid;
 
 use crate::codec::{describe, duplicate_key_index, from_document, get_u64, is_duplicate_key, to_document, to_i64};
@@ -100,7 +101,7 @@ impl MongoEventStore {
         Ok(last + 1 - count as u64)
     }
 
-    fn decode(doc: Document) -> anyhow::Result<WireEvent> {
+    fn decode(doc: Document) -> StoreResult<WireEvent> {
         let key = match (doc.get_str("aggregate_id"), get_u64(&doc, "sequence")) {
             (Ok(id), Ok(sequence)) => format!("{id}#{sequence}"),
             _ => describe(&doc, "position"),
@@ -164,7 +165,7 @@ impl EventStore for MongoEventStore {
         }
     }
 
-    async fn read_stream(&self, aggregate_id: Uuid) -> anyhow::Result<Vec<WireEvent>> {
+    async fn read_stream(&self, aggregate_id: Uuid) -> StoreResult<Vec<WireEvent>> {
         let docs: Vec<Document> = self
             .events
             .find(doc! {"aggregate_id": aggregate_id.to_string()})
@@ -177,9 +178,11 @@ impl EventStore for MongoEventStore {
         docs.into_iter().map(Self::decode).collect()
     }
 
-    async fn read_all(&self, after: Option<&str>, limit: usize) -> anyhow::Result<ReadAllPage> {
+    async fn read_all(&self, after: Option<&str>, limit: usize) -> StoreResult<ReadAllPage> {
         let after: i64 = match after {
-            Some(token) => token.parse().map_err(|_| anyhow!("invalid read-all position {token:?}"))?,
+            Some(token) => {
+                token.parse().map_err(|_| StoreError::Corrupt(format!("invalid read-all position {token:?}")))?
+            }
             None => 0,
         };
         if limit == 0 {
@@ -199,11 +202,11 @@ impl EventStore for MongoEventStore {
             Some(last) => Some(get_u64(last, "position").context("an event's position is corrupt")?.to_string()),
             None => None,
         };
-        let events = docs.into_iter().map(Self::decode).collect::<anyhow::Result<_>>()?;
+        let events = docs.into_iter().map(Self::decode).collect::<StoreResult<_>>()?;
         Ok(ReadAllPage { events, next })
     }
 
-    async fn ping(&self) -> anyhow::Result<()> {
+    async fn ping(&self) -> StoreResult<()> {
         crate::ping(&self.db).await
     }
 }

@@ -16,12 +16,12 @@
 //!   order) and `occurred_at_date` (a BSON date, for people querying). Indexes `events_stream_sequence`
 //!   (aggregate_id, sequence; unique) and `events_position` (position; unique).
 //! - `counters`: `name`, `value` (the last position handed out). Index `counters_name` (unique).
-//! - `rides`: the [`RideView`](ridehail_runtime::ports::RideView) fields. Indexes `rides_ride_id`
+//! - `rides`: the [`RideView`](ridehail_ports::RideView) fields. Indexes `rides_ride_id`
 //!   (unique); `rides_rider_newest`, `rides_driver_newest`, `rides_offered_driver_newest` (the party's
 //!   id, then ride_id descending); `rides_status_cell` (status, pickup_cell).
-//! - `profiles`: the [`UserProfile`](ridehail_runtime::ports::UserProfile) fields. Index
+//! - `profiles`: the [`UserProfile`](ridehail_ports::UserProfile) fields. Index
 //!   `profiles_user_id` (unique).
-//! - `credentials`: the [`Credentials`](ridehail_runtime::ports::Credentials) fields. Index
+//! - `credentials`: the [`Credentials`](ridehail_ports::Credentials) fields. Index
 //!   `credentials_email` (email_normalised; unique).
 //! - `timers`: `timer_id`, `due_us` (int64 microseconds, rounded up), `due_at` (exact), `topic`, `key`,
 //!   `headers` (`[{name, value}]`), `payload` (binary). Indexes `timers_timer_id` (unique) and
@@ -113,7 +113,7 @@ pub async fn open(settings: &MongoSettings) -> anyhow::Result<Stores> {
 }
 
 /// Runs the server's `ping` command.
-pub async fn ping(db: &Database) -> anyhow::Result<()> {
+pub async fn ping(db: &Database) -> ridehail_ports::StoreResult<()> {
     db.run_command(doc! {"ping": 1}).await.context("MongoDB ping")?;
     Ok(())
 }

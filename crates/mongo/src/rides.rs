@@ -7,7 +7,8 @@ use mongodb::bson::{Document, doc};
 use mongodb::{Collection, Database};
 use ridehail_events::RideId;
 use ridehail_events::ride::RideStatus;
-use ridehail_runtime::ports::{RideParty, RideQuery, RideView, RideViews};
+use ridehail_ports::StoreResult;
+use ridehail_ports::{RideParty, RideQuery, RideView, RideViews};
 
 use crate::codec::{describe, from_document, to_document};
 use crate::versioned::{VersionedWrite, key};
@@ -27,7 +28,7 @@ impl MongoRideViews {
         Self { db: db.clone(), rides: db.collection(RIDES) }
     }
 
-    fn decode(&self, doc: Document) -> anyhow::Result<RideView> {
+    fn decode(&self, doc: Document) -> StoreResult<RideView> {
         let key = describe(&doc, "ride_id");
         from_document(doc, &[], RIDES, &key)
     }
@@ -35,8 +36,8 @@ impl MongoRideViews {
 
 #[async_trait]
 impl RideViews for MongoRideViews {
-    async fn upsert(&self, view: &RideView) -> anyhow::Result<bool> {
-        VersionedWrite {
+    async fn upsert(&self, view: &RideView) -> StoreResult<bool> {
+        Ok(VersionedWrite {
             collection: &self.rides,
             key: key("ride_id", view.ride_id),
             label: format!("ride_id={}", view.ride_id),
@@ -45,16 +46,16 @@ impl RideViews for MongoRideViews {
             document: to_document(view)?,
         }
         .apply()
-        .await
+        .await?)
     }
 
-    async fn get(&self, ride_id: RideId) -> anyhow::Result<Option<RideView>> {
+    async fn get(&self, ride_id: RideId) -> StoreResult<Option<RideView>> {
         let found =
             self.rides.find_one(key("ride_id", ride_id)).await.with_context(|| format!("reading ride {ride_id}"))?;
         found.map(|doc| self.decode(doc)).transpose()
     }
 
-    async fn list(&self, query: &RideQuery) -> anyhow::Result<Vec<RideView>> {
+    async fn list(&self, query: &RideQuery) -> StoreResult<Vec<RideView>> {
         if query.limit == 0 {
             return Ok(Vec::new());
         }
@@ -86,14 +87,15 @@ impl RideViews for MongoRideViews {
         docs.into_iter().map(|doc| self.decode(doc)).collect()
     }
 
-    async fn count_waiting_in_cell(&self, cell: &str) -> anyhow::Result<u64> {
-        self.rides
+    async fn count_waiting_in_cell(&self, cell: &str) -> StoreResult<u64> {
+        Ok(self
+            .rides
             .count_documents(doc! {"status": RideStatus::Requested.as_str(), "pickup_cell": cell})
             .await
-            .context("counting waiting rides")
+            .context("counting waiting rides")?)
     }
 
-    async fn ping(&self) -> anyhow::Result<()> {
+    async fn ping(&self) -> StoreResult<()> {
         crate::ping(&self.db).await
     }
 }

@@ -10,7 +10,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::TryStreamExt;
 use mongodb::bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
 use mongodb::{Collection, Database};
-use ridehail_runtime::ports::{Timer, TimerStore};
+use ridehail_ports::{StoreError, StoreResult};
+use ridehail_ports::{Timer, TimerStore};
 
 use crate::codec::{describe, is_duplicate_key};
 
@@ -75,7 +76,7 @@ fn decode(doc: &Document) -> anyhow::Result<Timer> {
 
 #[async_trait]
 impl TimerStore for MongoTimers {
-    async fn schedule(&self, timer: &Timer) -> anyhow::Result<()> {
+    async fn schedule(&self, timer: &Timer) -> StoreResult<()> {
         // The first schedule of an id wins; later ones change nothing. The unique index on `timer_id`
         // settles concurrent first schedules (the loser sees a duplicate key); the lookup spares the
         // common repeated schedule a failing write. A plain insert (rather than an upsert) also stores
@@ -92,16 +93,16 @@ impl TimerStore for MongoTimers {
         match self.timers.insert_one(encode(timer)).await {
             Ok(_) => Ok(()),
             Err(e) if is_duplicate_key(&e) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("scheduling timer {}", timer.id)),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("scheduling timer {}", timer.id)).into()),
         }
     }
 
-    async fn cancel(&self, id: &str) -> anyhow::Result<()> {
+    async fn cancel(&self, id: &str) -> StoreResult<()> {
         self.timers.delete_many(doc! {"timer_id": id}).await.with_context(|| format!("cancelling timer {id}"))?;
         Ok(())
     }
 
-    async fn due(&self, now: DateTime<Utc>, limit: usize) -> anyhow::Result<Vec<Timer>> {
+    async fn due(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Timer>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -117,12 +118,15 @@ impl TimerStore for MongoTimers {
             .context("reading due timers")?;
         docs.iter()
             .map(|doc| {
-                decode(doc).with_context(|| format!("{TIMERS} document {} does not decode", describe(doc, "timer_id")))
+                decode(doc).map_err(|e| {
+                    let key = describe(doc, "timer_id");
+                    StoreError::Corrupt(format!("{TIMERS} document {key} does not decode: {e:#}"))
+                })
             })
             .collect()
     }
 
-    async fn ping(&self) -> anyhow::Result<()> {
+    async fn ping(&self) -> StoreResult<()> {
         crate::ping(&self.db).await
     }
 }

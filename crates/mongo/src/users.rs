@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use mongodb::bson::Document;
 use mongodb::{Collection, Database};
 use ridehail_events::UserId;
-use ridehail_runtime::ports::{Credentials, UserProfile, UserViews};
+use ridehail_ports::StoreResult;
+use ridehail_ports::{Credentials, UserProfile, UserViews};
 
 use crate::codec::{from_document, to_document};
 use crate::versioned::{VersionedWrite, key};
@@ -31,8 +32,8 @@ impl MongoUserViews {
 
 #[async_trait]
 impl UserViews for MongoUserViews {
-    async fn upsert_profile(&self, profile: &UserProfile) -> anyhow::Result<bool> {
-        VersionedWrite {
+    async fn upsert_profile(&self, profile: &UserProfile) -> StoreResult<bool> {
+        Ok(VersionedWrite {
             collection: &self.profiles,
             key: key("user_id", profile.user_id),
             label: format!("user_id={}", profile.user_id),
@@ -41,10 +42,10 @@ impl UserViews for MongoUserViews {
             document: to_document(profile)?,
         }
         .apply()
-        .await
+        .await?)
     }
 
-    async fn profile(&self, user_id: UserId) -> anyhow::Result<Option<UserProfile>> {
+    async fn profile(&self, user_id: UserId) -> StoreResult<Option<UserProfile>> {
         let found = self
             .profiles
             .find_one(key("user_id", user_id))
@@ -53,10 +54,10 @@ impl UserViews for MongoUserViews {
         found.map(|doc| from_document(doc, &[], PROFILES, &format!("user_id={user_id}"))).transpose()
     }
 
-    async fn upsert_credentials(&self, credentials: &Credentials) -> anyhow::Result<bool> {
+    async fn upsert_credentials(&self, credentials: &Credentials) -> StoreResult<bool> {
         // The owner condition keeps an e-mail with its user: another user's credentials for the same
         // address never replace them, whatever their version.
-        VersionedWrite {
+        Ok(VersionedWrite {
             collection: &self.credentials,
             key: key("email_normalised", &credentials.email_normalised),
             label: format!("of user_id={}", credentials.user_id),
@@ -65,10 +66,10 @@ impl UserViews for MongoUserViews {
             document: to_document(credentials)?,
         }
         .apply()
-        .await
+        .await?)
     }
 
-    async fn credentials_by_email(&self, email_normalised: &str) -> anyhow::Result<Option<Credentials>> {
+    async fn credentials_by_email(&self, email_normalised: &str) -> StoreResult<Option<Credentials>> {
         // Errors name the credentials by user, never by e-mail (personal data).
         let found = self
             .credentials
@@ -83,7 +84,7 @@ impl UserViews for MongoUserViews {
             .transpose()
     }
 
-    async fn ping(&self) -> anyhow::Result<()> {
+    async fn ping(&self) -> StoreResult<()> {
         crate::ping(&self.db).await
     }
 }

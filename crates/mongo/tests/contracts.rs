@@ -6,23 +6,25 @@
 //! Against a server without unique-index enforcement (CongoDB), the behaviours that rest on it
 //! (concurrent appends) report themselves SKIPPED; against MongoDB every test runs.
 
+use std::sync::Arc;
+
 use mongodb::Database;
 use mongodb::bson::{Bson, Document, doc};
+use ridehail_contract::{Capability, Fixture};
 use ridehail_events::ride::RideStatus;
 use ridehail_events::{AggregateType, RideId, UserId, WireEvent};
 use ridehail_mongo::migrations::{self, MigrationId};
 use ridehail_mongo::{MongoEventStore, MongoRideViews, MongoSettings, MongoTimers, MongoUserViews, Stores};
-use ridehail_runtime::contract;
-use ridehail_runtime::ports::{EventStore, RideViews, TimerStore};
+use ridehail_ports::{EventStore, RideViews, TimerStore};
 use uuid::Uuid;
 
 fn settings(uri: String) -> MongoSettings {
-    MongoSettings { uri, database: contract::unique_name("ridehail-test"), ..MongoSettings::default() }
+    MongoSettings { uri, database: ridehail_contract::unique_name("ridehail-test"), ..MongoSettings::default() }
 }
 
 /// A fresh, empty database (not migrated), or `None` when no server is configured.
 async fn fresh_db() -> Option<(MongoSettings, Database)> {
-    let settings = settings(contract::test_server("RIDEHAIL_TEST_MONGODB_URI")?);
+    let settings = settings(ridehail_contract::test_server("RIDEHAIL_TEST_MONGODB_URI")?);
     let db = ridehail_mongo::connect(&settings).await.unwrap();
     Some((settings, db))
 }
@@ -47,45 +49,35 @@ async fn enforces_unique_indexes(db: &Database) -> bool {
     enforced
 }
 
-macro_rules! contract_case {
-    ($adapter:ident, $($name:ident),+ $(,)?) => {
-        $(
-            #[tokio::test]
-            async fn $name() {
-                let Some(db) = migrated_db().await else { return };
-                contract::$name(&$adapter::new(&db)).await;
-                db.drop().await.unwrap();
-            }
-        )+
-    };
-}
-
-contract_case!(
-    MongoEventStore,
-    event_store_reads_back_a_stream_in_order,
-    event_store_rejects_a_stale_expected_version,
-    event_store_refuses_malformed_batches,
-    event_store_reads_everything_in_a_stable_order,
-);
-contract_case!(
-    MongoRideViews,
-    ride_views_only_move_forward,
-    ride_views_page_a_party_s_rides_newest_first,
-    ride_views_count_waiting_rides_per_cell,
-);
-contract_case!(MongoUserViews, user_views_store_profiles_and_credentials);
-contract_case!(MongoTimers, timers_fire_when_due_once_per_id);
-
-#[tokio::test]
-async fn event_store_lets_one_of_two_racing_appends_win() {
-    let Some(db) = migrated_db().await else { return };
-    if enforces_unique_indexes(&db).await {
-        contract::event_store_lets_one_of_two_racing_appends_win(&MongoEventStore::new(&db)).await;
-    } else {
-        eprintln!("SKIPPED (server lacks unique index enforcement)");
+/// An adapter on a fresh migrated database, dropped after the case.
+async fn fixture<A: Send + Sync + 'static>(open: fn(&Database) -> A) -> Option<Fixture<A>> {
+    let db = migrated_db().await?;
+    let mut fixture = Fixture::new(Arc::new(open(&db)));
+    if !enforces_unique_indexes(&db).await {
+        fixture = fixture.lacking(Capability::UniqueIndex, "server lacks unique index enforcement");
     }
-    db.drop().await.unwrap();
+    Some(fixture.then(async move { db.drop().await.unwrap() }))
 }
+
+async fn event_store() -> Option<Fixture<MongoEventStore>> {
+    fixture(MongoEventStore::new).await
+}
+ridehail_contract::event_store_suite!(event_store);
+
+async fn ride_views() -> Option<Fixture<MongoRideViews>> {
+    fixture(MongoRideViews::new).await
+}
+ridehail_contract::ride_views_suite!(ride_views);
+
+async fn user_views() -> Option<Fixture<MongoUserViews>> {
+    fixture(MongoUserViews::new).await
+}
+ridehail_contract::user_views_suite!(user_views);
+
+async fn timers() -> Option<Fixture<MongoTimers>> {
+    fixture(MongoTimers::new).await
+}
+ridehail_contract::timers_suite!(timers);
 
 // ------------------------------------------------------------------ migrations
 
@@ -270,14 +262,14 @@ async fn ride_lists_page_by_driver_with_a_status_filter() {
     let driver = UserId::new();
     let mut ids = Vec::new();
     for i in 0..4 {
-        let mut view = contract::ride_view(RideId::new(), UserId::new(), 1);
+        let mut view = ridehail_contract::ride_view(RideId::new(), UserId::new(), 1);
         view.driver_id = Some(driver);
         view.status = if i % 2 == 0 { RideStatus::Completed } else { RideStatus::InProgress };
         views.upsert(&view).await.unwrap();
         ids.push(view.ride_id);
     }
-    let query = |before| ridehail_runtime::ports::RideQuery {
-        party: ridehail_runtime::ports::RideParty::Driver(driver),
+    let query = |before| ridehail_ports::RideQuery {
+        party: ridehail_ports::RideParty::Driver(driver),
         status: Some(RideStatus::Completed),
         limit: 1,
         before,

@@ -100,9 +100,11 @@ impl RedisClient {
         format!("{}{name}", self.inner.settings.key_prefix)
     }
 
-    pub async fn ping(&self) -> anyhow::Result<()> {
+    pub async fn ping(&self) -> ridehail_ports::StoreResult<()> {
         let pong: String = redis::cmd("PING").query_async(&mut self.conn()).await.context("Redis PING")?;
-        anyhow::ensure!(pong == "PONG", "Redis answered PING with {pong:?}");
+        if pong != "PONG" {
+            return Err(anyhow::anyhow!("Redis answered PING with {pong:?}").into());
+        }
         Ok(())
     }
 }

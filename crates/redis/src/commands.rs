@@ -14,7 +14,8 @@ use async_trait::async_trait;
 use futures::StreamExt as _;
 use redis::Script;
 use ridehail_events::CommandId;
-use ridehail_runtime::ports::{CommandState, CommandStatus, CommandStatusStore, CompletionWaiters};
+use ridehail_ports::{CommandState, CommandStatus, CommandStatusStore, CompletionWaiters};
+use ridehail_ports::{StoreError, StoreResult};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -137,7 +138,7 @@ async fn listen(redis: RedisClient, channel: String, waiters: Arc<CompletionWait
 
 #[async_trait]
 impl CommandStatusStore for RedisCommandStatus {
-    async fn record(&self, status: &CommandStatus) -> anyhow::Result<()> {
+    async fn record(&self, status: &CommandStatus) -> StoreResult<()> {
         let is_final = status.state != CommandState::Pending;
         RECORD
             .key(self.key(status.command_id))
@@ -152,22 +153,26 @@ impl CommandStatusStore for RedisCommandStatus {
         Ok(())
     }
 
-    async fn get(&self, command_id: CommandId) -> anyhow::Result<Option<CommandStatus>> {
+    async fn get(&self, command_id: CommandId) -> StoreResult<Option<CommandStatus>> {
         let body: Option<String> = redis::cmd("HGET")
             .arg(self.key(command_id))
             .arg("body")
             .query_async(&mut self.inner.redis.conn())
             .await
             .context("reading a command status from Redis")?;
-        body.map(|b| serde_json::from_str(&b).context("a command status stored in Redis does not decode")).transpose()
+        body.map(|b| {
+            serde_json::from_str(&b)
+                .map_err(|e| StoreError::Corrupt(format!("a command status stored in Redis does not decode: {e}")))
+        })
+        .transpose()
     }
 
-    async fn wait_final(&self, command_id: CommandId, timeout: Duration) -> anyhow::Result<Option<CommandStatus>> {
+    async fn wait_final(&self, command_id: CommandId, timeout: Duration) -> StoreResult<Option<CommandStatus>> {
         self.ensure_listener().await;
         self.inner.waiters.wait_final(self, command_id, timeout, self.inner.poll_interval).await
     }
 
-    async fn ping(&self) -> anyhow::Result<()> {
+    async fn ping(&self) -> StoreResult<()> {
         self.inner.redis.ping().await
     }
 }
@@ -175,8 +180,8 @@ impl CommandStatusStore for RedisCommandStatus {
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
+    use ridehail_contract as contract;
     use ridehail_events::CorrelationId;
-    use ridehail_runtime::contract;
     use uuid::Uuid;
 
     use super::*;

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redis::Script;
 use ridehail_events::{GeoPoint, RideId, UserId};
-use ridehail_runtime::ports::{Candidate, DriverLocator};
+use ridehail_ports::StoreResult;
+use ridehail_ports::{Candidate, DriverLocator};
 
 use crate::client::RedisClient;
 
@@ -164,7 +165,7 @@ impl DriverLocator for RedisDriverLocator {
         location: Option<GeoPoint>,
         online: bool,
         version: u64,
-    ) -> anyhow::Result<()> {
+    ) -> StoreResult<()> {
         let (lat, lon, cell, indexable) = match location {
             Some(at) => {
                 let indexable = at.lat.abs() <= GEO_MAX_LATITUDE;
@@ -200,7 +201,7 @@ impl DriverLocator for RedisDriverLocator {
         ride_id: RideId,
         hold_until: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<Option<Candidate>> {
+    ) -> StoreResult<Option<Candidate>> {
         if at.lat.abs() > GEO_MAX_LATITUDE {
             // GEOSEARCH refuses such a centre, and no driver that far north or south is indexed.
             return Ok(None);
@@ -232,7 +233,7 @@ impl DriverLocator for RedisDriverLocator {
         ride_id: RideId,
         until: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<bool> {
+    ) -> StoreResult<bool> {
         let held: i64 = HOLD
             .key(self.driver_key(driver_id))
             .arg(ride_id.to_string())
@@ -244,7 +245,7 @@ impl DriverLocator for RedisDriverLocator {
         Ok(held == 1)
     }
 
-    async fn release(&self, driver_id: UserId, ride_id: RideId) -> anyhow::Result<()> {
+    async fn release(&self, driver_id: UserId, ride_id: RideId) -> StoreResult<()> {
         RELEASE
             .key(self.driver_key(driver_id))
             .arg(ride_id.to_string())
@@ -254,17 +255,17 @@ impl DriverLocator for RedisDriverLocator {
         Ok(())
     }
 
-    async fn available_in_cell(&self, cell: &str, now: DateTime<Utc>) -> anyhow::Result<u64> {
-        AVAILABLE_IN_CELL
+    async fn available_in_cell(&self, cell: &str, now: DateTime<Utc>) -> StoreResult<u64> {
+        Ok(AVAILABLE_IN_CELL
             .key(format!("{}{cell}", self.cell_prefix))
             .arg(now.timestamp_millis())
             .arg(&self.driver_prefix)
             .invoke_async(&mut self.redis.conn())
             .await
-            .context("counting available drivers in a cell in Redis")
+            .context("counting available drivers in a cell in Redis")?)
     }
 
-    async fn ping(&self) -> anyhow::Result<()> {
+    async fn ping(&self) -> StoreResult<()> {
         self.redis.ping().await
     }
 }

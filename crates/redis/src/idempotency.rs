@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use redis::Script;
-use ridehail_runtime::ports::{IdempotencyClaim, IdempotencyStore, StoredResponse};
+use ridehail_ports::StoreResult;
+use ridehail_ports::{IdempotencyClaim, IdempotencyStore, StoredResponse};
 
 use crate::client::RedisClient;
 
@@ -72,7 +73,7 @@ impl IdempotencyStore for RedisIdempotency {
         fingerprint: &str,
         now: DateTime<Utc>,
         ttl: Duration,
-    ) -> anyhow::Result<IdempotencyClaim> {
+    ) -> StoreResult<IdempotencyClaim> {
         let reply: Vec<String> = CLAIM
             .key(self.entry(scope, key))
             .arg(fingerprint)
@@ -88,11 +89,15 @@ impl IdempotencyStore for RedisIdempotency {
             [outcome, response] if outcome == "replay" => Ok(IdempotencyClaim::Replay(
                 serde_json::from_str(response).context("a stored idempotent response does not decode")?,
             )),
-            other => anyhow::bail!("unexpected idempotency claim reply from Redis: {:?}", other.first()),
+            other => {
+                return Err(
+                    anyhow::anyhow!("unexpected idempotency claim reply from Redis: {:?}", other.first()).into()
+                );
+            }
         }
     }
 
-    async fn complete(&self, scope: &str, key: &str, response: &StoredResponse) -> anyhow::Result<()> {
+    async fn complete(&self, scope: &str, key: &str, response: &StoredResponse) -> StoreResult<()> {
         COMPLETE
             .key(self.entry(scope, key))
             .arg(serde_json::to_string(response)?)
@@ -102,7 +107,7 @@ impl IdempotencyStore for RedisIdempotency {
         Ok(())
     }
 
-    async fn release(&self, scope: &str, key: &str) -> anyhow::Result<()> {
+    async fn release(&self, scope: &str, key: &str) -> StoreResult<()> {
         RELEASE
             .key(self.entry(scope, key))
             .invoke_async::<i64>(&mut self.redis.conn())
@@ -111,14 +116,14 @@ impl IdempotencyStore for RedisIdempotency {
         Ok(())
     }
 
-    async fn ping(&self) -> anyhow::Result<()> {
+    async fn ping(&self) -> StoreResult<()> {
         self.redis.ping().await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use ridehail_runtime::contract;
+    use ridehail_contract as contract;
 
     use super::*;
     use crate::RedisSettings;

@@ -4,28 +4,29 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use ridehail_contract::Fixture;
 use ridehail_events::{RideId, UserId};
+use ridehail_ports::StoreResult;
+use ridehail_ports::{DriverLocator, RideParty, RideQuery, RideView, RideViews, UserViews};
 use ridehail_redis::{
     CacheStats, CachedRideViews, CachedUserViews, RedisClient, RedisCommandStatus, RedisDriverLocator,
     RedisIdempotency, RedisSettings,
 };
-use ridehail_runtime::contract;
-use ridehail_runtime::embedded::{Db, EmbeddedRideViews, EmbeddedUserViews};
-use ridehail_runtime::ports::{DriverLocator, RideParty, RideQuery, RideView, RideViews, UserViews};
+use ridehail_sqlite::{Db, EmbeddedRideViews, EmbeddedUserViews};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
 fn settings(url: String) -> RedisSettings {
     RedisSettings {
         url,
-        key_prefix: format!("{}:", contract::unique_name("ridehail-test")),
+        key_prefix: format!("{}:", ridehail_contract::unique_name("ridehail-test")),
         ..RedisSettings::default()
     }
 }
 
 /// A client under a fresh key prefix, or `None` (test skipped) without a test server.
 async fn redis() -> Option<RedisClient> {
-    let url = contract::test_server("RIDEHAIL_TEST_REDIS_URL")?;
+    let url = ridehail_contract::test_server("RIDEHAIL_TEST_REDIS_URL")?;
     Some(ridehail_redis::connect(&settings(url)).await.unwrap())
 }
 
@@ -43,60 +44,43 @@ fn embedded_users(dir: &TempDir) -> EmbeddedUserViews {
     EmbeddedUserViews::new(Db::open(&dir.path().join("users.sqlite")).unwrap()).unwrap()
 }
 
-macro_rules! redis_case {
-    ($adapter:expr, $($name:ident),+ $(,)?) => {
-        $(
-            #[tokio::test]
-            async fn $name() {
-                let Some(redis) = redis().await else { return };
-                contract::$name(&$adapter(redis)).await;
-            }
-        )+
-    };
+async fn locator() -> Option<Fixture<RedisDriverLocator>> {
+    Some(Fixture::new(Arc::new(RedisDriverLocator::new(redis().await?))))
 }
+ridehail_contract::locator_suite!(locator);
 
-redis_case!(
-    RedisDriverLocator::new,
-    locator_reserves_the_nearest_free_driver_within_the_radius,
-    locator_skips_excluded_and_offline_drivers,
-    locator_holds_expire_and_releases_free_drivers,
-    locator_never_gives_one_driver_to_two_rides,
-    locator_counts_available_drivers_per_cell,
-);
-
-redis_case!(RedisCommandStatus::new, command_status_never_goes_back_to_pending);
-
-#[tokio::test]
-async fn command_status_wait_returns_once_final() {
-    let Some(redis) = redis().await else { return };
-    contract::command_status_wait_returns_once_final(Arc::new(RedisCommandStatus::new(redis))).await;
+async fn command_status() -> Option<Fixture<RedisCommandStatus>> {
+    Some(Fixture::new(Arc::new(RedisCommandStatus::new(redis().await?))))
 }
+ridehail_contract::command_status_suite!(command_status);
 
-redis_case!(RedisIdempotency::new, idempotency_replays_and_detects_mismatches);
-
-macro_rules! cached_views_case {
-    ($decorator:ident, $embedded:ident, $($name:ident),+ $(,)?) => {
-        $(
-            #[tokio::test]
-            async fn $name() {
-                let Some(redis) = redis().await else { return };
-                let dir = TempDir::new().unwrap();
-                let views = $decorator::new(Arc::new($embedded(&dir)), redis);
-                contract::$name(&views).await;
-                assert_eq!(views.stats().fallbacks, 0, "Redis was up: {:?}", views.stats());
-            }
-        )+
-    };
+async fn idempotency() -> Option<Fixture<RedisIdempotency>> {
+    Some(Fixture::new(Arc::new(RedisIdempotency::new(redis().await?))))
 }
+ridehail_contract::idempotency_suite!(idempotency);
 
-cached_views_case!(
-    CachedRideViews,
-    embedded_rides,
-    ride_views_only_move_forward,
-    ride_views_page_a_party_s_rides_newest_first,
-    ride_views_count_waiting_rides_per_cell,
-);
-cached_views_case!(CachedUserViews, embedded_users, user_views_store_profiles_and_credentials);
+/// The cache over embedded views, on a healthy Redis: after the case, nothing fell back.
+async fn cached_rides() -> Option<Fixture<CachedRideViews>> {
+    let redis = redis().await?;
+    let dir = TempDir::new().unwrap();
+    let views = Arc::new(CachedRideViews::new(Arc::new(embedded_rides(&dir)), redis));
+    let after = views.clone();
+    Some(Fixture::new(views).keeping(dir).then(async move {
+        assert_eq!(after.stats().fallbacks, 0, "Redis was up: {:?}", after.stats());
+    }))
+}
+ridehail_contract::ride_views_suite!(cached_rides);
+
+async fn cached_users() -> Option<Fixture<CachedUserViews>> {
+    let redis = redis().await?;
+    let dir = TempDir::new().unwrap();
+    let views = Arc::new(CachedUserViews::new(Arc::new(embedded_users(&dir)), redis));
+    let after = views.clone();
+    Some(Fixture::new(views).keeping(dir).then(async move {
+        assert_eq!(after.stats().fallbacks, 0, "Redis was up: {:?}", after.stats());
+    }))
+}
+ridehail_contract::user_views_suite!(cached_users);
 
 // ------------------------------------------------------------------ locator, beyond the contract
 
@@ -138,7 +122,7 @@ async fn a_driver_beyond_the_geo_latitude_range_is_recorded_but_not_searchable()
 /// A new ride's id, and its view at a given version.
 fn new_ride() -> (RideId, impl Fn(u64) -> RideView) {
     let (ride_id, rider_id) = (RideId::new(), UserId::new());
-    (ride_id, move |version| contract::ride_view(ride_id, rider_id, version))
+    (ride_id, move |version| ridehail_contract::ride_view(ride_id, rider_id, version))
 }
 
 #[tokio::test]
@@ -188,7 +172,7 @@ async fn profile_reads_are_cached_and_credentials_pass_through() {
     let Some(redis) = redis().await else { return };
     let dir = TempDir::new().unwrap();
     let views = CachedUserViews::new(Arc::new(embedded_users(&dir)), redis);
-    contract::user_views_store_profiles_and_credentials(&views).await;
+    ridehail_contract::user_views_store_profiles_and_credentials(&views).await;
     // The contract read one stored profile (written through, so a hit) and one unknown user (a miss);
     // its credential reads did not touch the cache.
     assert_eq!(views.stats(), CacheStats { hits: 1, misses: 1, fallbacks: 0 });
@@ -205,10 +189,10 @@ struct PausedRead {
 
 #[async_trait]
 impl RideViews for PausedRead {
-    async fn upsert(&self, view: &RideView) -> anyhow::Result<bool> {
+    async fn upsert(&self, view: &RideView) -> StoreResult<bool> {
         self.inner.upsert(view).await
     }
-    async fn get(&self, ride_id: RideId) -> anyhow::Result<Option<RideView>> {
+    async fn get(&self, ride_id: RideId) -> StoreResult<Option<RideView>> {
         let view = self.inner.get(ride_id).await?;
         let pause = self.pause.lock().unwrap().take();
         if let Some((read, go)) = pause {
@@ -217,13 +201,13 @@ impl RideViews for PausedRead {
         }
         Ok(view)
     }
-    async fn list(&self, query: &RideQuery) -> anyhow::Result<Vec<RideView>> {
+    async fn list(&self, query: &RideQuery) -> StoreResult<Vec<RideView>> {
         self.inner.list(query).await
     }
-    async fn count_waiting_in_cell(&self, cell: &str) -> anyhow::Result<u64> {
+    async fn count_waiting_in_cell(&self, cell: &str) -> StoreResult<u64> {
         self.inner.count_waiting_in_cell(cell).await
     }
-    async fn ping(&self) -> anyhow::Result<()> {
+    async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }
 }
@@ -261,10 +245,10 @@ async fn with_redis_unreachable_the_decorators_serve_from_the_inner_store() {
     let rides = CachedRideViews::new(Arc::new(embedded_rides(&dir)), unreachable_redis());
     let users = CachedUserViews::new(Arc::new(embedded_users(&dir)), unreachable_redis());
     let started = std::time::Instant::now();
-    contract::ride_views_only_move_forward(&rides).await;
-    contract::ride_views_page_a_party_s_rides_newest_first(&rides).await;
-    contract::ride_views_count_waiting_rides_per_cell(&rides).await;
-    contract::user_views_store_profiles_and_credentials(&users).await;
+    ridehail_contract::ride_views_only_move_forward(&rides).await;
+    ridehail_contract::ride_views_page_a_party_s_rides_newest_first(&rides).await;
+    ridehail_contract::ride_views_count_waiting_rides_per_cell(&rides).await;
+    ridehail_contract::user_views_store_profiles_and_credentials(&users).await;
     for stats in [rides.stats(), users.stats()] {
         assert_eq!((stats.hits, stats.misses), (0, 0), "{stats:?}");
         assert!(stats.fallbacks >= 2, "{stats:?}");
@@ -294,7 +278,7 @@ async fn forward(port: u16, target: String) -> tokio::task::JoinHandle<()> {
 
 #[tokio::test]
 async fn a_write_made_while_redis_was_down_deletes_the_stale_entry_once_redis_is_back() {
-    let Some(url) = contract::test_server("RIDEHAIL_TEST_REDIS_URL") else { return };
+    let Some(url) = ridehail_contract::test_server("RIDEHAIL_TEST_REDIS_URL") else { return };
     let up = settings(url.clone());
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let down = RedisSettings { url: format!("redis://127.0.0.1:{port}"), cache_retry_interval_ms: 50, ..up.clone() };
@@ -339,4 +323,32 @@ async fn a_silent_redis_costs_one_timeout_per_retry_interval_not_one_per_read() 
     assert_eq!(views.stats(), CacheStats { hits: 0, misses: 0, fallbacks: 20 });
     // The upsert waited for its cache update (and the delete after it); every read skipped Redis.
     assert!(started.elapsed() < std::time::Duration::from_secs(2), "took {:?}", started.elapsed());
+}
+
+/// The whole views contract through the caches while Redis is unreachable: every read and write is
+/// served by the inner store, and the cache never claims a hit or a miss.
+mod over_unreachable_redis {
+    use super::*;
+
+    fn served_without_redis<A: Send + Sync + 'static>(views: Arc<A>, stats: fn(&A) -> CacheStats) -> Fixture<A> {
+        let after = views.clone();
+        Fixture::new(views).then(async move {
+            let stats = stats(&after);
+            assert_eq!((stats.hits, stats.misses), (0, 0), "{stats:?}");
+        })
+    }
+
+    async fn cached_rides() -> Option<Fixture<CachedRideViews>> {
+        let dir = TempDir::new().unwrap();
+        let views = Arc::new(CachedRideViews::new(Arc::new(embedded_rides(&dir)), unreachable_redis()));
+        Some(served_without_redis(views, CachedRideViews::stats).keeping(dir))
+    }
+    ridehail_contract::ride_views_suite!(cached_rides);
+
+    async fn cached_users() -> Option<Fixture<CachedUserViews>> {
+        let dir = TempDir::new().unwrap();
+        let views = Arc::new(CachedUserViews::new(Arc::new(embedded_users(&dir)), unreachable_redis()));
+        Some(served_without_redis(views, CachedUserViews::stats).keeping(dir))
+    }
+    ridehail_contract::user_views_suite!(cached_users);
 }

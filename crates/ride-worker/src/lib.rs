@@ -3,24 +3,25 @@
 //! the ride's timers (offer expiry, wider search).
 //!
 //! - [`domain`]: the pure core (`decide`/`evolve`, fares, matching policy).
-//! - [`handler`]: one command record, end to end.
-//! - [`projection`]: the ride read model.
+//! - [`handler`]: the ride aggregate's facts and effects, run by the runtime's command executor.
+//! - [`projection`]: the ride read model; [`rebuild`]: the views and driver holds, from the streams.
 //! - [`run`]: the consumer and the timer service, until shutdown.
 
 pub mod domain;
 pub mod handler;
 pub mod projection;
+pub mod rebuild;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ridehail_runtime::Backend;
+use ridehail_ports::Backend;
 use ridehail_runtime::consumer::{self, ConsumerConfig};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 pub use domain::{MatchingPolicy, PricingPolicy};
-pub use handler::RideCommandHandler;
+pub use handler::{RideAggregate, RideCommandHandler, command_handler};
 
 /// ride-worker's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -48,7 +49,7 @@ impl Default for RideWorkerConfig {
 /// Runs the ride command consumer and the timer service until `shutdown`; both finish their work in
 /// hand first.
 pub async fn run(backend: Backend, config: RideWorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let handler = Arc::new(RideCommandHandler::new(backend.clone(), config.pricing.clone(), config.matching.clone()));
+    let handler = Arc::new(command_handler(backend.clone(), config.pricing.clone(), config.matching.clone()));
     let consumer_config = ConsumerConfig::new(config.group.clone(), &[ridehail_events::topics::RIDE_COMMANDS]);
     let timers = ridehail_runtime::timers::run(
         backend.timers.clone(),

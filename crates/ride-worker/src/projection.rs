@@ -3,7 +3,7 @@
 
 use ridehail_events::ride::{RatingParty, RideEvent, RideStatus};
 use ridehail_events::{EventEnvelope, RideId};
-use ridehail_runtime::ports::{Cancellation, RideView};
+use ridehail_ports::{Cancellation, RideView};
 
 /// The view after `events` (a stream from its first event), or `None` for an empty stream.
 pub fn project(events: &[EventEnvelope<RideEvent>]) -> Option<RideView> {

@@ -6,10 +6,10 @@ use chrono::{TimeZone, Utc};
 use ride_worker::{MatchingPolicy, PricingPolicy, RideCommandHandler};
 use ridehail_events::ride::*;
 use ridehail_events::{Actor, CommandEnvelope, CommandId, CorrelationId, GeoPoint, RideId, UserId, WireCommand};
+use ridehail_ports::{Backend, Clock, ManualClock};
+use ridehail_ports::{CommandState, IncomingMessage, StartFrom};
 use ridehail_runtime::consumer::MessageHandler;
-use ridehail_runtime::ports::{CommandState, IncomingMessage, StartFrom};
-use ridehail_runtime::worker::{CommandProcessor, command_message};
-use ridehail_runtime::{Backend, Clock, ManualClock};
+use ridehail_runtime::records::command_message;
 use tempfile::TempDir;
 
 struct World {
@@ -25,8 +25,8 @@ const DROPOFF: GeoPoint = GeoPoint { lat: 38.7369, lon: -9.1427 };
 fn world() -> World {
     let dir = TempDir::new().unwrap();
     let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap()));
-    let backend = ridehail_runtime::embedded::open(dir.path(), 2, clock.clone()).unwrap();
-    let handler = RideCommandHandler::new(backend.clone(), PricingPolicy::default(), MatchingPolicy::default());
+    let backend = ridehail_sqlite::open(dir.path(), 2, clock.clone()).unwrap();
+    let handler = ride_worker::command_handler(backend.clone(), PricingPolicy::default(), MatchingPolicy::default());
     World { backend, clock, handler, _dir: dir }
 }
 
@@ -52,7 +52,7 @@ impl World {
     }
 
     async fn send(&self, ride: RideId, command: RideCommand) -> CommandId {
-        let actor = Actor::User { user_id: uuid::Uuid::now_v7(), role: ridehail_events::user::Role::Rider };
+        let actor = Actor::User { user_id: uuid::Uuid::now_v7(), role: ridehail_events::Role::Rider };
         let (id, message) = self.message(ride, actor, command);
         self.handler.handle(&message).await.unwrap();
         id
@@ -62,7 +62,7 @@ impl World {
         self.backend.events.read_stream(ride.0).await.unwrap().into_iter().map(|e| e.event_type).collect()
     }
 
-    async fn view(&self, ride: RideId) -> ridehail_runtime::ports::RideView {
+    async fn view(&self, ride: RideId) -> ridehail_ports::RideView {
         self.backend.rides.get(ride).await.unwrap().unwrap()
     }
 }
@@ -80,7 +80,7 @@ async fn a_redelivered_command_changes_nothing() {
     let w = world();
     w.driver_at(300.0).await;
     let ride = RideId::new();
-    let actor = Actor::User { user_id: uuid::Uuid::now_v7(), role: ridehail_events::user::Role::Rider };
+    let actor = Actor::User { user_id: uuid::Uuid::now_v7(), role: ridehail_events::Role::Rider };
     let (id, message) = w.message(ride, actor, request(UserId::new()));
     w.handler.handle(&message).await.unwrap();
     let first = w.backend.events.read_stream(ride.0).await.unwrap();

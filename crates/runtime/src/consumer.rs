@@ -22,7 +22,7 @@ use tracing::{Instrument, error, info_span, warn};
 
 use tokio::sync::mpsc;
 
-use crate::ports::{IncomingMessage, MessageBus, OutgoingMessage, PartitionOffset, StartFrom, Subscription};
+use ridehail_ports::{IncomingMessage, MessageBus, OutgoingMessage, PartitionOffset, StartFrom, Subscription};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {

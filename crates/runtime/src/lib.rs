@@ -1,28 +1,18 @@
-//! What every Ridehail service shares: the ports the services talk through, their embedded adapters,
-//! the consumer runner, timers, settings helpers and telemetry.
+//! The runtime every Ridehail service runs on: the command executor, the at-least-once consume loop,
+//! the timer service, the record formats on the bus, secrets and telemetry. It talks to the outside
+//! only through the ports of `ridehail-ports`.
 //!
-//! - [`ports`]: small traits, one per outside dependency (message bus, event store, read models,
-//!   driver geo index, command status, idempotency keys, timers, clock). Services hold them as
-//!   `Arc<dyn Trait>` inside a [`Backend`].
-//! - [`embedded`]: durable adapters on SQLite files in one data directory, so the whole system runs in
-//!   one process with no servers. They survive a restart or a `kill -9` (WAL, synchronous=NORMAL).
-//! - [`consumer`]: the at-least-once consume loop (partitions in parallel, each in order, offsets
+//! - [`executor`]: the one command path (load, decide, append with optimistic concurrency, effects),
+//!   driven by an [`executor::Aggregate`] per aggregate type, and [`executor::CommandHandler`], which
+//!   runs it under the consume loop and records outcomes.
+//! - [`consumer`]: the at-least-once consume loop (one in-order worker per partition, offsets
 //!   committed after the work, poison messages dead-lettered).
 //! - [`timers`]: turns due timers into commands on the bus.
-//! - [`contract`] (feature `contract-tests`): one test body per port behaviour, run against every
-//!   adapter.
+//! - [`records`]: commands and events as bus records with their headers, and back.
 
-pub mod backend;
-pub mod clock;
 pub mod consumer;
-#[cfg(any(test, feature = "contract-tests"))]
-pub mod contract;
-pub mod embedded;
-pub mod ports;
+pub mod executor;
+pub mod records;
 pub mod secrets;
 pub mod telemetry;
 pub mod timers;
-pub mod worker;
-
-pub use backend::Backend;
-pub use clock::{Clock, ManualClock, SystemClock};

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::clock::Clock;
-use crate::ports::{MessageBus, OutgoingMessage, TimerStore};
+use ridehail_ports::Clock;
+use ridehail_ports::{MessageBus, OutgoingMessage, TimerStore};
 
 /// Fires every timer due now; returns how many fired.
 pub async fn fire_due(timers: &dyn TimerStore, bus: &dyn MessageBus, clock: &dyn Clock) -> anyhow::Result<usize> {

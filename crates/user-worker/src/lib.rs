@@ -3,7 +3,8 @@
 //! feeds the driver geo index.
 //!
 //! - [`domain`]: the pure core and the field rules shared with the edge.
-//! - [`handler`]: one command record, end to end.
+//! - [`handler`]: the user and e-mail claim aggregates' facts and effects, run by the runtime's
+//!   command executor.
 //! - [`projection`]: profile and credentials read models.
 
 pub mod domain;
@@ -12,12 +13,12 @@ pub mod projection;
 
 use std::sync::Arc;
 
-use ridehail_runtime::Backend;
+use ridehail_ports::Backend;
 use ridehail_runtime::consumer::{self, ConsumerConfig};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-pub use handler::UserCommandHandler;
+pub use handler::{UserAggregate, UserCommandHandler, command_handler};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,9 +33,10 @@ impl Default for UserWorkerConfig {
     }
 }
 
-/// Consumes user commands until `shutdown`, finishing the batch in hand.
+/// Consumes user commands until `shutdown`, finishing the records already handed to its partition
+/// workers.
 pub async fn run(backend: Backend, config: UserWorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let handler = Arc::new(UserCommandHandler::new(backend.clone()));
+    let handler = Arc::new(command_handler(backend.clone()));
     let consumer_config = ConsumerConfig::new(config.group, &[ridehail_events::topics::USER_COMMANDS]);
     consumer::run(backend.bus.clone(), handler, consumer_config, shutdown).await
 }

@@ -1,11 +1,12 @@
 //! User read models folded from the user's whole stream: the profile (no credential), the
 //! credentials used by login, and (for drivers) the geo index entry.
 
+use ridehail_events::Role;
 use ridehail_events::ids::normalise_email;
-use ridehail_events::user::{Role, UserEvent};
+use ridehail_events::user::UserEvent;
 use ridehail_events::{EventEnvelope, UserId};
-use ridehail_runtime::Backend;
-use ridehail_runtime::ports::{Credentials, UserProfile};
+use ridehail_ports::Backend;
+use ridehail_ports::{Credentials, UserProfile};
 
 /// Writes every read model of one user from the user's whole stream; idempotent (views only move
 /// forward). Used after each command and by replay. Returns whether the user exists.
@@ -13,7 +14,7 @@ pub async fn write_read_models(
     backend: &Backend,
     user_id: UserId,
     stream: &[EventEnvelope<UserEvent>],
-) -> anyhow::Result<bool> {
+) -> ridehail_ports::StoreResult<bool> {
     let Some(profile) = project_profile(stream) else { return Ok(false) };
     backend.users.upsert_profile(&profile).await?;
     if let Some(credentials) = project_credentials(stream) {

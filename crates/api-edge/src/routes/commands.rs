@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use ridehail_events::CommandId;
-use ridehail_runtime::ports::CommandStatus;
+use ridehail_ports::CommandStatus;
 
 use crate::AppState;
 use crate::auth::MaybeAuthUser;
@@ -18,7 +18,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<CommandStatus>, ApiError> {
     let id: CommandId = parse_id(&id, "command_id")?;
-    let status = state.backend.commands.get(id).await.map_err(ApiError::Unavailable)?;
+    let status = state.backend.commands.get(id).await?;
     match status {
         Some(s) if s.issued_by.is_none() && s.command_type == "RegisterUser" => Ok(Json(s)),
         Some(s) if s.issued_by.is_some() && s.issued_by == user.map(|u| u.user_id.0) => Ok(Json(s)),

@@ -2,7 +2,8 @@
 
 use axum::extract::State;
 use axum::response::Response;
-use ridehail_events::user::{Role, SetAvailability, UpdateLocation, UserCommand};
+use ridehail_events::Role;
+use ridehail_events::user::{SetAvailability, UpdateLocation, UserCommand};
 use ridehail_events::{Actor, topics};
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +12,8 @@ use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::extract::{CommandHeaders, ValidJson};
-use crate::submit::{Resource, Submission, fingerprint, submit};
+use crate::submit::{Submission, fingerprint, submit};
+use ridehail_ports::Resource;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -7,10 +7,10 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ridehail_events::Role;
 use ridehail_events::ride::*;
-use ridehail_events::user::Role;
-use ridehail_events::{Actor, RideId, WireEvent, topics};
-use ridehail_runtime::ports::{RideParty, RideQuery, RideView};
+use ridehail_events::{Actor, RideId, WireEvent, topics, validation};
+use ridehail_ports::{RideParty, RideQuery, RideView};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -19,31 +19,15 @@ use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::extract::{CommandHeaders, ValidJson, ValidQuery, parse_id};
-use crate::submit::{Resource, Submission, fingerprint, submit};
+use crate::submit::{Submission, fingerprint, submit};
+use ridehail_ports::Resource;
 
 pub const MAX_PAGE: usize = 100;
 const DEFAULT_PAGE: usize = 20;
 
-/// The ride if `viewer` may see it: its rider, its driver, or the driver it is offered to.
-pub async fn visible_ride(
-    state: &AppState,
-    ride_id: RideId,
-    viewer: Option<AuthUser>,
-) -> Result<Option<RideView>, ApiError> {
-    let Some(viewer) = viewer else { return Ok(None) };
-    let view = state.backend.rides.get(ride_id).await.map_err(ApiError::Unavailable)?;
-    Ok(view.filter(|v| {
-        let me = Some(viewer.user_id);
-        match viewer.role {
-            Role::Rider => v.rider_id == viewer.user_id,
-            Role::Driver => v.driver_id == me || v.offered_driver_id == me,
-        }
-    }))
-}
-
 async fn own_ride(state: &AppState, raw_id: &str, user: AuthUser) -> Result<RideView, ApiError> {
     let ride_id: RideId = parse_id(raw_id, "ride_id")?;
-    visible_ride(state, ride_id, Some(user)).await?.ok_or(ApiError::NotFound("no such ride"))
+    crate::views::visible_ride(state, ride_id, Some(user)).await?.ok_or(ApiError::NotFound("no such ride"))
 }
 
 fn ride_submission(user: AuthUser, ride_id: RideId, command: RideCommand, creates: bool) -> Submission<RideCommand> {
@@ -117,8 +101,7 @@ pub async fn list(
         Role::Rider => RideParty::Rider(user.user_id),
         Role::Driver => RideParty::Driver(user.user_id),
     };
-    let rides =
-        state.backend.rides.list(&RideQuery { party, status, limit, before }).await.map_err(ApiError::Unavailable)?;
+    let rides = state.backend.rides.list(&RideQuery { party, status, limit, before }).await?;
     let next_cursor = (rides.len() == limit).then(|| rides.last().map(|r| encode_cursor(r.ride_id))).flatten();
     Ok(Json(json!({ "items": rides, "next_cursor": next_cursor })))
 }
@@ -142,7 +125,7 @@ pub async fn history(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let ride = own_ride(&state, &id, user).await?;
-    let events = state.backend.events.read_stream(ride.ride_id.0).await.map_err(ApiError::Unavailable)?;
+    let events = state.backend.events.read_stream(ride.ride_id.0).await?;
     let public: Vec<WireEvent> = events
         .into_iter()
         .filter(|w| {
@@ -168,8 +151,11 @@ pub async fn cancel(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: CancelRequest = optional_body(&body)?;
-    if req.reason.trim().is_empty() || req.reason.chars().count() > 200 {
-        return Err(ApiError::field("reason", "must be given, at most 200 characters"));
+    if !validation::valid_reason(&req.reason) {
+        return Err(ApiError::field(
+            "reason",
+            format!("must be given, at most {} characters", validation::MAX_REASON_CHARS),
+        ));
     }
     let ride = own_ride(&state, &id, user).await?;
     let cancelled_by = match user.role {
@@ -196,11 +182,15 @@ pub async fn rate(
     Path(id): Path<String>,
     ValidJson(req): ValidJson<RatingRequest>,
 ) -> Result<Response, ApiError> {
-    if !(1..=5).contains(&req.stars) {
-        return Err(ApiError::field("stars", "must be between 1 and 5"));
+    if !validation::STARS.contains(&req.stars) {
+        let (min, max) = (validation::STARS.start(), validation::STARS.end());
+        return Err(ApiError::field("stars", format!("must be between {min} and {max}")));
     }
-    if req.comment.as_ref().is_some_and(|c| c.chars().count() > 500) {
-        return Err(ApiError::field("comment", "must be at most 500 characters"));
+    if !validation::valid_comment(req.comment.as_deref()) {
+        return Err(ApiError::field(
+            "comment",
+            format!("must be at most {} characters", validation::MAX_COMMENT_CHARS),
+        ));
     }
     let ride = own_ride(&state, &id, user).await?;
     let by = match user.role {

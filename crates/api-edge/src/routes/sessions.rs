@@ -25,8 +25,7 @@ pub async fn login(
     if req.password.len() > 1024 {
         return Err(ApiError::InvalidCredentials);
     }
-    let credentials =
-        state.backend.users.credentials_by_email(&normalise_email(&req.email)).await.map_err(ApiError::Unavailable)?;
+    let credentials = state.backend.users.credentials_by_email(&normalise_email(&req.email)).await?;
     let stored = credentials.as_ref().map(|c| c.password_hash.0.clone());
     if !state.passwords.verify(SecretString::from(req.password), stored).await? {
         return Err(ApiError::InvalidCredentials);

@@ -2,7 +2,8 @@
 
 use axum::extract::State;
 use axum::response::Response;
-use ridehail_events::user::{PasswordHash, RegisterUser, Role, UpdateProfile, UserCommand, Vehicle};
+use ridehail_events::Role;
+use ridehail_events::user::{PasswordHash, RegisterUser, UpdateProfile, UserCommand, Vehicle};
 use ridehail_events::validation::{MIN_PASSWORD_CHARS, invalid_vehicle_field, valid_email, valid_name, valid_password};
 use ridehail_events::{Actor, UserId, topics};
 use secrecy::SecretString;
@@ -12,7 +13,8 @@ use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{CommandHeaders, ValidJson};
-use crate::submit::{Resource, Submission, fingerprint, submit};
+use crate::submit::{Submission, fingerprint, submit};
+use ridehail_ports::Resource;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,14 +118,11 @@ pub async fn register(
     submit(&state, &headers, &scope, fp, submission).await
 }
 
-/// The profile as JSON, if projected.
-pub async fn profile_json(state: &AppState, user_id: UserId) -> Result<Option<serde_json::Value>, ApiError> {
-    let profile = state.backend.users.profile(user_id).await.map_err(ApiError::Unavailable)?;
-    Ok(profile.map(|p| serde_json::to_value(p).unwrap_or_default()))
-}
-
 pub async fn me(State(state): State<AppState>, user: AuthUser) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    profile_json(&state, user.user_id).await?.map(axum::Json).ok_or(ApiError::NotFound("no profile for this user yet"))
+    crate::views::profile_json(&state, user.user_id)
+        .await?
+        .map(axum::Json)
+        .ok_or(ApiError::NotFound("no profile for this user yet"))
 }
 
 #[derive(Debug, Serialize, Deserialize)]

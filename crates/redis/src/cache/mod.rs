@@ -6,6 +6,7 @@ mod log_limiter;
 mod rides;
 mod users;
 
+use ridehail_ports::StoreResult;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
@@ -113,10 +114,10 @@ impl ReadThrough {
     }
 
     /// The cached view, or the inner store's (`load`), which is then cached.
-    pub(crate) async fn read<T, F>(&self, key: String, load: F) -> anyhow::Result<Option<T>>
+    pub(crate) async fn read<T, F>(&self, key: String, load: F) -> StoreResult<Option<T>>
     where
         T: Versioned,
-        F: Future<Output = anyhow::Result<Option<T>>>,
+        F: Future<Output = StoreResult<Option<T>>>,
     {
         match self.lookup(&key).await {
             Lookup::Hit(view) => {

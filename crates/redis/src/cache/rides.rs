@@ -4,7 +4,8 @@ use async_trait::async_trait;
 use ridehail_events::RideId;
 #[cfg(test)]
 use ridehail_events::UserId;
-use ridehail_runtime::ports::{RideQuery, RideView, RideViews};
+use ridehail_ports::StoreResult;
+use ridehail_ports::{RideQuery, RideView, RideViews};
 
 use super::{CacheStats, ReadThrough, Versioned};
 use crate::client::RedisClient;
@@ -35,7 +36,7 @@ impl CachedRideViews {
 
 #[async_trait]
 impl RideViews for CachedRideViews {
-    async fn upsert(&self, view: &RideView) -> anyhow::Result<bool> {
+    async fn upsert(&self, view: &RideView) -> StoreResult<bool> {
         let wrote = self.inner.upsert(view).await?;
         if wrote {
             self.cache.written(self.cache.key(&view.ride_id), view).await;
@@ -43,28 +44,28 @@ impl RideViews for CachedRideViews {
         Ok(wrote)
     }
 
-    async fn get(&self, ride_id: RideId) -> anyhow::Result<Option<RideView>> {
+    async fn get(&self, ride_id: RideId) -> StoreResult<Option<RideView>> {
         self.cache.read(self.cache.key(&ride_id), self.inner.get(ride_id)).await
     }
 
-    async fn list(&self, query: &RideQuery) -> anyhow::Result<Vec<RideView>> {
+    async fn list(&self, query: &RideQuery) -> StoreResult<Vec<RideView>> {
         self.inner.list(query).await
     }
 
-    async fn count_waiting_in_cell(&self, cell: &str) -> anyhow::Result<u64> {
+    async fn count_waiting_in_cell(&self, cell: &str) -> StoreResult<u64> {
         self.inner.count_waiting_in_cell(cell).await
     }
 
     /// The inner store's health: without Redis the views are still served, only slower.
-    async fn ping(&self) -> anyhow::Result<()> {
+    async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use ridehail_runtime::contract;
-    use ridehail_runtime::embedded::EmbeddedRideViews;
+    use ridehail_contract as contract;
+    use ridehail_sqlite::EmbeddedRideViews;
 
     use super::*;
     use crate::{CacheStats, RedisSettings};

@@ -2,7 +2,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ridehail_events::UserId;
-use ridehail_runtime::ports::{Credentials, UserProfile, UserViews};
+use ridehail_ports::StoreResult;
+use ridehail_ports::{Credentials, UserProfile, UserViews};
 
 use super::{CacheStats, ReadThrough, Versioned};
 use crate::client::RedisClient;
@@ -33,7 +34,7 @@ impl CachedUserViews {
 
 #[async_trait]
 impl UserViews for CachedUserViews {
-    async fn upsert_profile(&self, profile: &UserProfile) -> anyhow::Result<bool> {
+    async fn upsert_profile(&self, profile: &UserProfile) -> StoreResult<bool> {
         let wrote = self.inner.upsert_profile(profile).await?;
         if wrote {
             self.cache.written(self.cache.key(&profile.user_id), profile).await;
@@ -41,20 +42,20 @@ impl UserViews for CachedUserViews {
         Ok(wrote)
     }
 
-    async fn profile(&self, user_id: UserId) -> anyhow::Result<Option<UserProfile>> {
+    async fn profile(&self, user_id: UserId) -> StoreResult<Option<UserProfile>> {
         self.cache.read(self.cache.key(&user_id), self.inner.profile(user_id)).await
     }
 
-    async fn upsert_credentials(&self, credentials: &Credentials) -> anyhow::Result<bool> {
+    async fn upsert_credentials(&self, credentials: &Credentials) -> StoreResult<bool> {
         self.inner.upsert_credentials(credentials).await
     }
 
-    async fn credentials_by_email(&self, email_normalised: &str) -> anyhow::Result<Option<Credentials>> {
+    async fn credentials_by_email(&self, email_normalised: &str) -> StoreResult<Option<Credentials>> {
         self.inner.credentials_by_email(email_normalised).await
     }
 
     /// The inner store's health: without Redis the views are still served, only slower.
-    async fn ping(&self) -> anyhow::Result<()> {
+    async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }
 }

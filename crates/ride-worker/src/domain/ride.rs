@@ -7,10 +7,7 @@ use ridehail_events::{EventEnvelope, GeoPoint, UserId};
 use super::fare::PricingPolicy;
 use super::matching::{DriverCandidate, MatchingPolicy, Search};
 
-/// Rides whose pickup and dropoff are closer than this are refused.
-pub const MIN_TRIP_M: f64 = 50.0;
-pub const MAX_REASON_CHARS: usize = 200;
-pub const MAX_COMMENT_CHARS: usize = 500;
+pub use ridehail_events::validation::{MAX_COMMENT_CHARS, MAX_REASON_CHARS, MIN_TRIP_M, STARS};
 
 /// The offer a driver has not answered yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,12 +82,15 @@ pub enum RideRejection {
     DistanceImplausible,
     #[error("the comment is longer than {MAX_COMMENT_CHARS} characters")]
     CommentTooLong,
-    #[error("stars must be between 1 and 5")]
+    #[error("stars must be between {} and {}", STARS.start(), STARS.end())]
     InvalidStars,
     #[error("this party already rated the ride")]
     AlreadyRated,
     #[error("the timer no longer applies")]
     StaleTimer,
+    /// The driver accepting is held for another ride (found by the worker, not by `decide`).
+    #[error("the driver is held for another ride")]
+    DriverBusy,
 }
 
 impl RideRejection {
@@ -114,6 +114,7 @@ impl RideRejection {
             Self::InvalidStars => "invalid_stars",
             Self::AlreadyRated => "already_rated",
             Self::StaleTimer => "stale_timer",
+            Self::DriverBusy => "driver_busy",
         }
     }
 }
@@ -345,7 +346,7 @@ pub fn decide(
             if s.status != RideStatus::Completed {
                 return Err(invalid_state(s, "rate"));
             }
-            if !(1..=5).contains(stars) {
+            if !STARS.contains(stars) {
                 return Err(RideRejection::InvalidStars);
             }
             if comment.as_ref().is_some_and(|c| c.chars().count() > MAX_COMMENT_CHARS) {

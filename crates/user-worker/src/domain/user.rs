@@ -1,7 +1,7 @@
 //! The user aggregate: registration, profile, and (for drivers) availability and location.
 
 use ridehail_events::user::*;
-use ridehail_events::{EventEnvelope, GeoPoint};
+use ridehail_events::{EventEnvelope, GeoPoint, Role};
 
 use ridehail_events::validation::{invalid_vehicle_field, valid_email, valid_name};
 

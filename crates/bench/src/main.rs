@@ -1,0 +1,90 @@
+//! `ridehail-bench`: Ridehail's benchmarks, apart from the product binary.
+//!
+//! - `ridehail-bench loadgen`: drives a running edge with ride requests and reports latency.
+//! - `ridehail-bench bench-reads`: `GET /v1/rides/{id}` on an edge, or a bare Redis `GET` (the ceiling).
+//! - `ridehail-bench bench-bus`: the raw ceiling of a bus, one producer and one consumer on a scratch
+//!   topic.
+//!
+//! `scripts/bench-kafka` and `scripts/bench-reads` run them; method and results are in
+//! docs/benchmarks.md.
+
+mod bench_bus;
+mod bench_reads;
+mod loadgen;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use ridehail_ports::MessageBus;
+
+#[derive(Debug, Parser)]
+#[command(name = "ridehail-bench", version, about = "Ridehail benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load generator against a running edge.
+    Loadgen(loadgen::Args),
+    /// Read-path load: `GET /v1/rides/{id}` on an edge, or a bare Redis `GET` (the ceiling).
+    BenchReads(bench_reads::Args),
+    /// Raw ceiling of a bus: one producer and one consumer on a scratch topic.
+    BenchBus {
+        #[command(flatten)]
+        bus: BusArgs,
+        #[command(flatten)]
+        args: bench_bus::Args,
+    },
+}
+
+/// Which bus `bench-bus` measures: the embedded one in `--data-dir`, or Kafka as configured by the
+/// same `RIDEHAIL__KAFKA__*` variables the services read.
+#[derive(Debug, clap::Args)]
+struct BusArgs {
+    #[arg(long, env = "RIDEHAIL__BACKEND__BUS", default_value = "embedded", value_parser = ["embedded", "kafka"])]
+    bus: String,
+    /// Data directory of the embedded bus.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+}
+
+/// The `[kafka]` section of the services' settings, from the environment.
+#[derive(Debug, Default, serde::Deserialize)]
+struct KafkaOnly {
+    #[serde(default)]
+    kafka: ridehail_kafka::KafkaSettings,
+}
+
+impl BusArgs {
+    async fn open(&self) -> anyhow::Result<Arc<dyn MessageBus>> {
+        if self.bus == "embedded" {
+            let topics = [(bench_bus::TOPIC, 1)];
+            std::fs::create_dir_all(&self.data_dir)?;
+            return Ok(Arc::new(ridehail_sqlite::EmbeddedBus::open(&self.data_dir.join("bench-bus"), &topics)?));
+        }
+        let env = config::Environment::with_prefix("RIDEHAIL").prefix_separator("__").separator("__").try_parsing(true);
+        let settings: KafkaOnly = config::Config::builder().add_source(env).build()?.try_deserialize()?;
+        settings.kafka.validate()?;
+        ridehail_kafka::apply_topics(&settings.kafka, &[bench_bus::TOPIC]).await?;
+        Ok(Arc::new(ridehail_kafka::KafkaBus::connect(&settings.kafka, "bench")?))
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Loadgen(args) => loadgen::run(args).await,
+            Command::BenchReads(args) => bench_reads::run(args).await,
+            Command::BenchBus { bus, args } => {
+                let report = bench_bus::run(bus.open().await?, &args).await?;
+                println!("{}", serde_json::to_string(&report)?);
+                Ok(())
+            }
+        }
+    })
+}

@@ -1,0 +1,58 @@
+use crate::error::StoreResult;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ridehail_events::{GeoPoint, RideId, UserId};
+
+/// A driver picked for a ride, and how far they are from the pickup.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    pub driver_id: UserId,
+    pub distance_m: f64,
+}
+
+/// The driver geo index: where online drivers are and which are free.
+///
+/// A driver is *available* when online, located, and not held for a ride. A hold has a deadline while
+/// the ride is only offered (so a hold left by a crash frees itself) and none once the driver accepted.
+#[async_trait]
+pub trait DriverLocator: Send + Sync + std::fmt::Debug {
+    /// Records a driver's position and online flag as of user-stream `version`; older versions are
+    /// ignored. `location: None` keeps the last known location.
+    async fn update_driver(
+        &self,
+        driver_id: UserId,
+        location: Option<GeoPoint>,
+        online: bool,
+        version: u64,
+    ) -> StoreResult<()>;
+
+    /// Atomically picks the nearest available driver within `radius_m` of `at` (skipping `exclude`)
+    /// and holds them for `ride_id` until `hold_until`.
+    async fn reserve_nearest(
+        &self,
+        at: GeoPoint,
+        radius_m: u32,
+        exclude: &[UserId],
+        ride_id: RideId,
+        hold_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Candidate>>;
+
+    /// Holds the driver for the ride (`until: None` = until released). False when the driver is held
+    /// for another ride.
+    async fn hold(
+        &self,
+        driver_id: UserId,
+        ride_id: RideId,
+        until: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Frees the driver if held for this ride; otherwise does nothing.
+    async fn release(&self, driver_id: UserId, ride_id: RideId) -> StoreResult<()>;
+
+    /// Available drivers located in the surge cell (supply).
+    async fn available_in_cell(&self, cell: &str, now: DateTime<Utc>) -> StoreResult<u64>;
+
+    async fn ping(&self) -> StoreResult<()>;
+}

@@ -1,0 +1,31 @@
+//! Ports: one small trait per outside dependency of a Ridehail service, the types that cross them,
+//! and [`Backend`], the set of them one deployment is wired with. No adapter lives here: the
+//! embedded ones are in `ridehail-sqlite`, the production ones in `ridehail-kafka`, `ridehail-mongo`
+//! and `ridehail-redis`, and every adapter runs the suites of `ridehail-contract`.
+
+mod backend;
+mod bus;
+mod clock;
+mod commands;
+mod drivers;
+mod error;
+mod event_store;
+mod idempotency;
+mod rides;
+mod timers;
+mod users;
+
+pub use backend::{Backend, DependencyHealth};
+pub use bus::{BusError, IncomingMessage, MessageBus, OutgoingMessage, PartitionOffset, StartFrom, Subscription};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use commands::{
+    CommandState, CommandStatus, CommandStatusStore, CompletionWaiters, Outcome, Rejection, RejectionKind, Resource,
+};
+pub use drivers::{Candidate, DriverLocator};
+pub use error::{StoreError, StoreResult};
+pub use event_store::validate_batch;
+pub use event_store::{AppendError, EventStore, ReadAllPage};
+pub use idempotency::{IdempotencyClaim, IdempotencyStore, StoredResponse};
+pub use rides::{Cancellation, RideParty, RideQuery, RideView, RideViews};
+pub use timers::{Timer, TimerStore};
+pub use users::{Credentials, UserProfile, UserViews};

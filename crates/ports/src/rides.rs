@@ -1,0 +1,70 @@
+use crate::error::StoreResult;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ridehail_events::ride::{Canceller, Fare, RideStatus};
+use ridehail_events::{GeoPoint, RideId, UserId};
+use serde::{Deserialize, Serialize};
+
+/// How a ride ended early.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancellation {
+    pub cancelled_by: Canceller,
+    pub reason: String,
+}
+
+/// The ride as clients see it: a projection of the ride's events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RideView {
+    pub ride_id: RideId,
+    pub rider_id: UserId,
+    pub status: RideStatus,
+    /// The driver who accepted the ride.
+    pub driver_id: Option<UserId>,
+    /// The driver the ride is offered to right now, waiting for an answer.
+    pub offered_driver_id: Option<UserId>,
+    pub offer_expires_at: Option<DateTime<Utc>>,
+    pub pickup: GeoPoint,
+    pub dropoff: GeoPoint,
+    pub pickup_cell: String,
+    pub fare_estimate: Fare,
+    pub fare: Option<Fare>,
+    pub cancellation: Option<Cancellation>,
+    /// Stars the rider gave the driver.
+    pub rider_rating: Option<u8>,
+    /// Stars the driver gave the rider.
+    pub driver_rating: Option<u8>,
+    pub requested_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Sequence of the last event applied; projections only move forward.
+    pub version: u64,
+}
+
+/// Whose rides to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RideParty {
+    Rider(UserId),
+    /// Rides assigned or currently offered to the driver.
+    Driver(UserId),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RideQuery {
+    pub party: RideParty,
+    pub status: Option<RideStatus>,
+    pub limit: usize,
+    /// Continue after this ride (newest first: rides with a smaller id).
+    pub before: Option<RideId>,
+}
+
+/// The ride read model.
+#[async_trait]
+pub trait RideViews: Send + Sync + std::fmt::Debug {
+    /// Stores `view` unless the stored one is at the same or a newer version. Returns whether it wrote.
+    async fn upsert(&self, view: &RideView) -> StoreResult<bool>;
+    async fn get(&self, ride_id: RideId) -> StoreResult<Option<RideView>>;
+    /// Newest first (by ride id, which is time-ordered).
+    async fn list(&self, query: &RideQuery) -> StoreResult<Vec<RideView>>;
+    /// Rides still looking for a driver whose pickup is in `cell` (surge demand).
+    async fn count_waiting_in_cell(&self, cell: &str) -> StoreResult<u64>;
+    async fn ping(&self) -> StoreResult<()>;
+}

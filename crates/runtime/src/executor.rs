@@ -1,0 +1,321 @@
+//! The command executor: the one loop every command of every aggregate goes through.
+//!
+//! Per command: load the stream → if events caused by this command are already there (a redelivery),
+//! only finish their effects → fold the state → look up the outside facts → `decide` (pure) →
+//! claim what the decision needs beyond its own stream → append with optimistic concurrency (on a
+//! conflict: give back what the facts reserved, reload, decide again) → give back what the appended
+//! events do not use → the effects (read models, timers, publishing), each idempotent.
+//!
+//! An aggregate plugs in through [`Aggregate`]; [`CommandHandler`] runs it under the consume loop
+//! and records each command's outcome. Spans, metrics, snapshots and retry policy of the command path
+//! belong here, once, not in the workers.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ridehail_events::{CommandEnvelope, EventEnvelope, EventId, Message, WireEvent};
+use ridehail_ports::{AppendError, Backend, CommandStatus, Outcome, Rejection, Resource, StoreError, StoreResult};
+use tracing::debug;
+use uuid::Uuid;
+
+use crate::consumer::{HandleError, MessageHandler};
+use crate::records::decode_command;
+
+/// How many times a command is decided again after losing an append race.
+pub const MAX_CONFLICT_RETRIES: usize = 8;
+
+/// Why a command did not (yet) come to an outcome, or that it came to a rejection.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// Nothing of the command is durable yet; it may work on a retry.
+    #[error("{0:#}")]
+    Transient(anyhow::Error),
+    /// Part of the command's effects are durable (its events are appended, an address is claimed):
+    /// it must be retried until everything is done, never given up on.
+    #[error("effects of an appended command are unfinished: {0:#}")]
+    EffectsPending(anyhow::Error),
+    /// The command is refused for good.
+    #[error("rejected: {}", .0.code)]
+    Rejected(Rejection),
+}
+
+impl ProcessError {
+    /// The same failure, once something of the command is durable.
+    fn pending(self) -> Self {
+        match self {
+            Self::Transient(e) => Self::EffectsPending(e),
+            other => other,
+        }
+    }
+}
+
+impl From<StoreError> for ProcessError {
+    fn from(error: StoreError) -> Self {
+        Self::Transient(error.into())
+    }
+}
+
+impl From<AppendError> for ProcessError {
+    fn from(error: AppendError) -> Self {
+        Self::Transient(error.into())
+    }
+}
+
+impl From<ridehail_ports::BusError> for ProcessError {
+    fn from(error: ridehail_ports::BusError) -> Self {
+        Self::Transient(error.into())
+    }
+}
+
+impl From<anyhow::Error> for ProcessError {
+    fn from(error: anyhow::Error) -> Self {
+        Self::Transient(error)
+    }
+}
+
+/// One aggregate type, as the executor drives it: the domain parts of handling its commands.
+#[async_trait]
+pub trait Aggregate: Send + Sync + 'static {
+    type Command: Message;
+    type Event: Message;
+    /// What `decide` knows of the stream.
+    type State: Send + Sync;
+    /// What `decide` needs from outside the stream, looked up (and possibly reserved) per attempt.
+    type Facts: Send + Sync;
+    /// The domain's typed reason for refusing a command.
+    type Rejection: Send;
+
+    /// The stream the command is decided on (by default the command's aggregate).
+    fn stream_id(&self, command: &CommandEnvelope<Self::Command>) -> Uuid {
+        command.aggregate_id
+    }
+
+    /// Folds a stream, oldest first, into the state `decide` works on.
+    fn evolve(&self, history: &[EventEnvelope<Self::Event>]) -> Self::State;
+
+    /// Looks up what `decide` needs from outside; may reserve things (a driver) that
+    /// [`Aggregate::release`] gives back, or refuse the command at once ([`ProcessError::Rejected`]).
+    async fn facts(
+        &self,
+        state: &Self::State,
+        command: &CommandEnvelope<Self::Command>,
+        now: DateTime<Utc>,
+    ) -> Result<Self::Facts, ProcessError>;
+
+    /// The pure decision: the new events, or a rejection.
+    fn decide(
+        &self,
+        state: &Self::State,
+        command: &Self::Command,
+        facts: &Self::Facts,
+    ) -> Result<Vec<Self::Event>, Self::Rejection>;
+
+    /// The rejection as clients see it (kind, stable code, detail).
+    fn rejection(&self, rejection: Self::Rejection) -> Rejection;
+
+    /// Takes what the decided events need beyond their own stream and cannot be given back (the
+    /// address of a sign-up). Returns whether it took something: from then on the command must be
+    /// finished, so its later failures are [`ProcessError::EffectsPending`].
+    async fn claim(
+        &self,
+        _command: &CommandEnvelope<Self::Command>,
+        _events: &[Self::Event],
+    ) -> Result<bool, ProcessError> {
+        Ok(false)
+    }
+
+    /// Gives back what `facts` reserved and the `appended` events do not use (all of it when nothing
+    /// was appended).
+    async fn release(&self, _facts: &Self::Facts, _appended: &[EventEnvelope<Self::Event>]) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Everything that follows an append, given the whole stream and the command's events. Re-run on
+    /// redelivery, so each step must be idempotent.
+    async fn effects(
+        &self,
+        history: &[EventEnvelope<Self::Event>],
+        new: &[EventEnvelope<Self::Event>],
+    ) -> Result<(), ProcessError>;
+
+    /// The event types the command's outcome reports (by default, all of them).
+    fn reported(&self, events: &[EventEnvelope<Self::Event>]) -> Vec<String> {
+        events.iter().map(|e| e.event.type_name().to_owned()).collect()
+    }
+
+    /// Where clients read what a command on `aggregate_id` acted on.
+    fn resource(&self, aggregate_id: Uuid) -> Resource;
+}
+
+/// Runs commands of one aggregate type against the event store.
+#[derive(Debug)]
+pub struct Executor<A> {
+    aggregate: A,
+    backend: Backend,
+}
+
+impl<A: Aggregate> Executor<A> {
+    pub fn new(aggregate: A, backend: Backend) -> Self {
+        Self { aggregate, backend }
+    }
+
+    pub fn aggregate(&self) -> &A {
+        &self.aggregate
+    }
+
+    /// Decides and applies `command`; returns its events once every effect is durable (on a
+    /// redelivery, the events it appended before).
+    pub async fn execute(
+        &self,
+        command: &CommandEnvelope<A::Command>,
+    ) -> Result<Vec<EventEnvelope<A::Event>>, ProcessError> {
+        let a = &self.aggregate;
+        let stream = a.stream_id(command);
+        let mut claimed = false;
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let history = self.load(stream).await?;
+            let already: Vec<_> = history.iter().filter(|e| e.causation_id == command.command_id.0).cloned().collect();
+            if !already.is_empty() {
+                a.effects(&history, &already).await.map_err(ProcessError::pending)?;
+                return Ok(already);
+            }
+            let state = a.evolve(&history);
+            let now = self.backend.clock.now();
+            let facts = a.facts(&state, command, now).await?;
+            let decided = match a.decide(&state, &command.command, &facts) {
+                Ok(events) => events,
+                Err(rejection) => {
+                    a.release(&facts, &[]).await?;
+                    return Err(ProcessError::Rejected(a.rejection(rejection)));
+                }
+            };
+            match a.claim(command, &decided).await {
+                Ok(took) => claimed |= took,
+                Err(e) => {
+                    a.release(&facts, &[]).await?;
+                    return Err(e);
+                }
+            }
+            let version = history.len() as u64;
+            let new = envelopes(command, stream, version, decided, now);
+            match self.append(version, &new).await {
+                Ok(()) => {
+                    let mut all = history;
+                    all.extend(new.iter().cloned());
+                    async {
+                        a.release(&facts, &new).await?;
+                        a.effects(&all, &new).await
+                    }
+                    .await
+                    .map_err(ProcessError::pending)?;
+                    return Ok(new);
+                }
+                Err(AppendError::Conflict { .. }) => {
+                    debug!(%stream, "append conflict; deciding again");
+                    a.release(&facts, &[]).await?;
+                }
+                Err(e) => {
+                    a.release(&facts, &[]).await?;
+                    let error = ProcessError::from(e);
+                    return Err(if claimed { error.pending() } else { error });
+                }
+            }
+        }
+        let error = ProcessError::Transient(anyhow::anyhow!(
+            "stream {stream}: gave up after {MAX_CONFLICT_RETRIES} append conflicts"
+        ));
+        Err(if claimed { error.pending() } else { error })
+    }
+
+    /// Reads and decodes a whole stream; an event that does not decode is corrupt data.
+    async fn load(&self, stream: Uuid) -> StoreResult<Vec<EventEnvelope<A::Event>>> {
+        let wires = self.backend.events.read_stream(stream).await?;
+        wires
+            .into_iter()
+            .map(|w| {
+                let (id, seq) = (w.aggregate_id, w.sequence);
+                EventEnvelope::from_wire(w)
+                    .map_err(|e| StoreError::Corrupt(format!("stored event {id}#{seq} does not decode: {e}")))
+            })
+            .collect()
+    }
+
+    async fn append(&self, version: u64, envelopes: &[EventEnvelope<A::Event>]) -> Result<(), AppendError> {
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        let wires: Vec<WireEvent> = envelopes.iter().map(EventEnvelope::to_wire).collect();
+        self.backend.events.append(version, &wires).await
+    }
+}
+
+/// Wraps freshly decided events for appending to `stream` after `version`, caused by `command`.
+fn envelopes<C, E: Message>(
+    command: &CommandEnvelope<C>,
+    stream: Uuid,
+    version: u64,
+    events: Vec<E>,
+    now: DateTime<Utc>,
+) -> Vec<EventEnvelope<E>> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| EventEnvelope {
+            event_id: EventId::new(),
+            aggregate_id: stream,
+            sequence: version + 1 + i as u64,
+            correlation_id: command.correlation_id,
+            causation_id: command.command_id.0,
+            occurred_at: now,
+            event,
+        })
+        .collect()
+}
+
+/// One aggregate's commands under the consume loop: a record whose command already has an outcome
+/// is skipped (redelivery); any other is executed and its outcome recorded before the record is let
+/// go.
+#[derive(Debug, Clone)]
+pub struct CommandHandler<A> {
+    executor: Arc<Executor<A>>,
+}
+
+impl<A: Aggregate> CommandHandler<A> {
+    pub fn new(aggregate: A, backend: Backend) -> Self {
+        Self { executor: Arc::new(Executor::new(aggregate, backend)) }
+    }
+
+    pub fn executor(&self) -> &Executor<A> {
+        &self.executor
+    }
+
+    /// Executes the command and says what it came to, without recording the outcome; a failure is
+    /// classified for the consume loop.
+    pub async fn process(&self, command: &CommandEnvelope<A::Command>) -> Result<Outcome, HandleError> {
+        match self.executor.execute(command).await {
+            Ok(events) => Ok(Outcome::Accepted(self.executor.aggregate.reported(&events))),
+            Err(ProcessError::Rejected(rejection)) => Ok(Outcome::Rejected(rejection)),
+            Err(ProcessError::EffectsPending(e)) => Err(HandleError::Unfinished(e)),
+            Err(ProcessError::Transient(e)) => Err(HandleError::Transient(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl<A: Aggregate> MessageHandler for CommandHandler<A> {
+    async fn handle(&self, message: &ridehail_ports::IncomingMessage) -> Result<(), HandleError> {
+        let command = decode_command::<A::Command>(message)?;
+        let backend = &self.executor.backend;
+        let seen = backend.commands.get(command.command_id).await.map_err(|e| HandleError::Transient(e.into()))?;
+        if seen.is_some_and(|s| s.is_final()) {
+            return Ok(());
+        }
+        let outcome = self.process(&command).await?;
+        let resource = self.executor.aggregate.resource(command.aggregate_id);
+        let status = CommandStatus::finished(&command, resource, outcome, backend.clock.now());
+        // The command's effects are done; its outcome must be recorded before the record is let go.
+        backend.commands.record(&status).await.map_err(|e| HandleError::Unfinished(e.into()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,122 @@
+//! The embedded ride read model: the view as JSON plus the columns queries filter and sort on.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use ridehail_events::RideId;
+use ridehail_events::ride::RideStatus;
+use rusqlite::{OptionalExtension, params};
+
+use crate::sqlite::{Db, exec};
+use ridehail_ports::{RideParty, RideQuery, RideView, RideViews};
+use ridehail_ports::{StoreError, StoreResult};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS rides (
+    ride_id TEXT PRIMARY KEY,
+    rider_id TEXT NOT NULL,
+    driver_id TEXT,
+    offered_driver_id TEXT,
+    status TEXT NOT NULL,
+    pickup_cell TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    body TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rides_by_rider ON rides (rider_id, ride_id);
+CREATE INDEX IF NOT EXISTS rides_by_driver ON rides (driver_id, ride_id);
+CREATE INDEX IF NOT EXISTS rides_by_offered_driver ON rides (offered_driver_id, ride_id);
+CREATE INDEX IF NOT EXISTS rides_waiting_by_cell ON rides (pickup_cell, status);
+";
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedRideViews {
+    db: Db,
+}
+
+impl EmbeddedRideViews {
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let db = Db::open(path)?;
+        db.migrate(SCHEMA)?;
+        Ok(Self { db })
+    }
+}
+
+fn decode(body: &str) -> StoreResult<RideView> {
+    serde_json::from_str(body).map_err(|e| StoreError::corrupt(format!("stored ride view does not decode: {e}")))
+}
+
+#[async_trait]
+impl RideViews for EmbeddedRideViews {
+    async fn upsert(&self, view: &RideView) -> StoreResult<bool> {
+        let body = serde_json::to_string(view)?;
+        self.db.with(|conn| {
+            let changed = exec(conn,
+                "INSERT INTO rides (ride_id, rider_id, driver_id, offered_driver_id, status, pickup_cell, version, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (ride_id) DO UPDATE SET
+                    driver_id = excluded.driver_id, offered_driver_id = excluded.offered_driver_id,
+                    status = excluded.status, version = excluded.version, body = excluded.body
+                 WHERE excluded.version > rides.version",
+                params![
+                    view.ride_id.to_string(),
+                    view.rider_id.to_string(),
+                    view.driver_id.map(|d| d.to_string()),
+                    view.offered_driver_id.map(|d| d.to_string()),
+                    view.status.as_str(),
+                    view.pickup_cell,
+                    view.version,
+                    body
+                ],
+            )?;
+            Ok(changed > 0)
+        })
+    }
+
+    async fn get(&self, ride_id: RideId) -> StoreResult<Option<RideView>> {
+        let body: Option<String> = self.db.with(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT body FROM rides WHERE ride_id = ?1")?
+                .query_row(params![ride_id.to_string()], |r| r.get(0))
+                .optional()?)
+        })?;
+        body.as_deref().map(decode).transpose()
+    }
+
+    async fn list(&self, query: &RideQuery) -> StoreResult<Vec<RideView>> {
+        let (party_sql, party_id) = match query.party {
+            RideParty::Rider(id) => ("rider_id = ?1", id),
+            RideParty::Driver(id) => ("(driver_id = ?1 OR offered_driver_id = ?1)", id),
+        };
+        let sql = format!(
+            "SELECT body FROM rides WHERE {party_sql}
+               AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR ride_id < ?3)
+             ORDER BY ride_id DESC LIMIT ?4"
+        );
+        let bodies: Vec<String> = self.db.with(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![
+                    party_id.to_string(),
+                    query.status.map(|s: RideStatus| s.as_str()),
+                    query.before.map(|b| b.to_string()),
+                    query.limit as i64
+                ],
+                |r| r.get::<_, String>(0),
+            )?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })?;
+        bodies.iter().map(|b| decode(b)).collect()
+    }
+
+    async fn count_waiting_in_cell(&self, cell: &str) -> StoreResult<u64> {
+        self.db.with(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT COUNT(*) FROM rides WHERE pickup_cell = ?1 AND status = 'requested'")?
+                .query_row(params![cell], |r| r.get(0))?)
+        })
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.db.ping()
+    }
+}
