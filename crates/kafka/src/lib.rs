@@ -12,8 +12,10 @@
 //! rebalancing: the revoke callback commits synchronously what is done before another member takes
 //! over) and when the subscription is dropped. A record is thus never committed before its effects
 //! are durable; a crash re-delivers at most what was finished but not yet committed (at-least-once;
-//! the workers' handlers are idempotent). Rebalance callbacks run inside `poll`, between batches, so
-//! no batch is in flight when partitions move.
+//! the workers' handlers are idempotent). Rebalance callbacks run inside `poll`; the consume loop's
+//! partition workers may still hold records of a revoked partition then, so the revoke commit covers
+//! what they finished and the new owner may process the rest again (idempotent handlers keep the
+//! effects single; see docs/architecture.md).
 //!
 //! Start positions: [`StartFrom::Committed`] joins the consumer group (the workers). The others
 //! (earliest, latest, offsets, timestamp: replay and tools) assign every partition explicitly at the

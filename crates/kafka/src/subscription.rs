@@ -29,7 +29,8 @@ impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(partitions) => {
-                // Rebalances are served inside poll, between batches: everything finished is stored.
+                // Served inside poll: commit what the partition workers finished and stored; records
+                // they still hold may be processed again by the new owner (handlers are idempotent).
                 match consumer.commit_consumer_state(CommitMode::Sync) {
                     Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
                     Err(e) => warn!(group = %self.group, error = %e, "commit before revoke failed"),
