@@ -30,7 +30,7 @@ pub async fn open(settings: &Settings, role: &str) -> anyhow::Result<Backend> {
             (stores.events, stores.rides, stores.users, stores.timers)
         }
     };
-    let (drivers, commands, idempotency): HotStores = match settings.backend.hot_store {
+    let (drivers, commands, idempotency, limiter): HotStores = match settings.backend.hot_store {
         HotStoreKind::Embedded => embedded::open_hot_stores(&settings.data_dir)?,
         HotStoreKind::Redis => {
             // Lazy: a service starts while Redis is down (readiness says so), and reads fall back to
@@ -41,11 +41,23 @@ pub async fn open(settings: &Settings, role: &str) -> anyhow::Result<Backend> {
             (
                 Arc::new(ridehail_redis::RedisDriverLocator::new(redis.clone())),
                 Arc::new(ridehail_redis::RedisCommandStatus::new(redis.clone())),
-                Arc::new(ridehail_redis::RedisIdempotency::new(redis)),
+                Arc::new(ridehail_redis::RedisIdempotency::new(redis.clone())),
+                Arc::new(ridehail_redis::RedisLimiter::new(redis)),
             )
         }
     };
-    Ok(Backend { bus, events, rides, users, drivers, commands, idempotency, timers, clock: Arc::new(SystemClock) })
+    Ok(Backend {
+        bus,
+        events,
+        rides,
+        users,
+        drivers,
+        commands,
+        idempotency,
+        limiter,
+        timers,
+        clock: Arc::new(SystemClock),
+    })
 }
 
 /// The MongoDB settings with `migrate_on_start` resolved: on by default in development, off in

@@ -11,6 +11,7 @@
 //! (`ridehail-bench`, crates/bench).
 
 mod backend;
+mod keys;
 mod replay;
 mod seed;
 mod settings;
@@ -69,6 +70,21 @@ enum Command {
     },
     /// Creates demo riders and drivers (online, spread over the city centre); safe to run twice.
     Seed(seed::Args),
+    /// Token signing keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// Writes a new Ed25519 signing key (PKCS#8 PEM, mode 0600) to `--out` and prints its public key
+    /// as a JWKS.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -99,6 +115,12 @@ struct ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Everything this process creates (data files, keys, logs it writes) is its owner's only.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    // One TLS crypto provider for every client and server in the process (ring; see
+    // docs/decisions.md). Installing it first means no library picks another.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(cli))
 }
@@ -118,6 +140,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topics { action: TopicsAction::Apply } => apply_topics(&settings).await,
         Command::Migrate { action } => migrate(&settings, action).await,
         Command::Seed(args) => seed(&settings, &args).await,
+        Command::Keys { action: KeysAction::Generate { out } } => {
+            println!("{}", keys::generate(&out)?);
+            Ok(())
+        }
     }
 }
 
@@ -130,13 +156,12 @@ async fn serve(
     rides: bool,
     users: bool,
 ) -> anyhow::Result<()> {
-    // Refuse to start at all, rather than half, when the edge's secret is missing or weak.
+    // Refuse to start at all, rather than half, when the edge's keys are missing or weak.
     let keys = match edge {
-        Some(_) => Some(api_edge::auth::JwtKeys::new(
-            &settings.jwt_secret()?,
-            &settings.edge.token_issuer,
-            chrono::Duration::minutes(i64::from(settings.edge.token_ttl_minutes)),
-        )?),
+        Some(_) => Some((
+            api_edge::auth::JwtKeys::new(&settings.token_keys()?, settings.edge.token_policy())?,
+            settings.hash_key()?,
+        )),
         None => None,
     };
     let backend = backend::open(settings, role).await?;
@@ -154,11 +179,11 @@ async fn serve(
         let (backend, config, token) = (backend.clone(), settings.user_worker.clone(), shutdown.clone());
         services.spawn(async move { user_worker::run(backend, config, token).await.context("user-worker") });
     }
-    if let (Some(args), Some(keys)) = (edge, keys) {
+    if let (Some(args), Some((keys, hash_key))) = (edge, keys) {
         let bind = args.bind.unwrap_or_else(|| settings.http.bind.clone());
         let listener = tokio::net::TcpListener::bind(&bind).await.with_context(|| format!("binding {bind}"))?;
         let address = listener.local_addr()?;
-        let state = api_edge::AppState::new(backend.clone(), keys, settings.edge.clone());
+        let state = api_edge::AppState::new(backend.clone(), keys, settings.edge.clone(), hash_key);
         let token = shutdown.clone();
         services.spawn(async move { api_edge::serve(listener, state, token).await.context("edge") });
         info!(%address, data_dir = %settings.data_dir.display(), "ridehail is up");

@@ -3,9 +3,9 @@
 //! Layers, later wins: built-in defaults → the TOML file given with `--config` (or `ridehail.toml` in
 //! the working directory, if present) → environment variables `RIDEHAIL__SECTION__KEY` (e.g.
 //! `RIDEHAIL__HTTP__BIND=0.0.0.0:8080`, `RIDEHAIL__EDGE__CORS_ALLOWED_ORIGINS=https://a,https://b`).
-//! The JWT secret is never a setting with a default: it comes from `RIDEHAIL_JWT_SECRET` or the file
-//! named by `RIDEHAIL_JWT_SECRET_FILE`. In development only, a random secret is generated once and kept
-//! in the data directory (mode 0600) so tokens survive restarts.
+//! Any setting can come from a file instead: `RIDEHAIL__SECTION__KEY_FILE=/path` reads the value from
+//! the file (trailing newline trimmed), the way Kubernetes Secrets and Vault Agent deliver them.
+//! Keys and secrets are never settings with a default (see [`crate::keys`]).
 
 use std::path::{Path, PathBuf};
 
@@ -93,6 +93,9 @@ pub struct Settings {
     pub log_format: Option<LogFormat>,
     /// How long shutdown waits for work in flight before giving up, in seconds.
     pub shutdown_grace_seconds: u64,
+    /// Production only: allow plaintext connections to Kafka, MongoDB or Redis on other hosts
+    /// (refused by default; see [`Settings::check_transport_security`]).
+    pub allow_plaintext: bool,
     pub http: HttpSettings,
     /// Which adapters carry the ports (all embedded by default).
     pub backend: BackendSettings,
@@ -112,6 +115,7 @@ impl Default for Settings {
             partitions: 4,
             log_format: None,
             shutdown_grace_seconds: 10,
+            allow_plaintext: false,
             http: HttpSettings::default(),
             backend: BackendSettings::default(),
             kafka: KafkaSettings::default(),
@@ -137,7 +141,8 @@ impl Settings {
                 .separator("__")
                 .try_parsing(true)
                 .list_separator(",")
-                .with_list_parse_key("edge.cors_allowed_origins"),
+                .with_list_parse_key("edge.cors_allowed_origins")
+                .source(Some(environment()?)),
         );
         let settings: Settings =
             builder.build()?.try_deserialize().context("invalid settings (see README: Configuration)")?;
@@ -152,7 +157,35 @@ impl Settings {
         if settings.backend.hot_store == HotStoreKind::Redis {
             settings.redis.validate()?;
         }
+        settings.check_transport_security()?;
         Ok(settings)
+    }
+
+    /// Refuses, in production, a plaintext connection to a dependency that is not on this machine,
+    /// unless `allow_plaintext` says it is meant (a private network, a sidecar proxy).
+    pub fn check_transport_security(&self) -> anyhow::Result<()> {
+        if self.environment != Environment::Production || self.allow_plaintext {
+            return Ok(());
+        }
+        let mut plaintext = Vec::new();
+        if self.backend.bus == BusKind::Kafka && !self.kafka.uses_tls() && !all_loopback(&self.kafka.hosts()) {
+            plaintext.push("kafka (set kafka.tls or security.protocol=ssl|sasl_ssl)");
+        }
+        if self.backend.store == StoreKind::Mongodb && !self.mongodb.uses_tls() && !all_loopback(&self.mongodb.hosts())
+        {
+            plaintext.push("mongodb (set tls=true in the URI or mongodb.tls_ca_file)");
+        }
+        if self.backend.hot_store == HotStoreKind::Redis && !self.redis.uses_tls() && !all_loopback(&self.redis.hosts())
+        {
+            plaintext.push("redis (use a rediss:// URL)");
+        }
+        anyhow::ensure!(
+            plaintext.is_empty(),
+            "plaintext connections to other hosts are refused in production: {}; set allow_plaintext = true \
+             only if the network itself is trusted",
+            plaintext.join(", ")
+        );
+        Ok(())
     }
 
     pub fn log_format(&self) -> LogFormat {
@@ -162,33 +195,21 @@ impl Settings {
         })
     }
 
-    /// The JWT signing secret (see the module documentation).
-    pub fn jwt_secret(&self) -> anyhow::Result<SecretString> {
-        if let Some(secret) = ridehail_runtime::secrets::from_env_or_file("RIDEHAIL_JWT_SECRET")? {
-            return Ok(secret);
-        }
-        anyhow::ensure!(
-            self.environment == Environment::Development,
-            "RIDEHAIL_JWT_SECRET or RIDEHAIL_JWT_SECRET_FILE must be set in production"
-        );
-        dev_secret(&self.data_dir)
+    /// What the edge signs and verifies tokens with. From the environment or files (see
+    /// [`crate::keys`]); in development only, an Ed25519 key is generated once in the data directory.
+    pub fn token_keys(&self) -> anyhow::Result<api_edge::auth::KeyMaterial> {
+        crate::keys::token_keys(self.environment == Environment::Development, &self.data_dir)
+    }
+
+    /// The key of the edge's keyed hashes (audit lines, idempotency of sign-ups).
+    pub fn hash_key(&self) -> anyhow::Result<SecretString> {
+        crate::keys::hash_key(self.environment == Environment::Development, &self.data_dir)
     }
 }
 
-fn dev_secret(data_dir: &Path) -> anyhow::Result<SecretString> {
-    use rand::Rng as _;
-    std::fs::create_dir_all(data_dir)?;
-    let path = data_dir.join("dev-jwt-secret");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        return Ok(SecretString::from(existing.trim().to_owned()));
-    }
-    let secret: String = rand::rng().sample_iter(rand::distr::Alphanumeric).take(48).map(char::from).collect();
-    write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
-    Ok(SecretString::from(secret))
-}
-
+/// Creates `path` readable by its owner only (`0600`) with `contents`; fails if it exists.
 #[cfg(unix)]
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
@@ -196,6 +217,29 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
+}
+
+/// The `RIDEHAIL__…` variables, where each `RIDEHAIL__SECTION__KEY_FILE=/path` becomes
+/// `RIDEHAIL__SECTION__KEY` with the file's contents (trailing newline trimmed).
+fn environment() -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let mut env: std::collections::HashMap<String, String> =
+        std::env::vars().filter(|(k, _)| k.starts_with("RIDEHAIL__")).collect();
+    let files: Vec<String> = env.keys().filter(|k| k.ends_with("_FILE")).cloned().collect();
+    for file_var in files {
+        let path = env.remove(&file_var).unwrap_or_default();
+        let name = file_var.trim_end_matches("_FILE").to_owned();
+        anyhow::ensure!(!env.contains_key(&name), "both {name} and {file_var} are set: give one");
+        let value = std::fs::read_to_string(&path).with_context(|| format!("cannot read {file_var} ({path})"))?;
+        env.insert(name, value.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    Ok(env)
+}
+
+/// Whether every host is this machine (a loopback address or `localhost`).
+fn all_loopback(hosts: &[String]) -> bool {
+    hosts.iter().all(|host| {
+        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    })
 }

@@ -129,24 +129,55 @@ pub fn server_env() -> Option<Vec<(String, String)>> {
     let mongodb = test_server("RIDEHAIL_TEST_MONGODB_URI")?;
     let redis = test_server("RIDEHAIL_TEST_REDIS_URL")?;
     let name = unique_name("e2e");
-    Some(vec![
-        ("RIDEHAIL__BACKEND__BUS".into(), "kafka".into()),
-        ("RIDEHAIL__BACKEND__STORE".into(), "mongodb".into()),
-        ("RIDEHAIL__BACKEND__HOT_STORE".into(), "redis".into()),
-        ("RIDEHAIL__KAFKA__BROKERS".into(), brokers),
-        ("RIDEHAIL__KAFKA__NAMESPACE".into(), format!("{name}.")),
-        ("RIDEHAIL__KAFKA__PARTITIONS".into(), "6".into()),
-        ("RIDEHAIL__KAFKA__SESSION_TIMEOUT_MS".into(), "6000".into()),
-        // tansu holds a fetch for about half of this even when records are waiting.
-        ("RIDEHAIL__KAFKA__FETCH_WAIT_MAX_MS".into(), "10".into()),
-        ("RIDEHAIL__MONGODB__URI".into(), mongodb),
-        ("RIDEHAIL__MONGODB__DATABASE".into(), name.replace('-', "_")),
-        ("RIDEHAIL__REDIS__URL".into(), redis),
-        ("RIDEHAIL__REDIS__KEY_PREFIX".into(), format!("{name}:")),
-        // Eight processes share two cores here (servers, services, the test): a Redis answer can be
-        // late by more than the production default of 500 ms without anything being wrong.
-        ("RIDEHAIL__REDIS__RESPONSE_TIMEOUT_MS".into(), "3000".into()),
-    ])
+    Some(
+        vec![
+            ("RIDEHAIL__BACKEND__BUS".into(), "kafka".into()),
+            ("RIDEHAIL__BACKEND__STORE".into(), "mongodb".into()),
+            ("RIDEHAIL__BACKEND__HOT_STORE".into(), "redis".into()),
+            ("RIDEHAIL__KAFKA__BROKERS".into(), brokers),
+            ("RIDEHAIL__KAFKA__NAMESPACE".into(), format!("{name}.")),
+            ("RIDEHAIL__KAFKA__PARTITIONS".into(), "6".into()),
+            ("RIDEHAIL__KAFKA__SESSION_TIMEOUT_MS".into(), "6000".into()),
+            // tansu holds a fetch for about half of this even when records are waiting.
+            ("RIDEHAIL__KAFKA__FETCH_WAIT_MAX_MS".into(), "10".into()),
+            ("RIDEHAIL__MONGODB__URI".into(), mongodb),
+            ("RIDEHAIL__MONGODB__DATABASE".into(), name.replace('-', "_")),
+            ("RIDEHAIL__REDIS__URL".into(), redis),
+            ("RIDEHAIL__REDIS__KEY_PREFIX".into(), format!("{name}:")),
+            // Eight processes share two cores here (servers, services, the test): a Redis answer can be
+            // late by more than the production default of 500 ms without anything being wrong.
+            ("RIDEHAIL__REDIS__RESPONSE_TIMEOUT_MS".into(), "3000".into()),
+            (JWT_SECRET_VAR.into(), TEST_JWT_SECRET.into()),
+        ]
+        .into_iter()
+        .chain(load_test_limits())
+        .collect(),
+    )
+}
+
+/// The HS256 secret the end-to-end tests give the edge, so that they can mint tokens themselves.
+pub const TEST_JWT_SECRET: &str = "end-to-end-test-secret-end-to-end-test-secret";
+pub const JWT_SECRET_VAR: &str = "RIDEHAIL_JWT_SECRET";
+
+/// A token the edge accepts (signed with [`TEST_JWT_SECRET`]) for a user who need not be registered:
+/// riders by the thousand without a thousand argon2 sign-ups.
+pub fn token_for(user_id: ridehail_events::UserId, role: ridehail_events::Role) -> String {
+    use api_edge::auth::{JwtKeys, KeyMaterial};
+    let material =
+        KeyMaterial { secret: Some(secrecy::SecretString::from(TEST_JWT_SECRET.to_owned())), ..KeyMaterial::default() };
+    let keys = JwtKeys::new(&material, api_edge::EdgeConfig::default().token_policy()).unwrap();
+    keys.issue(user_id, role, chrono::Utc::now()).unwrap().0
+}
+
+/// Per-client limits high enough for a load test, where every request comes from 127.0.0.1.
+pub fn load_test_limits() -> Vec<(String, String)> {
+    ["PER_IP", "PER_USER", "LOGINS_PER_IP", "SIGNUPS_PER_IP"]
+        .into_iter()
+        .flat_map(|rate| {
+            [("COUNT", "100000"), ("PERIOD_SECONDS", "1"), ("BURST", "100000")]
+                .map(|(field, value)| (format!("RIDEHAIL__EDGE__LIMITS__{rate}__{field}"), value.to_owned()))
+        })
+        .collect()
 }
 
 /// Creates the topics and applies the migrations a run on the servers needs (`topics apply`,

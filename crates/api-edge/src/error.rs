@@ -37,6 +37,12 @@ pub enum ApiError {
     IdempotencyInProgress,
     #[error("the command was rejected")]
     Rejected(Rejection),
+    #[error("too many requests")]
+    TooManyRequests { code: &'static str, retry_after: std::time::Duration },
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    #[error("the request body is too large")]
+    BodyTooLarge,
     #[error("a dependency is unavailable")]
     Unavailable(#[source] anyhow::Error),
     #[error("unexpected error")]
@@ -167,6 +173,34 @@ impl IntoResponse for ApiError {
                 &rejection.code,
                 "Command rejected",
                 Some(rejection.detail),
+                vec![],
+            ),
+            Self::TooManyRequests { code, retry_after } => {
+                let seconds = crate::limits::retry_after_seconds(retry_after);
+                let mut response = problem(
+                    S::TOO_MANY_REQUESTS,
+                    code,
+                    "Too many requests",
+                    Some(format!("slow down; retry in {seconds} s")),
+                    vec![],
+                );
+                if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                response
+            }
+            Self::BodyTimeout => problem(
+                S::REQUEST_TIMEOUT,
+                "body_timeout",
+                "Request body too slow",
+                Some("the request body did not arrive in time".into()),
+                vec![],
+            ),
+            Self::BodyTooLarge => problem(
+                S::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "Request body too large",
+                Some("the request body exceeds the limit".into()),
                 vec![],
             ),
             Self::Unavailable(e) => {

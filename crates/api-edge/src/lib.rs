@@ -11,8 +11,10 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod password;
 pub mod routes;
+pub mod server;
 pub mod submit;
 pub mod views;
 
@@ -25,13 +27,15 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::routing::{get, post, put};
 use ridehail_ports::Backend;
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::auth::JwtKeys;
 use crate::error::{ApiError, problem};
+
+pub use limits::LimitsConfig;
+pub use server::TlsConfig;
 
 /// The edge's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -46,12 +50,32 @@ pub struct EdgeConfig {
     /// Cap on `Prefer: wait=N`.
     pub max_wait_seconds: u64,
     pub idempotency_ttl_hours: u32,
+    /// Lifetime of the tokens this edge issues.
     pub token_ttl_minutes: u32,
+    /// Tokens living longer than this (`exp - iat`) are refused, whoever signed them.
+    pub token_max_lifetime_minutes: u32,
     pub token_issuer: String,
-    /// Threads that hash and verify passwords (each hash: ~19 MiB, tens of ms).
-    pub password_threads: usize,
-    /// Password requests allowed to wait for a thread; beyond that the edge answers 503.
+    /// The `aud` every token must carry.
+    pub token_audience: String,
+    /// Threads that hash the passwords of sign-ups (each hash: ~19 MiB, tens of ms). Logins have
+    /// their own threads, so a flood of logins cannot starve sign-ups, nor the other way round.
+    pub signup_password_threads: usize,
+    /// Threads that verify the passwords of logins.
+    pub login_password_threads: usize,
+    /// Password requests allowed to wait for a thread, per pool; beyond that the edge answers 503.
     pub password_queue: usize,
+    /// Per-client limits (rates per address and per user, login lock-outs).
+    pub limits: LimitsConfig,
+    /// A connection must send a request's headers within this long (also the limit on an idle
+    /// keep-alive connection), in seconds.
+    pub header_read_timeout_seconds: u64,
+    /// A request's body must arrive within this long, in seconds, before the request takes a place
+    /// among those in flight: a client trickling bodies holds only its connection.
+    pub body_read_timeout_seconds: u64,
+    /// Connections open at once; beyond that new ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// HTTPS: certificate chain and key (PEM files), reloaded when they change.
+    pub tls: Option<TlsConfig>,
     /// Requests handled at once (a `Prefer: wait` request holds its place while it waits); beyond
     /// that the edge answers 503 at once instead of queueing, so an overload cannot build up latency
     /// and memory without bound.
@@ -67,8 +91,46 @@ impl EdgeConfig {
             self.max_wait_seconds,
             self.request_timeout_seconds
         );
-        anyhow::ensure!(self.max_in_flight > 0 && self.password_threads > 0, "edge limits must be positive");
+        anyhow::ensure!(
+            self.max_in_flight > 0
+                && self.signup_password_threads > 0
+                && self.login_password_threads > 0
+                && self.max_connections > 0
+                && self.header_read_timeout_seconds > 0
+                && self.body_read_timeout_seconds > 0,
+            "edge limits must be positive"
+        );
+        anyhow::ensure!(
+            self.body_read_timeout_seconds < self.request_timeout_seconds,
+            "edge.body_read_timeout_seconds must be below edge.request_timeout_seconds"
+        );
+        self.limits.validate()?;
+        for origin in &self.cors_allowed_origins {
+            anyhow::ensure!(
+                origin != "*",
+                "edge.cors_allowed_origins cannot be \"*\": list the origins allowed to call the API with credentials"
+            );
+            let valid = HeaderValue::from_str(origin).is_ok()
+                && (origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.ends_with('/');
+            anyhow::ensure!(valid, "edge.cors_allowed_origins: {origin:?} is not an origin (scheme://host[:port])");
+        }
+        anyhow::ensure!(
+            self.token_ttl_minutes > 0 && self.token_ttl_minutes <= self.token_max_lifetime_minutes,
+            "edge.token_ttl_minutes must be between 1 and edge.token_max_lifetime_minutes"
+        );
         Ok(())
+    }
+
+    /// What tokens must say and how long they live.
+    pub fn token_policy(&self) -> auth::TokenPolicy {
+        auth::TokenPolicy {
+            issuer: self.token_issuer.clone(),
+            audience: self.token_audience.clone(),
+            ttl: chrono::Duration::minutes(i64::from(self.token_ttl_minutes)),
+            max_lifetime: chrono::Duration::minutes(i64::from(self.token_max_lifetime_minutes)),
+            ..auth::TokenPolicy::default()
+        }
     }
 }
 
@@ -81,9 +143,17 @@ impl Default for EdgeConfig {
             max_wait_seconds: 10,
             idempotency_ttl_hours: 24,
             token_ttl_minutes: 60,
+            token_max_lifetime_minutes: 24 * 60,
             token_issuer: "ridehail".into(),
-            password_threads: 2,
-            password_queue: 256,
+            token_audience: "ridehail-api".into(),
+            signup_password_threads: 1,
+            login_password_threads: 1,
+            password_queue: 128,
+            limits: LimitsConfig::default(),
+            header_read_timeout_seconds: 10,
+            body_read_timeout_seconds: 5,
+            max_connections: 1024,
+            tls: None,
             max_in_flight: 256,
         }
     }
@@ -100,7 +170,12 @@ pub struct Shared {
     pub backend: Backend,
     pub keys: Arc<JwtKeys>,
     pub config: Arc<EdgeConfig>,
-    pub passwords: password::PasswordPool,
+    /// Hashes sign-ups' passwords.
+    pub signup_passwords: password::PasswordPool,
+    /// Verifies logins' passwords (a pool of its own: logins cannot starve sign-ups).
+    pub login_passwords: password::PasswordPool,
+    /// Key of the keyed hashes that stand in for personal data (audit lines, sign-up idempotency).
+    pub hash_key: secrecy::SecretString,
 }
 
 impl std::ops::Deref for AppState {
@@ -112,9 +187,28 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(backend: Backend, keys: JwtKeys, config: EdgeConfig) -> Self {
-        let passwords = password::PasswordPool::new(config.password_threads, config.password_queue);
-        Self(Arc::new(Shared { backend, keys: Arc::new(keys), config: Arc::new(config), passwords }))
+    pub fn new(backend: Backend, keys: JwtKeys, config: EdgeConfig, hash_key: secrecy::SecretString) -> Self {
+        let signup_passwords = password::PasswordPool::new(config.signup_password_threads, config.password_queue);
+        let login_passwords = password::PasswordPool::new(config.login_password_threads, config.password_queue);
+        Self(Arc::new(Shared {
+            backend,
+            keys: Arc::new(keys),
+            config: Arc::new(config),
+            signup_passwords,
+            login_passwords,
+            hash_key,
+        }))
+    }
+
+    /// A keyed hash (HMAC-SHA-256, hex) of `value`: names personal data (an e-mail in an audit
+    /// line, a sign-up's idempotency scope) without revealing it to whoever lacks the key.
+    pub fn keyed_hash(&self, value: &str) -> String {
+        use hmac::Mac as _;
+        use secrecy::ExposeSecret as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.hash_key.expose_secret().as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(value.as_bytes());
+        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -148,10 +242,20 @@ pub fn router(state: AppState) -> Router {
     let health = Router::new()
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
-        .with_state(state);
-    // One semaphore for the whole API (router layers are applied per route).
+        .route("/.well-known/jwks.json", get(health::jwks))
+        .with_state(state.clone());
+    // One semaphore for the whole API (router layers are applied per route). Outermost first: the
+    // body is read under its own deadline, then the client's rates are counted, and only then does
+    // the request take a place among those in flight.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1)));
-    api.layer(axum::middleware::from_fn_with_state(in_flight, shed_load))
+    let hsts =
+        config.tls.as_ref().filter(|t| t.hsts_max_age_seconds > 0).and_then(|t| {
+            HeaderValue::from_str(&format!("max-age={}; includeSubDomains", t.hsts_max_age_seconds)).ok()
+        });
+    let app = api
+        .layer(axum::middleware::from_fn_with_state(in_flight, shed_load))
+        .layer(axum::middleware::from_fn_with_state(state, limits::rate_limit))
+        .layer(axum::middleware::from_fn_with_state(config.clone(), read_body))
         .merge(health)
         .layer(axum::middleware::from_fn(extract::correlation_layer))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
@@ -159,10 +263,34 @@ pub fn router(state: AppState) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(config.request_timeout_seconds),
         ))
-        .layer(cors(&config.cors_allowed_origins))
-        .layer(CatchPanicLayer::custom(|_| {
-            problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", None, vec![])
-        }))
+        .layer(cors(&config.cors_allowed_origins));
+    let app = match hsts {
+        Some(value) => app.layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            value,
+        )),
+        None => app,
+    };
+    app.layer(CatchPanicLayer::custom(|_| {
+        problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", None, vec![])
+    }))
+}
+
+/// Reads the whole body (at most `body_limit_bytes`) within `body_read_timeout_seconds`, before the
+/// request goes on: a client trickling a body holds its connection, never a place in flight.
+async fn read_body(
+    axum::extract::State(config): axum::extract::State<Arc<EdgeConfig>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let (parts, body) = request.into_parts();
+    let deadline = Duration::from_secs(config.body_read_timeout_seconds);
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, config.body_limit_bytes)).await {
+        Err(_) => ApiError::BodyTimeout.into_response(),
+        Ok(Err(_)) => ApiError::BodyTooLarge.into_response(),
+        Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+    }
 }
 
 /// Admits a request if fewer than `max_in_flight` are being handled, else answers 503 at once.
@@ -201,12 +329,4 @@ fn cors(origins: &[String]) -> CorsLayer {
         .max_age(Duration::from_secs(600))
 }
 
-/// Serves until `shutdown`, then stops accepting and lets requests in flight finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
-    Ok(())
-}
+pub use server::serve;

@@ -36,6 +36,9 @@ pub struct Submission<C> {
     pub creates: bool,
     /// Who may read the resource after acceptance (for `Prefer: wait`); `None` for sign-ups.
     pub viewer: Option<crate::auth::AuthUser>,
+    /// The answer may carry personal data (a new user's profile): the idempotency store keeps only
+    /// the `202` (ids and links), and a replay answers with it.
+    pub personal: bool,
 }
 
 /// Hash of what identifies a request for idempotency: route and parsed body.
@@ -72,11 +75,15 @@ pub async fn submit<C: Message>(
         published: Arc::new(Mutex::new(None)),
         settled: false,
     };
+    let personal = submission.personal;
     let result = submit_once(state, headers, submission, Some(&claim.published)).await;
     claim.settled = true;
     match result {
         Ok(response) => {
-            let (response, stored) = store(response).await?;
+            let (response, mut stored) = store(response).await?;
+            if personal && let Some(accepted) = claim.published.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                stored = accepted;
+            }
             // If this fails the key stays "in progress" until it expires: retries get 409, never a
             // second command.
             if let Err(e) = state.backend.idempotency.complete(scope, key, &stored).await {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use api_edge::auth::JwtKeys;
+use api_edge::auth::{JwtKeys, KeyMaterial};
 use api_edge::{AppState, EdgeConfig, router};
 use axum::Router;
 use axum::body::Body;
@@ -35,7 +35,8 @@ impl Drop for TestApp {
 }
 
 fn keys() -> JwtKeys {
-    JwtKeys::new(&SecretString::from(SECRET.to_owned()), "ridehail", chrono::Duration::minutes(30)).unwrap()
+    let material = KeyMaterial { secret: Some(SecretString::from(SECRET.to_owned())), ..KeyMaterial::default() };
+    JwtKeys::new(&material, EdgeConfig::default().token_policy()).unwrap()
 }
 
 fn spawn_app(with_workers: bool) -> TestApp {
@@ -50,7 +51,8 @@ fn spawn_app_with(with_workers: bool, config: EdgeConfig) -> TestApp {
         tokio::spawn(ride_worker::run(backend.clone(), Default::default(), shutdown.clone()));
         tokio::spawn(user_worker::run(backend.clone(), Default::default(), shutdown.clone()));
     }
-    let state = AppState::new(backend.clone(), keys(), config);
+    let hash_key = SecretString::from("router-test-hash-key-router-test-hash-key".to_owned());
+    let state = AppState::new(backend.clone(), keys(), config, hash_key);
     TestApp { router: router(state), backend, keys: keys(), shutdown, _dir: dir }
 }
 
@@ -439,7 +441,19 @@ async fn rides_are_listed_newest_first_with_a_cursor() {
     for _ in 0..3 {
         let ride = app.request_ride(&rider, &[("prefer", "wait=10")]).await;
         assert_eq!(ride.status, StatusCode::CREATED);
-        ids.push(ride.body["ride_id"].as_str().unwrap().to_owned());
+        let id = ride.body["ride_id"].as_str().unwrap().to_owned();
+        // One ride under way per rider: end this one before asking for the next.
+        let cancel = app
+            .call(
+                "POST",
+                &format!("/v1/rides/{id}/cancel"),
+                Some(&rider),
+                Some(r#"{"reason":"next"}"#),
+                &[("prefer", "wait=10")],
+            )
+            .await;
+        assert_eq!(cancel.status, StatusCode::OK, "{}", cancel.text);
+        ids.push(id);
     }
     let page1 = app.call("GET", "/v1/rides?limit=2", Some(&rider), None, &[]).await;
     let got: Vec<&str> =
@@ -453,6 +467,8 @@ async fn rides_are_listed_newest_first_with_a_cursor() {
     assert!(page2.body["next_cursor"].is_null());
     let filtered = app.call("GET", "/v1/rides?status=completed", Some(&rider), None, &[]).await;
     assert_eq!(filtered.body["items"].as_array().unwrap().len(), 0);
+    let cancelled = app.call("GET", "/v1/rides?status=cancelled", Some(&rider), None, &[]).await;
+    assert_eq!(cancelled.body["items"].as_array().unwrap().len(), 3);
     assert_problem(
         &app.call("GET", "/v1/rides?limit=101", Some(&rider), None, &[]).await,
         StatusCode::UNPROCESSABLE_ENTITY,

@@ -94,7 +94,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let driver_tokens: Arc<std::collections::HashMap<String, String>> =
         Arc::new(drivers.iter().map(|d| (d.id.clone(), d.token.clone())).collect());
-    let riders = Arc::new(riders);
+    // One ride under way per rider: each ride takes a free rider and gives them back after the cancel.
+    let riders = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(riders)));
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let counters = Arc::new(Counters::default());
     let in_flight = Arc::new(Semaphore::new(args.max_in_flight));
@@ -111,13 +112,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             dropped += 1;
             continue;
         };
+        let Some(rider) = riders.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
+            dropped += 1;
+            continue;
+        };
         sent += 1;
         let (client, base, riders, drivers) = (client.clone(), base.clone(), riders.clone(), driver_tokens.clone());
         let (histogram, counters) = (histogram.clone(), counters.clone());
-        let n = sent as usize;
         tasks.spawn(async move {
-            let rider = &riders[n % riders.len()];
-            match one_ride(&client, &base, rider, &drivers).await {
+            let outcome = one_ride(&client, &base, &rider, &drivers).await;
+            riders.lock().unwrap_or_else(|p| p.into_inner()).push_back(rider);
+            match outcome {
                 Ok(Some(latency)) => {
                     counters.assigned.fetch_add(1, Ordering::Relaxed);
                     let _ = histogram.lock().await.record(latency.as_micros() as u64);

@@ -586,6 +586,47 @@ pub async fn timers_fire_when_due_once_per_id(store: &dyn TimerStore) {
     assert!(on_time.iter().any(|t| t.id == d));
 }
 
+// ------------------------------------------------------------------ limiter
+
+/// A burst is admitted at once, the next request waits about one interval, other keys are not
+/// affected, and after the wait the key is admitted again.
+pub async fn limiter_admits_a_burst_then_spaces_requests(limiter: &dyn Limiter) {
+    let key = format!("ip:{}", Uuid::new_v4());
+    let rate = Rate::new(10, 1, 3); // 100 ms apart, three at once
+    for n in 0..3 {
+        assert_eq!(limiter.admit(&key, rate).await.unwrap(), Admission::Admitted, "request {n} of the burst");
+    }
+    let Admission::Limited { retry_after } = limiter.admit(&key, rate).await.unwrap() else {
+        panic!("the fourth request of a burst of three must wait");
+    };
+    assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_millis(100), "{retry_after:?}");
+    let other = format!("ip:{}", Uuid::new_v4());
+    assert_eq!(limiter.admit(&other, rate).await.unwrap(), Admission::Admitted, "keys are independent");
+    tokio::time::sleep(retry_after + Duration::from_millis(20)).await;
+    assert_eq!(limiter.admit(&key, rate).await.unwrap(), Admission::Admitted, "admitted again after the wait");
+}
+
+/// Failures lock a key out after the free ones, for longer with each further failure; a success
+/// (clear) forgets them.
+pub async fn limiter_locks_out_after_repeated_failures_and_forgets_on_success(limiter: &dyn Limiter) {
+    let key = format!("account:{}", Uuid::new_v4());
+    let policy =
+        LockoutPolicy { free_failures: 2, first_lockout_seconds: 30, max_lockout_seconds: 120, window_seconds: 600 };
+    assert_eq!(limiter.locked_for(&key).await.unwrap(), None);
+    assert_eq!(limiter.record_failure(&key, &policy).await.unwrap(), None);
+    assert_eq!(limiter.record_failure(&key, &policy).await.unwrap(), None);
+    assert_eq!(limiter.locked_for(&key).await.unwrap(), None, "the free failures lock nothing");
+    assert_eq!(limiter.record_failure(&key, &policy).await.unwrap(), Some(Duration::from_secs(30)));
+    let left = limiter.locked_for(&key).await.unwrap().expect("locked out");
+    assert!(left > Duration::from_secs(28) && left <= Duration::from_secs(30), "{left:?}");
+    assert_eq!(limiter.record_failure(&key, &policy).await.unwrap(), Some(Duration::from_secs(60)), "doubles");
+    let other = format!("account:{}", Uuid::new_v4());
+    assert_eq!(limiter.locked_for(&other).await.unwrap(), None, "keys are independent");
+    limiter.clear_failures(&key).await.unwrap();
+    assert_eq!(limiter.locked_for(&key).await.unwrap(), None);
+    assert_eq!(limiter.record_failure(&key, &policy).await.unwrap(), None, "counting starts again");
+}
+
 // ------------------------------------------------------------------ consumer loop (on any bus)
 
 /// Handles "ok:*" records, refuses "poison" as undecodable, fails "flaky:N" N times then succeeds,

@@ -177,3 +177,15 @@ macro_rules! timers_suite {
         });
     };
 }
+
+#[macro_export]
+macro_rules! limiter_suite {
+    ($fixture:path) => {
+        $crate::__contract_case!($fixture, limiter_admits_a_burst_then_spaces_requests, [], |f| {
+            $crate::limiter_admits_a_burst_then_spaces_requests(f.port())
+        });
+        $crate::__contract_case!($fixture, limiter_locks_out_after_repeated_failures_and_forgets_on_success, [], |f| {
+            $crate::limiter_locks_out_after_repeated_failures_and_forgets_on_success(f.port())
+        });
+    };
+}

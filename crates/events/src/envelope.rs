@@ -22,6 +22,8 @@ pub enum AggregateType {
     User,
     /// The stream that records which user holds an e-mail address (uniqueness guard).
     EmailClaim,
+    /// The stream that records the one ride a rider has under way (at most one at a time).
+    RiderSlot,
 }
 
 impl AggregateType {
@@ -30,6 +32,7 @@ impl AggregateType {
             Self::Ride => "ride",
             Self::User => "user",
             Self::EmailClaim => "email_claim",
+            Self::RiderSlot => "rider_slot",
         }
     }
 }

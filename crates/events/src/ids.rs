@@ -86,9 +86,14 @@ pub fn email_claim_id(email: &str) -> Uuid {
     Uuid::new_v5(&EMAIL_NAMESPACE, normalise_email(email).as_bytes())
 }
 
-/// The canonical form of an e-mail address used for uniqueness and login.
-pub fn normalise_email(email: &str) -> String {
-    email.trim().to_lowercase()
+pub use crate::validation::normalise_email;
+
+/// Namespace of the rider-slot stream ids (UUIDv5 of the rider's id).
+pub const RIDER_SLOT_NAMESPACE: Uuid = Uuid::from_u128(0x0b7e_93a4_51c6_4f08_a2d9_6c15_e8f3_7d20);
+
+/// The id of the stream that records which ride, if any, a rider has under way (at most one).
+pub fn rider_slot_id(rider_id: UserId) -> Uuid {
+    Uuid::new_v5(&RIDER_SLOT_NAMESPACE, rider_id.0.as_bytes())
 }
 
 /// What a user is on the platform: the role in their token and on their commands.

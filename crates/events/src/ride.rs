@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::{AggregateType, message_enum};
 use crate::geo::GeoPoint;
-use crate::ids::UserId;
+use crate::ids::{RideId, UserId};
 
 /// Where a ride is in its lifecycle, as shown to clients and stored in read models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -326,5 +326,29 @@ message_enum! {
         RideCancelled(RideCancelled) = v 1;
         RideExpired(RideExpired) = v 1;
         RideRated(RideRated) = v 1;
+    }
+}
+
+// ---------------------------------------------------------------- the rider's slot (internal)
+
+/// The rider has `ride_id` under way: no other ride of theirs is accepted until it ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveRideClaimed {
+    pub ride_id: RideId,
+}
+
+/// The rider's ride `ride_id` ended (completed, cancelled or expired): the slot is free.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveRideReleased {
+    pub ride_id: RideId,
+}
+
+message_enum! {
+    /// One rider's slot: at most one ride under way at a time (internal, never published).
+    pub enum RiderSlotEvent: AggregateType::RiderSlot {
+        ActiveRideClaimed(ActiveRideClaimed) = v 1, internal!;
+        ActiveRideReleased(ActiveRideReleased) = v 1, internal!;
     }
 }

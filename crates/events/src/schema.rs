@@ -35,12 +35,13 @@ enum Kind {
     Event,
 }
 
-fn family<M: Message>(kind: Kind, aggregate: &str, topic: &str, out: &mut Vec<SchemaFile>) {
+fn family<M: Message>(kind: Kind, aggregate: &str, topic_of: fn(&str) -> &'static str, out: &mut Vec<SchemaFile>) {
     let (envelope, type_field, kind_dir) = match kind {
         Kind::Command => (schemars::schema_for!(WireCommand), "command_type", "commands"),
         Kind::Event => (schemars::schema_for!(WireEvent), "event_type", "events"),
     };
     for entry in M::catalogue().into_iter().filter(|e| e.public) {
+        let topic = topic_of(entry.type_name);
         let mut root = envelope.clone().to_value();
         let mut payload = entry.payload_schema.to_value();
         let mut defs = take_defs(&mut root);
@@ -91,9 +92,13 @@ fn take_defs(schema: &mut Value) -> Map<String, Value> {
 /// Every schema file, in a stable order.
 pub fn catalogue() -> Vec<SchemaFile> {
     let mut out = Vec::new();
-    family::<RideCommand>(Kind::Command, "ride", topics::RIDE_COMMANDS, &mut out);
-    family::<UserCommand>(Kind::Command, "user", topics::USER_COMMANDS, &mut out);
-    family::<RideEvent>(Kind::Event, "ride", topics::RIDE_EVENTS, &mut out);
-    family::<UserEvent>(Kind::Event, "user", topics::USER_EVENTS, &mut out);
+    let ride_commands = |type_name: &str| match type_name {
+        "ExpireOffer" | "RetryMatching" => topics::RIDE_SYSTEM_COMMANDS,
+        _ => topics::RIDE_COMMANDS,
+    };
+    family::<RideCommand>(Kind::Command, "ride", ride_commands, &mut out);
+    family::<UserCommand>(Kind::Command, "user", |_| topics::USER_COMMANDS, &mut out);
+    family::<RideEvent>(Kind::Event, "ride", |_| topics::RIDE_EVENTS, &mut out);
+    family::<UserEvent>(Kind::Event, "user", |_| topics::USER_EVENTS, &mut out);
     out
 }

@@ -1,8 +1,12 @@
 //! Every topic Ridehail produces or consumes. Records are keyed by aggregate id, so everything about
 //! one ride (or one user) stays in one partition, in order.
 
-/// Commands for the ride aggregate, consumed by ride-worker. Key: ride id.
+/// Commands for the ride aggregate from clients (through the edge), consumed by ride-worker. Key:
+/// ride id. System commands arriving here are refused (dead-lettered).
 pub const RIDE_COMMANDS: &str = "ridehail.ride.commands";
+/// Ride commands only Ridehail itself issues (offer expiry, wider search), written by ride-worker's
+/// timer service and by nobody else (a Kafka ACL in production, see docs/operations.md). Key: ride id.
+pub const RIDE_SYSTEM_COMMANDS: &str = "ridehail.ride.system-commands";
 /// Commands for the user aggregate, consumed by user-worker. Key: user id.
 pub const USER_COMMANDS: &str = "ridehail.user.commands";
 /// Ride events, public (see `schemas/`). Key: ride id.
@@ -14,7 +18,7 @@ pub const USER_EVENTS: &str = "ridehail.user.events";
 pub const DEAD_LETTERS: &str = "ridehail.dead-letters";
 
 /// Every topic, for creating them and for start-up checks.
-pub const ALL: [&str; 5] = [RIDE_COMMANDS, USER_COMMANDS, RIDE_EVENTS, USER_EVENTS, DEAD_LETTERS];
+pub const ALL: [&str; 6] = [RIDE_COMMANDS, RIDE_SYSTEM_COMMANDS, USER_COMMANDS, RIDE_EVENTS, USER_EVENTS, DEAD_LETTERS];
 
 /// Header names carried by every record.
 pub mod headers {

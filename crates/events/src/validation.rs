@@ -9,6 +9,9 @@ use crate::user::Vehicle;
 
 /// Rides whose pickup and dropoff are closer than this, in metres, are refused.
 pub const MIN_TRIP_M: f64 = 50.0;
+/// Rides whose pickup and dropoff are farther apart than this (straight line), in metres, are
+/// refused: a city service, not a way to price a pole-to-pole trip.
+pub const MAX_TRIP_M: f64 = 150_000.0;
 /// A cancellation's reason, in characters (and it must not be blank).
 pub const MAX_REASON_CHARS: usize = 200;
 /// A rating's comment, in characters.
@@ -32,9 +35,40 @@ pub const MIN_PASSWORD_CHARS: usize = 12;
 /// Bounds the cost of hashing a hostile input.
 pub const MAX_PASSWORD_CHARS: usize = 256;
 
-/// A pragmatic address check: one `@`, a non-empty local part, a dotted domain, no spaces.
+/// A character that can make text look like something it is not: controls, format characters
+/// (bidirectional overrides and isolates, zero-width spaces and joiners, the byte-order mark, soft
+/// hyphens, tags), separators other than the space, private-use and unassigned code points, and the
+/// letters that render blank (Hangul fillers, the braille blank, the combining grapheme joiner).
+pub fn is_deceptive(c: char) -> bool {
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory as _};
+    matches!(
+        c.general_category(),
+        G::Control
+            | G::Format
+            | G::Surrogate
+            | G::PrivateUse
+            | G::Unassigned
+            | G::LineSeparator
+            | G::ParagraphSeparator
+    ) || matches!(c, '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}' | '\u{034F}' | '\u{180E}')
+}
+
+/// The form an address is stored, compared and logged in by: trimmed, NFKC-normalised (so
+/// compatibility variants such as full-width letters are one address) and lower-cased.
+pub fn normalise_email(email: &str) -> String {
+    use unicode_normalization::UnicodeNormalization as _;
+    email.trim().nfkc().collect::<String>().to_lowercase()
+}
+
+/// A pragmatic address check, on the NFKC form: one `@`, a non-empty local part, a dotted domain,
+/// no spaces, nothing [deceptive](is_deceptive).
 pub fn valid_email(email: &str) -> bool {
-    let email = email.trim();
+    use unicode_normalization::UnicodeNormalization as _;
+    if email.chars().any(is_deceptive) {
+        return false;
+    }
+    let normalised: String = email.trim().nfkc().collect();
+    let email = normalised.as_str();
     if email.is_empty() || email.chars().count() > MAX_EMAIL_CHARS || email.chars().any(char::is_whitespace) {
         return false;
     }
@@ -49,7 +83,7 @@ pub fn valid_email(email: &str) -> bool {
 
 pub fn valid_name(name: &str) -> bool {
     let trimmed = name.trim();
-    !trimmed.is_empty() && trimmed.chars().count() <= MAX_NAME_CHARS && !trimmed.chars().any(char::is_control)
+    !trimmed.is_empty() && trimmed.chars().count() <= MAX_NAME_CHARS && !trimmed.chars().any(is_deceptive)
 }
 
 pub fn valid_password(password: &str) -> bool {
@@ -91,6 +125,32 @@ mod tests {
         ] {
             assert!(!valid_email(bad), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn deceptive_characters_are_refused_in_addresses_and_names() {
+        for bad in [
+            "ana\u{202E}moc.elpmaxe@x.com", // right-to-left override
+            "an\u{200B}a@example.com",      // zero-width space
+            "ana@exa\u{200D}mple.com",      // zero-width joiner
+            "\u{FEFF}ana@example.com",      // byte-order mark
+            "ana\u{0007}@example.com",      // a control character
+            "ana\u{2066}@example.com",      // a bidi isolate
+            "ana\u{3164}@example.com",      // a blank-looking letter
+        ] {
+            assert!(!valid_email(bad), "{bad:?} should be refused");
+        }
+        assert!(!valid_name("Ana\u{202E}"));
+        assert!(!valid_name("\u{200B}"));
+        assert!(valid_name("Zoë Ngọc-Ánh"));
+    }
+
+    #[test]
+    fn addresses_are_compared_in_their_nfkc_lower_case_form() {
+        // Full-width letters are the same address as their ASCII forms.
+        assert_eq!(normalise_email(" ＡＮＡ@Example.com "), "ana@example.com");
+        assert!(valid_email("ＡＮＡ@example.com"));
+        assert_eq!(normalise_email("Zoë@Example.pt"), normalise_email("zoe\u{0308}@example.pt"));
     }
 
     #[test]

@@ -71,10 +71,13 @@ impl std::fmt::Debug for KafkaBus {
     }
 }
 
-/// Settings every client shares: brokers, client id and the pass-through properties.
+/// Settings every client shares: brokers, client id, TLS/SASL and the pass-through properties.
 pub(crate) fn base_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &settings.brokers).set("client.id", client_id);
+    for (key, value) in settings.security_properties() {
+        config.set(key, value);
+    }
     for (key, value) in &settings.properties {
         config.set(key, value);
     }

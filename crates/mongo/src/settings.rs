@@ -35,6 +35,11 @@ pub struct MongoSettings {
     /// typically migrates in development and the all-in-one mode and leaves production to an explicit
     /// migrate step.
     pub migrate_on_start: Option<bool>,
+    /// TLS: the CA that signed the servers' certificates (PEM). Setting it turns TLS on (as does
+    /// `tls=true` in the URI).
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Mutual TLS: this client's certificate and key in one PEM file.
+    pub tls_cert_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for MongoSettings {
@@ -47,6 +52,8 @@ impl Default for MongoSettings {
             connect_timeout_ms: 2_000,
             server_selection_timeout_ms: 3_000,
             migrate_on_start: None,
+            tls_ca_file: None,
+            tls_cert_key_file: None,
         }
     }
 }
@@ -61,6 +68,8 @@ impl std::fmt::Debug for MongoSettings {
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("server_selection_timeout_ms", &self.server_selection_timeout_ms)
             .field("migrate_on_start", &self.migrate_on_start)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_key_file", &self.tls_cert_key_file)
             .finish()
     }
 }
@@ -83,6 +92,30 @@ impl MongoSettings {
             "mongodb.server_selection_timeout_ms must be at least 1"
         );
         Ok(())
+    }
+
+    /// Whether the client speaks TLS to the servers.
+    pub fn uses_tls(&self) -> bool {
+        let query = self.uri.split_once('?').map(|(_, q)| q.to_ascii_lowercase()).unwrap_or_default();
+        self.uri.starts_with("mongodb+srv://")
+            || query.split('&').any(|o| o == "tls=true" || o == "ssl=true")
+            || self.tls_ca_file.is_some()
+            || self.tls_cert_key_file.is_some()
+    }
+
+    /// The servers' host names in the URI (for the production check on plaintext to other hosts).
+    pub fn hosts(&self) -> Vec<String> {
+        let Some((_, rest)) = self.uri.split_once("://") else { return Vec::new() };
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        let hosts = authority.rsplit_once('@').map_or(authority, |(_, hosts)| hosts);
+        hosts
+            .split(',')
+            .map(|h| match h.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or_default().to_owned(),
+                None => h.rsplit_once(':').map_or(h, |(host, _)| host).to_owned(),
+            })
+            .filter(|h| !h.is_empty())
+            .collect()
     }
 }
 
@@ -127,6 +160,19 @@ pub async fn connect(settings: &MongoSettings) -> anyhow::Result<Database> {
     options.max_pool_size = Some(settings.max_pool_size);
     options.connect_timeout = Some(Duration::from_millis(settings.connect_timeout_ms));
     options.server_selection_timeout = Some(Duration::from_millis(settings.server_selection_timeout_ms));
+    if settings.tls_ca_file.is_some() || settings.tls_cert_key_file.is_some() {
+        let mut tls = match options.tls.take() {
+            Some(mongodb::options::Tls::Enabled(tls)) => tls,
+            _ => mongodb::options::TlsOptions::default(),
+        };
+        if let Some(ca) = &settings.tls_ca_file {
+            tls.ca_file_path = Some(ca.clone());
+        }
+        if let Some(bundle) = &settings.tls_cert_key_file {
+            tls.cert_key_file_path = Some(bundle.clone());
+        }
+        options.tls = Some(mongodb::options::Tls::Enabled(tls));
+    }
     let client = Client::with_options(options).context("creating the MongoDB client")?;
     Ok(client.database(&settings.database))
 }

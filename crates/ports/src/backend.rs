@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::{
-    CommandStatusStore, DriverLocator, EventStore, IdempotencyStore, MessageBus, RideViews, TimerStore, UserViews,
+    CommandStatusStore, DriverLocator, EventStore, IdempotencyStore, Limiter, MessageBus, RideViews, TimerStore,
+    UserViews,
 };
 
 /// Every port a service may need, as shared trait objects. Cheap to clone.
@@ -17,6 +18,7 @@ pub struct Backend {
     pub drivers: Arc<dyn DriverLocator>,
     pub commands: Arc<dyn CommandStatusStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
+    pub limiter: Arc<dyn Limiter>,
     pub timers: Arc<dyn TimerStore>,
     pub clock: Arc<dyn Clock>,
 }
@@ -26,7 +28,8 @@ pub struct Backend {
 pub struct DependencyHealth {
     pub name: &'static str,
     pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Why it failed: for logs only, never in a public answer (it may name hosts and users).
+    #[serde(skip)]
     pub error: Option<String>,
 }
 
@@ -51,7 +54,7 @@ impl Backend {
 
     /// Pings every dependency concurrently.
     pub async fn check(&self) -> Vec<DependencyHealth> {
-        let (bus, events, rides, users, drivers, commands, idempotency, timers) = tokio::join!(
+        let (bus, events, rides, users, drivers, commands, idempotency, limiter, timers) = tokio::join!(
             self.bus.ping(),
             self.events.ping(),
             self.rides.ping(),
@@ -59,6 +62,7 @@ impl Backend {
             self.drivers.ping(),
             self.commands.ping(),
             self.idempotency.ping(),
+            self.limiter.ping(),
             self.timers.ping(),
         );
         let bus = bus.map_err(anyhow::Error::from);
@@ -71,6 +75,7 @@ impl Backend {
             ("driver_locator", store(drivers)),
             ("command_status", store(commands)),
             ("idempotency", store(idempotency)),
+            ("limiter", store(limiter)),
             ("timers", store(timers)),
         ]
         .into_iter()

@@ -1,7 +1,8 @@
 //! Ports: one small trait per outside dependency of a Ridehail service, the types that cross them,
-//! and [`Backend`], the set of them one deployment is wired with. No adapter lives here: the
+//! and [`Backend`], the set of them one deployment is wired with. The engine adapters live elsewhere: the
 //! embedded ones are in `ridehail-sqlite`, the production ones in `ridehail-kafka`, `ridehail-mongo`
-//! and `ridehail-redis`, and every adapter runs the suites of `ridehail-contract`.
+//! and `ridehail-redis`, and every adapter runs the suites of `ridehail-contract`. The one engine-free
+//! adapter, [`MemoryLimiter`], lives here: the embedded default and the Redis limiter both use it.
 
 mod backend;
 mod bus;
@@ -11,6 +12,8 @@ mod drivers;
 mod error;
 mod event_store;
 mod idempotency;
+mod limits;
+mod memory_limiter;
 mod rides;
 mod timers;
 mod users;
@@ -26,6 +29,8 @@ pub use error::{StoreError, StoreResult};
 pub use event_store::validate_batch;
 pub use event_store::{AppendError, EventStore, ReadAllPage};
 pub use idempotency::{IdempotencyClaim, IdempotencyStore, StoredResponse};
+pub use limits::{Admission, Limiter, LockoutPolicy, Rate};
+pub use memory_limiter::MemoryLimiter;
 pub use rides::{Cancellation, RideParty, RideQuery, RideView, RideViews};
 pub use timers::{Timer, TimerStore};
 pub use users::{Credentials, UserProfile, UserViews};

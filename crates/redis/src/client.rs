@@ -63,8 +63,23 @@ impl RedisClient {
 
     pub fn connect_lazy(settings: &RedisSettings) -> anyhow::Result<Self> {
         settings.validate()?;
-        let client = redis::Client::open(settings.url.as_str())
-            .with_context(|| format!("invalid Redis URL {}", redacted_url(&settings.url)))?;
+        let client = match (&settings.tls_ca_file, &settings.tls_cert_file, &settings.tls_key_file) {
+            (None, None, _) => redis::Client::open(settings.url.as_str()),
+            (ca, cert, key) => {
+                let read = |path: &std::path::Path| {
+                    std::fs::read(path).with_context(|| format!("reading Redis TLS file {}", path.display()))
+                };
+                let client_tls = match (cert, key) {
+                    (Some(cert), Some(key)) => {
+                        Some(redis::ClientTlsConfig { client_cert: read(cert)?, client_key: read(key)? })
+                    }
+                    _ => None,
+                };
+                let root_cert = ca.as_deref().map(read).transpose()?;
+                redis::Client::build_with_tls(settings.url.as_str(), redis::TlsCertificates { client_tls, root_cert })
+            }
+        }
+        .with_context(|| format!("invalid Redis URL {}", redacted_url(&settings.url)))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.connect_timeout()))
             .set_response_timeout(Some(settings.response_timeout()))

@@ -59,6 +59,7 @@ mod client;
 mod commands;
 mod drivers;
 mod idempotency;
+mod limits;
 mod settings;
 
 pub use cache::{CacheStats, CachedRideViews, CachedUserViews};
@@ -66,4 +67,5 @@ pub use client::{RedisClient, connect, connect_lazy};
 pub use commands::RedisCommandStatus;
 pub use drivers::RedisDriverLocator;
 pub use idempotency::RedisIdempotency;
+pub use limits::RedisLimiter;
 pub use settings::RedisSettings;

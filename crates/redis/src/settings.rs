@@ -35,6 +35,12 @@ pub struct RedisSettings {
     /// After a Redis failure, the cache decorators go straight to the inner store for this long
     /// before trying Redis again, so an outage costs one timeout per interval, not one per request.
     pub cache_retry_interval_ms: u64,
+    /// TLS (`rediss://` URLs): the CA that signed the server's certificate (PEM); without it the
+    /// usual public roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Mutual TLS: this client's certificate and key (PEM files).
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RedisSettings {
@@ -49,6 +55,9 @@ impl Default for RedisSettings {
             command_status_ttl_seconds: 86_400,
             fallback_log_interval_seconds: 30,
             cache_retry_interval_ms: 1_000,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -65,6 +74,8 @@ impl std::fmt::Debug for RedisSettings {
             .field("command_status_ttl_seconds", &self.command_status_ttl_seconds)
             .field("fallback_log_interval_seconds", &self.fallback_log_interval_seconds)
             .field("cache_retry_interval_ms", &self.cache_retry_interval_ms)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
             .finish()
     }
 }
@@ -81,7 +92,32 @@ impl RedisSettings {
         anyhow::ensure!(self.response_timeout_ms >= 1, "redis.response_timeout_ms must be at least 1");
         anyhow::ensure!(self.cache_ttl_seconds >= 1, "redis.cache_ttl_seconds must be at least 1");
         anyhow::ensure!(self.command_status_ttl_seconds >= 1, "redis.command_status_ttl_seconds must be at least 1");
+        anyhow::ensure!(
+            self.tls_cert_file.is_some() == self.tls_key_file.is_some(),
+            "redis.tls_cert_file and redis.tls_key_file go together"
+        );
+        anyhow::ensure!(
+            self.uses_tls() || (self.tls_ca_file.is_none() && self.tls_cert_file.is_none()),
+            "redis TLS files are set but redis.url is not rediss://"
+        );
         Ok(())
+    }
+
+    /// Whether the client speaks TLS (a `rediss://` URL).
+    pub fn uses_tls(&self) -> bool {
+        self.url.starts_with("rediss://") || self.url.starts_with("valkeys://")
+    }
+
+    /// The server's host name (for the production check on plaintext to other hosts).
+    pub fn hosts(&self) -> Vec<String> {
+        let Some((_, rest)) = self.url.split_once("://") else { return Vec::new() };
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+        let host = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+        };
+        vec![host.to_owned()]
     }
 
     pub fn connect_timeout(&self) -> Duration {

@@ -59,6 +59,20 @@ async fn idempotency() -> Option<Fixture<RedisIdempotency>> {
 }
 ridehail_contract::idempotency_suite!(idempotency);
 
+async fn limiter() -> Option<Fixture<ridehail_redis::RedisLimiter>> {
+    Some(Fixture::new(Arc::new(ridehail_redis::RedisLimiter::new(redis().await?))))
+}
+ridehail_contract::limiter_suite!(limiter);
+
+/// The limiter over an unreachable Redis counts in this process instead: the same contract holds.
+async fn limiter_without_redis() -> Option<Fixture<ridehail_redis::RedisLimiter>> {
+    Some(Fixture::new(Arc::new(ridehail_redis::RedisLimiter::new(unreachable_redis()))))
+}
+mod limiter_over_unreachable_redis {
+    use super::*;
+    ridehail_contract::limiter_suite!(limiter_without_redis);
+}
+
 /// The cache over embedded views, on a healthy Redis: after the case, nothing fell back.
 async fn cached_rides() -> Option<Fixture<CachedRideViews>> {
     let redis = redis().await?;

@@ -8,10 +8,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
-use ridehail_events::ride::{ExpireOffer, RetryMatching, RideCommand, RideEvent};
-use ridehail_events::{Actor, CommandEnvelope, CorrelationId, EventEnvelope, RideId, UserId};
+use ridehail_events::ids::rider_slot_id;
+use ridehail_events::ride::{
+    ActiveRideClaimed, ActiveRideReleased, ExpireOffer, RetryMatching, RideCommand, RideEvent, RiderSlotEvent,
+};
+use ridehail_events::{Actor, CommandEnvelope, CorrelationId, EventEnvelope, Message as _, RideId, UserId};
 use ridehail_ports::{Backend, Rejection, RejectionKind, Resource, StoreResult, Timer};
-use ridehail_runtime::executor::{Aggregate, CommandHandler, ProcessError};
+use ridehail_runtime::executor::{Aggregate, CommandHandler, Executor, ProcessError};
 use ridehail_runtime::records;
 use uuid::Uuid;
 
@@ -37,6 +40,8 @@ pub struct RideAggregate {
     backend: Backend,
     pricing: Arc<PricingPolicy>,
     matching: Arc<MatchingPolicy>,
+    /// The riders' slots: a request claims its rider's, the ride's end frees it.
+    slots: Arc<Executor<RiderSlot>>,
 }
 
 /// What a ride command needs from outside its stream, looked up for one attempt.
@@ -51,7 +56,8 @@ pub struct LookedUp {
 
 impl RideAggregate {
     pub fn new(backend: Backend, pricing: PricingPolicy, matching: MatchingPolicy) -> Self {
-        Self { backend, pricing: Arc::new(pricing), matching: Arc::new(matching) }
+        let slots = Arc::new(Executor::new(RiderSlot, backend.clone()));
+        Self { backend, pricing: Arc::new(pricing), matching: Arc::new(matching), slots }
     }
 
     async fn surge_at(&self, cell: &str, now: DateTime<Utc>) -> StoreResult<u32> {
@@ -128,7 +134,7 @@ impl RideAggregate {
         Timer {
             id: timer_id.to_owned(),
             due_at,
-            topic: ridehail_events::topics::RIDE_COMMANDS.to_owned(),
+            topic: ridehail_events::topics::RIDE_SYSTEM_COMMANDS.to_owned(),
             key: record.key,
             headers: record.headers,
             payload: record.payload,
@@ -203,6 +209,16 @@ impl Aggregate for RideAggregate {
         rejection.into()
     }
 
+    /// A request takes its rider's slot (one ride under way per rider), unless the ride already
+    /// ended in the same decision.
+    async fn claim(&self, command: &CommandEnvelope<RideCommand>, events: &[RideEvent]) -> Result<bool, ProcessError> {
+        if !matches!(command.command, RideCommand::RequestRide(_)) || events.iter().any(ends_the_ride) {
+            return Ok(false);
+        }
+        self.slots.execute(command).await?;
+        Ok(true)
+    }
+
     /// Frees the driver this attempt reserved unless the appended events offered them the ride.
     async fn release(&self, facts: &LookedUp, appended: &[EventEnvelope<RideEvent>]) -> StoreResult<()> {
         let Some(driver) = facts.candidate.map(|c| c.driver_id) else { return Ok(()) };
@@ -216,6 +232,7 @@ impl Aggregate for RideAggregate {
 
     async fn effects(
         &self,
+        command: &CommandEnvelope<RideCommand>,
         history: &[EventEnvelope<RideEvent>],
         new: &[EventEnvelope<RideEvent>],
     ) -> Result<(), ProcessError> {
@@ -224,11 +241,109 @@ impl Aggregate for RideAggregate {
             .ok_or_else(|| ProcessError::Transient(anyhow::anyhow!("a ride stream without RideRequested")))?;
         let ride_id = view.ride_id;
         b.rides.upsert(&view).await?;
+        if !matches!(command.command, RideCommand::RequestRide(_)) && new.iter().any(|e| ends_the_ride(&e.event)) {
+            self.slots.execute_on(rider_slot_id(view.rider_id), command).await?;
+        }
         let state = state_of(history);
         for envelope in new {
             self.driver_and_timer_effects(ride_id, state.as_ref(), envelope).await?;
         }
         records::publish_events(&*b.bus, ridehail_events::topics::RIDE_EVENTS, new).await?;
+        Ok(())
+    }
+
+    fn resource(&self, aggregate_id: Uuid) -> Resource {
+        Resource::Ride(aggregate_id)
+    }
+
+    /// System commands (offer expiry, wider search) only from the system topic, which only the timer
+    /// service writes; clients' commands only from the client topic.
+    fn accepts(&self, topic: &str, command: &CommandEnvelope<RideCommand>) -> Result<(), String> {
+        let system = matches!(command.command, RideCommand::ExpireOffer(_) | RideCommand::RetryMatching(_))
+            || matches!(command.actor, ridehail_events::Actor::System { .. });
+        let from_system_topic = topic == ridehail_events::topics::RIDE_SYSTEM_COMMANDS;
+        match (system, from_system_topic) {
+            (true, false) => Err(format!("system command {} refused on {topic}", command.command.type_name())),
+            (false, true) => Err(format!("client command {} refused on {topic}", command.command.type_name())),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn ends_the_ride(event: &RideEvent) -> bool {
+    matches!(event, RideEvent::RideCompleted(_) | RideEvent::RideCancelled(_) | RideEvent::RideExpired(_))
+}
+
+/// One rider's slot: the ride they have under way, if any. A request claims it (refused while
+/// another ride holds it); any other command on the ride holding it frees it (the executor runs it
+/// only for commands that ended the ride).
+#[derive(Debug)]
+pub struct RiderSlot;
+
+#[async_trait]
+impl Aggregate for RiderSlot {
+    type Command = RideCommand;
+    type Event = RiderSlotEvent;
+    /// The ride holding the slot.
+    type State = Option<RideId>;
+    /// The ride the command is about.
+    type Facts = RideId;
+    type Rejection = RideRejection;
+
+    fn stream_id(&self, command: &CommandEnvelope<RideCommand>) -> Uuid {
+        match &command.command {
+            RideCommand::RequestRide(c) => rider_slot_id(c.rider_id),
+            _ => command.aggregate_id,
+        }
+    }
+
+    fn evolve(&self, history: &[EventEnvelope<RiderSlotEvent>]) -> Option<RideId> {
+        history.iter().fold(None, |held, e| match &e.event {
+            RiderSlotEvent::ActiveRideClaimed(c) => Some(c.ride_id),
+            RiderSlotEvent::ActiveRideReleased(r) if held == Some(r.ride_id) => None,
+            RiderSlotEvent::ActiveRideReleased(_) => held,
+        })
+    }
+
+    async fn facts(
+        &self,
+        _held: &Option<RideId>,
+        command: &CommandEnvelope<RideCommand>,
+        _now: DateTime<Utc>,
+    ) -> Result<RideId, ProcessError> {
+        Ok(RideId(command.aggregate_id))
+    }
+
+    fn decide(
+        &self,
+        held: &Option<RideId>,
+        command: &RideCommand,
+        ride_id: &RideId,
+    ) -> Result<Vec<RiderSlotEvent>, RideRejection> {
+        let ride_id = *ride_id;
+        match (command, held) {
+            (RideCommand::RequestRide(_), None) => {
+                Ok(vec![RiderSlotEvent::ActiveRideClaimed(ActiveRideClaimed { ride_id })])
+            }
+            (RideCommand::RequestRide(_), Some(held)) if *held == ride_id => Ok(vec![]),
+            (RideCommand::RequestRide(_), Some(_)) => Err(RideRejection::ActiveRideExists),
+            (_, Some(held)) if *held == ride_id => {
+                Ok(vec![RiderSlotEvent::ActiveRideReleased(ActiveRideReleased { ride_id })])
+            }
+            (_, _) => Ok(vec![]),
+        }
+    }
+
+    fn rejection(&self, rejection: RideRejection) -> Rejection {
+        rejection.into()
+    }
+
+    async fn effects(
+        &self,
+        _command: &CommandEnvelope<RideCommand>,
+        _history: &[EventEnvelope<RiderSlotEvent>],
+        _new: &[EventEnvelope<RiderSlotEvent>],
+    ) -> Result<(), ProcessError> {
         Ok(())
     }
 
@@ -251,6 +366,7 @@ impl From<RideRejection> for Rejection {
             RideRejection::RideNotFound => RejectionKind::NotFound,
             RideRejection::InvalidLocation { .. }
             | RideRejection::TripTooShort
+            | RideRejection::TripTooLong
             | RideRejection::ReasonRequired
             | RideRejection::ReasonTooLong
             | RideRejection::DistanceImplausible
@@ -265,7 +381,8 @@ impl From<RideRejection> for Rejection {
             | RideRejection::AlreadyInProgress
             | RideRejection::AlreadyRated
             | RideRejection::StaleTimer
-            | RideRejection::DriverBusy => RejectionKind::Conflict,
+            | RideRejection::DriverBusy
+            | RideRejection::ActiveRideExists => RejectionKind::Conflict,
         };
         Rejection { kind, code: rejection.code().to_owned(), detail: rejection.to_string() }
     }

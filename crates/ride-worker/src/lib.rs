@@ -50,7 +50,8 @@ impl Default for RideWorkerConfig {
 /// hand first.
 pub async fn run(backend: Backend, config: RideWorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let handler = Arc::new(command_handler(backend.clone(), config.pricing.clone(), config.matching.clone()));
-    let consumer_config = ConsumerConfig::new(config.group.clone(), &[ridehail_events::topics::RIDE_COMMANDS]);
+    let topics = [ridehail_events::topics::RIDE_COMMANDS, ridehail_events::topics::RIDE_SYSTEM_COMMANDS];
+    let consumer_config = ConsumerConfig::new(config.group.clone(), &topics);
     let timers = ridehail_runtime::timers::run(
         backend.timers.clone(),
         backend.bus.clone(),

@@ -67,8 +67,13 @@ impl World {
     }
 }
 
+/// The record as the worker receives it: system commands on the system topic, the others on the
+/// clients' topic.
 fn incoming(wire: &WireCommand) -> IncomingMessage {
-    command_message(ridehail_events::topics::RIDE_COMMANDS, wire)
+    let system = matches!(wire.command_type.as_str(), "ExpireOffer" | "RetryMatching");
+    let topic =
+        if system { ridehail_events::topics::RIDE_SYSTEM_COMMANDS } else { ridehail_events::topics::RIDE_COMMANDS };
+    command_message(topic, wire)
 }
 
 fn request(rider: UserId) -> RideCommand {
@@ -160,8 +165,12 @@ async fn an_unanswered_offer_expires_through_its_timer_exactly_once() {
     let ride = RideId::new();
     w.send(ride, request(UserId::new())).await;
     assert_eq!(w.view(ride).await.offered_driver_id, Some(driver));
-    let mut commands =
-        w.backend.bus.subscribe("test", &[ridehail_events::topics::RIDE_COMMANDS], StartFrom::Latest).await.unwrap();
+    let mut commands = w
+        .backend
+        .bus
+        .subscribe("test", &[ridehail_events::topics::RIDE_SYSTEM_COMMANDS], StartFrom::Latest)
+        .await
+        .unwrap();
     // Not due yet: nothing fires.
     let fired = ridehail_runtime::timers::fire_due(&*w.backend.timers, &*w.backend.bus, &*w.clock).await.unwrap();
     assert_eq!(fired, 0);
@@ -200,4 +209,61 @@ async fn a_driver_taken_by_another_ride_cannot_accept_an_older_offer() {
     // The ride that holds the driver can still be accepted.
     w.send(second, RideCommand::AcceptRide(AcceptRide { driver_id: driver })).await;
     assert_eq!(w.view(second).await.status, RideStatus::DriverAssigned);
+}
+
+#[tokio::test]
+async fn a_rider_has_one_ride_under_way_at_a_time_even_when_requests_race() {
+    let w = world();
+    let rider = UserId::new();
+    // Eight requests at once, as one rider trying to hold every nearby driver.
+    let messages: Vec<_> = (0..8)
+        .map(|_| {
+            let actor = Actor::User { user_id: rider.0, role: ridehail_events::Role::Rider };
+            w.message(RideId::new(), actor, request(rider))
+        })
+        .collect();
+    let handled = futures::future::join_all(messages.iter().map(|(_, m)| w.handler.handle(m))).await;
+    assert!(handled.iter().all(Result::is_ok), "{handled:?}");
+    let mut codes = Vec::new();
+    for (id, _) in &messages {
+        let status = w.backend.commands.get(*id).await.unwrap().unwrap();
+        codes.push(status.rejection.map(|r| r.code).unwrap_or_else(|| "accepted".into()));
+    }
+    assert_eq!(codes.iter().filter(|c| *c == "accepted").count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| *c == "active_ride_exists").count(), 7, "{codes:?}");
+    // Surge demand counts the rider once.
+    assert_eq!(w.backend.rides.count_waiting_in_cell(&PICKUP.cell()).await.unwrap(), 1);
+
+    // Once that ride ends, the rider may ask again.
+    let accepted = messages.iter().zip(&codes).find(|(_, code)| *code == "accepted").map(|((id, _), _)| *id).unwrap();
+    let ride = RideId(w.backend.commands.get(accepted).await.unwrap().unwrap().aggregate_id);
+    let cancel = RideCommand::CancelRide(CancelRide {
+        cancelled_by: Canceller::Rider { rider_id: rider },
+        reason: "changed my mind".into(),
+    });
+    let actor = Actor::User { user_id: rider.0, role: ridehail_events::Role::Rider };
+    let (_, message) = w.message(ride, actor.clone(), cancel);
+    w.handler.handle(&message).await.unwrap();
+    let (again, message) = w.message(RideId::new(), actor, request(rider));
+    w.handler.handle(&message).await.unwrap();
+    let status = w.backend.commands.get(again).await.unwrap().unwrap();
+    assert_eq!(status.state, CommandState::Accepted, "{status:?}");
+}
+
+#[tokio::test]
+async fn system_commands_are_refused_on_the_clients_topic_and_client_commands_on_the_system_topic() {
+    use ridehail_runtime::consumer::HandleError;
+    let w = world();
+    let ride = RideId::new();
+    w.send(ride, request(UserId::new())).await;
+    let forged = RideCommand::RetryMatching(RetryMatching { attempt: 1 });
+    let actor = Actor::System { component: "ride-worker.timers".into() };
+    let (_, message) = w.message(ride, actor, forged);
+    let on_clients_topic = IncomingMessage { topic: ridehail_events::topics::RIDE_COMMANDS.into(), ..message };
+    assert!(matches!(w.handler.handle(&on_clients_topic).await, Err(HandleError::Poison(_))));
+    let actor = Actor::User { user_id: uuid::Uuid::now_v7(), role: ridehail_events::Role::Rider };
+    let (_, message) = w.message(RideId::new(), actor, request(UserId::new()));
+    let on_system_topic = IncomingMessage { topic: ridehail_events::topics::RIDE_SYSTEM_COMMANDS.into(), ..message };
+    assert!(matches!(w.handler.handle(&on_system_topic).await, Err(HandleError::Poison(_))));
+    assert_eq!(w.history(ride).await, ["RideRequested", "MatchingRetryScheduled"], "nothing changed");
 }

@@ -131,10 +131,11 @@ pub trait Aggregate: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Everything that follows an append, given the whole stream and the command's events. Re-run on
-    /// redelivery, so each step must be idempotent.
+    /// Everything that follows an append, given the command, the whole stream and the command's
+    /// events. Re-run on redelivery, so each step must be idempotent.
     async fn effects(
         &self,
+        command: &CommandEnvelope<Self::Command>,
         history: &[EventEnvelope<Self::Event>],
         new: &[EventEnvelope<Self::Event>],
     ) -> Result<(), ProcessError>;
@@ -146,6 +147,12 @@ pub trait Aggregate: Send + Sync + 'static {
 
     /// Where clients read what a command on `aggregate_id` acted on.
     fn resource(&self, aggregate_id: Uuid) -> Resource;
+
+    /// Whether `command` may arrive on `topic` (by default, any command on any topic the handler
+    /// consumes). A refusal dead-letters the record with the reason.
+    fn accepts(&self, _topic: &str, _command: &CommandEnvelope<Self::Command>) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Runs commands of one aggregate type against the event store.
@@ -170,14 +177,23 @@ impl<A: Aggregate> Executor<A> {
         &self,
         command: &CommandEnvelope<A::Command>,
     ) -> Result<Vec<EventEnvelope<A::Event>>, ProcessError> {
+        self.execute_on(self.aggregate.stream_id(command), command).await
+    }
+
+    /// [`Executor::execute`] on a stream the caller names (when the command alone does not say
+    /// which, e.g. the slot of the rider whose ride this command ends).
+    pub async fn execute_on(
+        &self,
+        stream: Uuid,
+        command: &CommandEnvelope<A::Command>,
+    ) -> Result<Vec<EventEnvelope<A::Event>>, ProcessError> {
         let a = &self.aggregate;
-        let stream = a.stream_id(command);
         let mut claimed = false;
         for _ in 0..MAX_CONFLICT_RETRIES {
             let history = self.load(stream).await?;
             let already: Vec<_> = history.iter().filter(|e| e.causation_id == command.command_id.0).cloned().collect();
             if !already.is_empty() {
-                a.effects(&history, &already).await.map_err(ProcessError::pending)?;
+                a.effects(command, &history, &already).await.map_err(ProcessError::pending)?;
                 return Ok(already);
             }
             let state = a.evolve(&history);
@@ -205,7 +221,7 @@ impl<A: Aggregate> Executor<A> {
                     all.extend(new.iter().cloned());
                     async {
                         a.release(&facts, &new).await?;
-                        a.effects(&all, &new).await
+                        a.effects(command, &all, &new).await
                     }
                     .await
                     .map_err(ProcessError::pending)?;
@@ -306,6 +322,7 @@ impl<A: Aggregate> CommandHandler<A> {
 impl<A: Aggregate> MessageHandler for CommandHandler<A> {
     async fn handle(&self, message: &ridehail_ports::IncomingMessage) -> Result<(), HandleError> {
         let command = decode_command::<A::Command>(message)?;
+        self.executor.aggregate.accepts(&message.topic, &command).map_err(HandleError::Poison)?;
         let backend = &self.executor.backend;
         let seen = backend.commands.get(command.command_id).await.map_err(|e| HandleError::Transient(e.into()))?;
         if seen.is_some_and(|s| s.is_final()) {

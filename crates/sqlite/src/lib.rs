@@ -31,13 +31,13 @@ pub use users::EmbeddedUserViews;
 use ridehail_ports::Backend;
 use ridehail_ports::Clock;
 use ridehail_ports::{
-    CommandStatusStore, DriverLocator, EventStore, IdempotencyStore, RideViews, TimerStore, UserViews,
+    CommandStatusStore, DriverLocator, EventStore, IdempotencyStore, Limiter, RideViews, TimerStore, UserViews,
 };
 
 /// The event store, ride views, user views and timers.
 pub type Stores = (Arc<dyn EventStore>, Arc<dyn RideViews>, Arc<dyn UserViews>, Arc<dyn TimerStore>);
-/// The driver locator, command status and idempotency keys.
-pub type HotStores = (Arc<dyn DriverLocator>, Arc<dyn CommandStatusStore>, Arc<dyn IdempotencyStore>);
+/// The driver locator, command status, idempotency keys and the limiter.
+pub type HotStores = (Arc<dyn DriverLocator>, Arc<dyn CommandStatusStore>, Arc<dyn IdempotencyStore>, Arc<dyn Limiter>);
 
 fn create(data_dir: &Path) -> anyhow::Result<&Path> {
     std::fs::create_dir_all(data_dir)
@@ -72,6 +72,7 @@ pub fn open_hot_stores(data_dir: &Path) -> anyhow::Result<HotStores> {
         Arc::new(EmbeddedDriverLocator::open(&dir.join("drivers.sqlite"))?),
         Arc::new(EmbeddedCommandStatus::new(bookkeeping.clone())?),
         Arc::new(EmbeddedIdempotency::new(bookkeeping)?),
+        Arc::new(ridehail_ports::MemoryLimiter::new()),
     ))
 }
 
@@ -79,7 +80,7 @@ pub fn open_hot_stores(data_dir: &Path) -> anyhow::Result<HotStores> {
 /// for each of Ridehail's topics.
 pub fn open(data_dir: &Path, partitions: u32, clock: Arc<dyn Clock>) -> anyhow::Result<Backend> {
     let (events, rides, users, timers) = open_stores(data_dir)?;
-    let (drivers, commands, idempotency) = open_hot_stores(data_dir)?;
+    let (drivers, commands, idempotency, limiter) = open_hot_stores(data_dir)?;
     let bus = Arc::new(open_bus(data_dir, partitions)?);
-    Ok(Backend { bus, events, rides, users, drivers, commands, idempotency, timers, clock })
+    Ok(Backend { bus, events, rides, users, drivers, commands, idempotency, limiter, timers, clock })
 }

@@ -62,6 +62,11 @@ async fn timers() -> Option<Fixture<EmbeddedTimers>> {
 }
 ridehail_contract::timers_suite!(timers);
 
+async fn limiter() -> Option<Fixture<ridehail_ports::MemoryLimiter>> {
+    Some(Fixture::new(Arc::new(ridehail_ports::MemoryLimiter::new())))
+}
+ridehail_contract::limiter_suite!(limiter);
+
 #[tokio::test]
 async fn bus_committed_offsets_survive_reopening_the_file() {
     let dir = TempDir::new().unwrap();

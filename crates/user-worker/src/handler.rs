@@ -84,6 +84,7 @@ impl Aggregate for UserAggregate {
 
     async fn effects(
         &self,
+        _command: &CommandEnvelope<UserCommand>,
         history: &[EventEnvelope<UserEvent>],
         new: &[EventEnvelope<UserEvent>],
     ) -> Result<(), ProcessError> {
@@ -155,6 +156,7 @@ impl Aggregate for EmailClaim {
 
     async fn effects(
         &self,
+        _command: &CommandEnvelope<UserCommand>,
         _history: &[EventEnvelope<EmailClaimEvent>],
         _new: &[EventEnvelope<EmailClaimEvent>],
     ) -> Result<(), ProcessError> {

@@ -32,6 +32,7 @@ fn driver_submission(user: AuthUser, command: UserCommand) -> Submission<UserCom
         resource: Resource::User(user.user_id.0),
         creates: false,
         viewer: Some(user),
+        personal: false,
     }
 }
 

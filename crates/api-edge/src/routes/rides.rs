@@ -39,6 +39,7 @@ fn ride_submission(user: AuthUser, ride_id: RideId, command: RideCommand, create
         resource: Resource::Ride(ride_id.0),
         creates,
         viewer: Some(user),
+        personal: false,
     }
 }
 
@@ -60,6 +61,17 @@ pub async fn request(
     user.require(Role::Rider)?;
     let pickup = req.pickup.check("pickup")?;
     let dropoff = req.dropoff.check("dropoff")?;
+    let straight = pickup.distance_m(&dropoff);
+    if straight < validation::MIN_TRIP_M {
+        return Err(ApiError::field(
+            "dropoff",
+            format!("must be at least {} m from the pickup", validation::MIN_TRIP_M),
+        ));
+    }
+    if straight > validation::MAX_TRIP_M {
+        let km = validation::MAX_TRIP_M / 1000.0;
+        return Err(ApiError::field("dropoff", format!("must be within {km} km of the pickup")));
+    }
     let fp = fingerprint("POST /v1/rides", &req);
     let ride_id = RideId::new();
     let command = RideCommand::RequestRide(RequestRide { rider_id: user.user_id, pickup, dropoff });

@@ -27,14 +27,16 @@ pub struct RegisterRequest {
     pub vehicle: Option<Vehicle>,
 }
 
-/// What identifies a sign-up for idempotency; the password is left out on purpose (only its
-/// presence matters; it is never stored in the idempotency record).
+/// What identifies a sign-up for idempotency. It is stored only as a keyed hash, so neither the
+/// address nor the name nor the password can be read back from the idempotency store; the password
+/// is in it so that a retry with another password is a different request (422), not a replay.
 #[derive(Serialize)]
 struct RegisterFingerprint<'a> {
     email: &'a str,
     name: &'a str,
     role: Role,
     vehicle: &'a Option<Vehicle>,
+    password: &'a str,
 }
 
 /// Collects field errors of one request.
@@ -90,13 +92,17 @@ pub async fn register(
     ValidJson(req): ValidJson<RegisterRequest>,
 ) -> Result<Response, ApiError> {
     validate(&req)?;
-    let fp = fingerprint(
-        "POST /v1/users",
-        &RegisterFingerprint { email: &req.email, name: &req.name, role: req.role, vehicle: &req.vehicle },
-    );
-    let password_hash = state.passwords.hash(SecretString::from(req.password)).await?;
+    let identity = RegisterFingerprint {
+        email: &req.email,
+        name: &req.name,
+        role: req.role,
+        vehicle: &req.vehicle,
+        password: &req.password,
+    };
+    let fp = state.keyed_hash(&format!("POST /v1/users\0{}", serde_json::to_string(&identity).unwrap_or_default()));
+    let password_hash = state.signup_passwords.hash(SecretString::from(req.password)).await?;
     let user_id = UserId::new();
-    let email = req.email.trim().to_owned();
+    let email = ridehail_events::ids::normalise_email(&req.email);
     let command = UserCommand::RegisterUser(RegisterUser {
         email: email.clone(),
         name: req.name,
@@ -112,9 +118,10 @@ pub async fn register(
         resource: Resource::User(user_id.0),
         creates: true,
         viewer: None,
+        personal: true,
     };
-    // Sign-ups have no caller to scope keys by: scope them by the address being registered.
-    let scope = format!("signup:{}", ridehail_events::ids::email_claim_id(&email));
+    // Sign-ups have no caller to scope keys by: scope them by (a keyed hash of) the address.
+    let scope = format!("signup:{}", state.keyed_hash(&email));
     submit(&state, &headers, &scope, fp, submission).await
 }
 
@@ -159,6 +166,7 @@ pub async fn update_me(
         resource: Resource::User(user.user_id.0),
         creates: false,
         viewer: Some(user),
+        personal: true,
     };
     submit(&state, &headers, &user.user_id.to_string(), fp, submission).await
 }

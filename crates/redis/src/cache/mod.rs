@@ -20,7 +20,7 @@ pub use rides::CachedRideViews;
 pub use users::CachedUserViews;
 
 use crate::client::RedisClient;
-use log_limiter::LogLimiter;
+pub(crate) use log_limiter::LogLimiter;
 
 /// Keys remembered for deletion while Redis is down; beyond this, a stale entry lives until its TTL.
 const MAX_PENDING_DELETES: usize = 10_000;

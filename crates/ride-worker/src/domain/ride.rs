@@ -7,7 +7,7 @@ use ridehail_events::{EventEnvelope, GeoPoint, UserId};
 use super::fare::PricingPolicy;
 use super::matching::{DriverCandidate, MatchingPolicy, Search};
 
-pub use ridehail_events::validation::{MAX_COMMENT_CHARS, MAX_REASON_CHARS, MIN_TRIP_M, STARS};
+pub use ridehail_events::validation::{MAX_COMMENT_CHARS, MAX_REASON_CHARS, MAX_TRIP_M, MIN_TRIP_M, STARS};
 
 /// The offer a driver has not answered yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +62,11 @@ pub enum RideRejection {
     InvalidLocation { field: &'static str },
     #[error("pickup and dropoff are the same place")]
     TripTooShort,
+    #[error("pickup and dropoff are more than {} km apart", MAX_TRIP_M / 1000.0)]
+    TripTooLong,
+    /// The rider has another ride under way (found by the worker, not by `decide`).
+    #[error("the rider already has a ride under way")]
+    ActiveRideExists,
     #[error("the ride is {status:?}, which does not allow {action}")]
     InvalidState { status: RideStatus, action: &'static str },
     #[error("the ride is not offered to this driver")]
@@ -101,6 +106,8 @@ impl RideRejection {
             Self::RideAlreadyExists => "ride_already_exists",
             Self::InvalidLocation { .. } => "invalid_location",
             Self::TripTooShort => "trip_too_short",
+            Self::TripTooLong => "trip_too_long",
+            Self::ActiveRideExists => "active_ride_exists",
             Self::InvalidState { .. } => "invalid_ride_state",
             Self::NotOfferedToDriver => "ride_not_offered_to_driver",
             Self::OfferExpired => "offer_expired",
@@ -159,8 +166,8 @@ pub fn search_for(state: &Option<RideState>, command: &RideCommand, policy: &Mat
     match (state, command) {
         (None, RideCommand::RequestRide(c)) => (c.pickup.validate().is_ok()
             && c.dropoff.validate().is_ok()
-            && c.pickup.distance_m(&c.dropoff) >= MIN_TRIP_M)
-            .then(|| Search { at: c.pickup, radius_m: policy.radius_m(0), exclude: Vec::new() }),
+            && (MIN_TRIP_M..=MAX_TRIP_M).contains(&c.pickup.distance_m(&c.dropoff)))
+        .then(|| Search { at: c.pickup, radius_m: policy.radius_m(0), exclude: Vec::new() }),
         (Some(s), RideCommand::DeclineRide(DeclineRide { driver_id }))
             if offer_to(s, *driver_id, "decline").is_ok() =>
         {
@@ -228,6 +235,9 @@ pub fn decide(
             let straight = c.pickup.distance_m(&c.dropoff);
             if straight < MIN_TRIP_M {
                 return Err(RideRejection::TripTooShort);
+            }
+            if straight > MAX_TRIP_M {
+                return Err(RideRejection::TripTooLong);
             }
             let distance = facts.pricing.road_distance_m(straight);
             let estimate = facts.pricing.fare(distance, facts.pricing.estimated_duration_s(distance), facts.surge_bps);

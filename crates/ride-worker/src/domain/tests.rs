@@ -312,6 +312,12 @@ fn a_request_with_a_bad_position_or_a_trivial_trip_is_refused() {
     assert_eq!(given(vec![]).when(bad_pickup), Err(RideRejection::InvalidLocation { field: "pickup" }));
     let same = RideCommand::RequestRide(RequestRide { rider_id: RIDER, pickup: pickup(), dropoff: pickup() });
     assert_eq!(given(vec![]).when(same), Err(RideRejection::TripTooShort));
+    let pole_to_pole = RideCommand::RequestRide(RequestRide {
+        rider_id: RIDER,
+        pickup: GeoPoint { lat: 89.9, lon: 0.0 },
+        dropoff: GeoPoint { lat: -89.9, lon: 0.0 },
+    });
+    assert_eq!(given(vec![]).when(pole_to_pole), Err(RideRejection::TripTooLong));
 }
 
 #[test]
