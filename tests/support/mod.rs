@@ -14,6 +14,9 @@ pub struct Server {
     pub url: String,
 }
 
+/// The lines a server logged.
+pub type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 impl Server {
     /// Starts `ridehail dev` on 127.0.0.1:0 and waits for its "listening on" line.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
@@ -22,16 +25,33 @@ impl Server {
 
     /// Starts `ridehail <service>` (`dev` or `edge`) on 127.0.0.1:0 and waits for its URL.
     pub fn start_service(data_dir: &Path, service: &str, env: &[(&str, &str)]) -> Server {
+        Self::spawn(data_dir, service, env, None)
+    }
+
+    /// [`Server::start_service`], keeping every line the server logs (at `info` and above) in `log`.
+    pub fn start_logged(data_dir: &Path, service: &str, env: &[(&str, &str)], log: &Log) -> Server {
+        Self::spawn(data_dir, service, env, Some(log.clone()))
+    }
+
+    fn spawn(data_dir: &Path, service: &str, env: &[(&str, &str)], log: Option<Log>) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ridehail"));
         command
             .args(["--data-dir", data_dir.to_str().unwrap(), service, "--bind", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if log.is_some() { Stdio::piped() } else { Stdio::inherit() });
         for (k, v) in env {
             command.env(k, v);
         }
         let mut child = command.spawn().expect("ridehail starts");
+        if let (Some(log), Some(stderr)) = (log, child.stderr.take()) {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
         let stdout = child.stdout.take().unwrap();
         // Killed on drop even if the URL never comes.
         let child = Worker(Some(child));
