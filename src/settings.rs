@@ -3,8 +3,9 @@
 //! Layers, later wins: built-in defaults → the TOML file given with `--config` (or `ridehail.toml` in
 //! the working directory, if present) → environment variables `RIDEHAIL__SECTION__KEY` (e.g.
 //! `RIDEHAIL__HTTP__BIND=0.0.0.0:8080`, `RIDEHAIL__EDGE__CORS_ALLOWED_ORIGINS=https://a,https://b`).
-//! Any setting can come from a file instead: `RIDEHAIL__SECTION__KEY_FILE=/path` reads the value from
-//! the file (trailing newline trimmed), the way Kubernetes Secrets and Vault Agent deliver them.
+//! The settings that carry credentials ([`SECRET_SETTINGS`]: the MongoDB URI, the Redis URL, the Kafka
+//! SASL password) can come from a file instead: `RIDEHAIL__MONGODB__URI_FILE=/path` reads the value
+//! from the file (trailing newline trimmed), the way Kubernetes Secrets and Vault Agent deliver them.
 //! Keys and secrets are never settings with a default (see [`crate::keys`]).
 
 use std::path::{Path, PathBuf};
@@ -221,18 +222,23 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }
 
-/// The `RIDEHAIL__…` variables, where each `RIDEHAIL__SECTION__KEY_FILE=/path` becomes
-/// `RIDEHAIL__SECTION__KEY` with the file's contents (trailing newline trimmed).
+/// The settings that carry credentials: each can come from a file instead, named by the variable
+/// with `_FILE` appended (`RIDEHAIL__MONGODB__URI_FILE=/run/secrets/mongodb-uri`), the way Kubernetes
+/// Secrets and Vault Agent deliver them.
+pub const SECRET_SETTINGS: [&str; 3] =
+    ["RIDEHAIL__MONGODB__URI", "RIDEHAIL__REDIS__URL", "RIDEHAIL__KAFKA__SASL_PASSWORD"];
+
+/// The `RIDEHAIL__…` variables, with each secret setting's `…_FILE` variable replaced by the file's
+/// contents (trailing newline trimmed).
 fn environment() -> anyhow::Result<std::collections::HashMap<String, String>> {
     let mut env: std::collections::HashMap<String, String> =
         std::env::vars().filter(|(k, _)| k.starts_with("RIDEHAIL__")).collect();
-    let files: Vec<String> = env.keys().filter(|k| k.ends_with("_FILE")).cloned().collect();
-    for file_var in files {
-        let path = env.remove(&file_var).unwrap_or_default();
-        let name = file_var.trim_end_matches("_FILE").to_owned();
-        anyhow::ensure!(!env.contains_key(&name), "both {name} and {file_var} are set: give one");
+    for name in SECRET_SETTINGS {
+        let file_var = format!("{name}_FILE");
+        let Some(path) = env.remove(&file_var) else { continue };
+        anyhow::ensure!(!env.contains_key(name), "both {name} and {file_var} are set: give one");
         let value = std::fs::read_to_string(&path).with_context(|| format!("cannot read {file_var} ({path})"))?;
-        env.insert(name, value.trim_end_matches(['\n', '\r']).to_owned());
+        env.insert(name.to_owned(), value.trim_end_matches(['\n', '\r']).to_owned());
     }
     Ok(env)
 }

@@ -84,6 +84,10 @@ impl Server {
 pub struct Worker(Option<Child>);
 
 impl Worker {
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
     /// Takes the child out; it is no longer killed on drop.
     fn into_inner(mut self) -> Child {
         self.0.take().expect("a worker holds its child until taken")

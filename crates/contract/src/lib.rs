@@ -4,6 +4,7 @@
 
 mod fixture;
 pub mod suites;
+pub mod tls;
 
 pub use fixture::{Capability, Fixture};
 
