@@ -190,7 +190,8 @@ async fn serve(
         // The one line scripts and tests wait for.
         use std::io::Write as _;
         let mut stdout = std::io::stdout();
-        writeln!(stdout, "ridehail listening on http://{address}")?;
+        let scheme = if settings.edge.tls.is_some() { "https" } else { "http" };
+        writeln!(stdout, "ridehail listening on {scheme}://{address}")?;
         stdout.flush()?;
     }
     supervise(services, shutdown, Duration::from_secs(settings.shutdown_grace_seconds)).await

@@ -159,6 +159,10 @@ impl Settings {
             settings.redis.validate()?;
         }
         settings.check_transport_security()?;
+        anyhow::ensure!(
+            settings.edge.limits.enabled || settings.environment == Environment::Development,
+            "edge.limits.enabled = false is for benchmarks: production keeps the per-client limits"
+        );
         Ok(settings)
     }
 

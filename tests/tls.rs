@@ -57,6 +57,7 @@ async fn the_edge_serves_https_refuses_plain_http_on_its_port_and_picks_up_a_ren
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let server = Server::start(&dir.path().join("data"), &env);
+    assert!(server.url.starts_with("https://"), "{}", server.url);
     let port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
 
     let connector = client(&ca, &[&rustls::version::TLS13]);

@@ -70,6 +70,30 @@ pub struct Args {
     /// Server processes whose CPU time and memory to report per phase (repeat the flag).
     #[arg(long = "server-pid")]
     server_pids: Vec<u32>,
+    /// For `https://` URLs: the CA that signed the edge's certificate (PEM).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// A new connection (and, over HTTPS, a full handshake) for every request: the handshake rate.
+    #[arg(long)]
+    fresh_connections: bool,
+}
+
+/// A TLS client configuration trusting `ca_file` (ring, like the rest of the tree; no session
+/// resumption, so every new connection is a full handshake).
+fn tls_config(ca_file: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).context("reading --ca-file")? {
+        roots.add(cert.context("--ca-file is not PEM")?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
 }
 
 fn secret(raw: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -105,11 +129,13 @@ impl Target {
                     }
                     None => None,
                 };
-                let client = reqwest::Client::builder()
-                    .pool_max_idle_per_host(args.connections)
-                    .tcp_nodelay(true)
-                    .timeout(Duration::from_secs(10))
-                    .build()?;
+                let idle = if args.fresh_connections { 0 } else { args.connections };
+                let mut builder =
+                    reqwest::Client::builder().pool_max_idle_per_host(idle).tcp_nodelay(true).timeout(Duration::from_secs(10));
+                if let Some(ca_file) = &args.ca_file {
+                    builder = builder.use_preconfigured_tls(tls_config(ca_file)?);
+                }
+                let client = builder.build()?;
                 Ok(Self::Http { client, url: format!("{}{path}", base.trim_end_matches('/')), authorization })
             }
             (None, Some(url)) => {
