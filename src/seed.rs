@@ -80,7 +80,7 @@ async fn execute(
     let message = command_message(topics::USER_COMMANDS, &envelope.to_wire());
     handler.handle(&message).await.map_err(|e| match e {
         HandleError::Poison(reason) => anyhow::anyhow!("{type_name} refused: {reason}"),
-        HandleError::Transient(e) | HandleError::Unfinished(e) => e.context(type_name),
+        HandleError::Failed(e) | HandleError::Unavailable(e) | HandleError::Unfinished(e) => e.context(type_name),
     })?;
     let status = backend.commands.get(envelope.command_id).await?;
     match status {

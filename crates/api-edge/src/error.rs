@@ -37,6 +37,9 @@ pub enum ApiError {
     IdempotencyInProgress,
     #[error("the command was rejected")]
     Rejected(Rejection),
+    /// The command was dead-lettered: it will not complete unless an operator redrives it.
+    #[error("the command failed")]
+    CommandFailed(ridehail_ports::Failure),
     #[error("too many requests")]
     TooManyRequests { code: &'static str, retry_after: std::time::Duration },
     #[error("the request body did not arrive in time")]
@@ -203,6 +206,9 @@ impl IntoResponse for ApiError {
                 Some("the request body exceeds the limit".into()),
                 vec![],
             ),
+            Self::CommandFailed(failure) => {
+                problem(S::INTERNAL_SERVER_ERROR, &failure.code, "Command failed", Some(failure.detail), vec![])
+            }
             Self::Unavailable(e) => {
                 tracing::error!(error = format!("{e:#}"), "dependency unavailable");
                 let mut response = problem(

@@ -244,6 +244,9 @@ async fn outcome_response(
     if let Some(rejection) = &status.rejection {
         return Ok(ApiError::Rejected(rejection.clone()).into_response());
     }
+    if let Some(failure) = &status.failure {
+        return Ok(ApiError::CommandFailed(failure.clone()).into_response());
+    }
     let body = match resource {
         Resource::Ride(id) => {
             views::visible_ride(state, id.into(), viewer).await?.map(|v| serde_json::to_value(v).unwrap_or_default())

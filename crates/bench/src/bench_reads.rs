@@ -130,8 +130,10 @@ impl Target {
                     None => None,
                 };
                 let idle = if args.fresh_connections { 0 } else { args.connections };
-                let mut builder =
-                    reqwest::Client::builder().pool_max_idle_per_host(idle).tcp_nodelay(true).timeout(Duration::from_secs(10));
+                let mut builder = reqwest::Client::builder()
+                    .pool_max_idle_per_host(idle)
+                    .tcp_nodelay(true)
+                    .timeout(Duration::from_secs(10));
                 if let Some(ca_file) = &args.ca_file {
                     builder = builder.use_preconfigured_tls(tls_config(ca_file)?);
                 }

@@ -75,6 +75,8 @@ impl BusArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The one TLS crypto provider of the tree (reqwest is built without one of its own).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command {

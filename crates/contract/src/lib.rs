@@ -489,6 +489,7 @@ fn status(id: CommandId, state: CommandState) -> CommandStatus {
             code: "ride_already_requested".into(),
             detail: "the ride exists".into(),
         }),
+        failure: None,
         events: vec![],
         resource: Some("/v1/rides/x".into()),
         submitted_at: t(0),
@@ -631,11 +632,14 @@ pub async fn limiter_locks_out_after_repeated_failures_and_forgets_on_success(li
 // ------------------------------------------------------------------ consumer loop (on any bus)
 
 /// Handles "ok:*" records, refuses "poison" as undecodable, fails "flaky:N" N times then succeeds,
-/// fails "stuck:N" N times as unfinished, and always fails "broken".
+/// fails "stuck:N" N times as unfinished, "down:N" N times as a dependency unavailable, and always
+/// fails "broken". Remembers what it was told was dead-lettered.
 #[derive(Debug, Default)]
 pub struct Recorder {
     pub handled: std::sync::Mutex<Vec<String>>,
     failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// The payloads it was told were dead-lettered, and whether as poison.
+    pub dead_lettered: std::sync::Mutex<Vec<(String, bool)>>,
 }
 impl Recorder {
     /// How many times `text` failed so far.
@@ -659,18 +663,32 @@ impl MessageHandler for Recorder {
                 return Err(HandleError::Unfinished(anyhow::anyhow!("events appended, view not written")));
             }
         }
+        if let Some(times) = text.strip_prefix("down:") {
+            let mut failures = self.failures.lock().unwrap();
+            let seen = failures.entry(text.clone()).or_default();
+            if *seen < times.parse::<u32>().unwrap() {
+                *seen += 1;
+                return Err(HandleError::Unavailable(anyhow::anyhow!("connection refused")));
+            }
+        }
         if text == "broken" {
-            return Err(HandleError::Transient(anyhow::anyhow!("dependency down")));
+            return Err(HandleError::Failed(anyhow::anyhow!("handler bug")));
         }
         if let Some(times) = text.strip_prefix("flaky:") {
             let mut failures = self.failures.lock().unwrap();
             let seen = failures.entry(text.clone()).or_default();
             if *seen < times.parse::<u32>().unwrap() {
                 *seen += 1;
-                return Err(HandleError::Transient(anyhow::anyhow!("try again")));
+                return Err(HandleError::Failed(anyhow::anyhow!("try again")));
             }
         }
         self.handled.lock().unwrap().push(text);
+        Ok(())
+    }
+
+    async fn dead_lettered(&self, message: &IncomingMessage, _reason: &str, poison: bool) -> anyhow::Result<()> {
+        let text = String::from_utf8_lossy(&message.payload).into_owned();
+        self.dead_lettered.lock().unwrap().push((text, poison));
         Ok(())
     }
 }
@@ -682,9 +700,8 @@ fn work(key: &str, payload: &[u8]) -> OutgoingMessage {
 fn consumer_config(topic: &str, dlq: &str) -> ConsumerConfig {
     let mut config = ConsumerConfig::new(format!("workers-{}", Uuid::new_v4().simple()), &[topic]);
     config.dead_letter_topic = dlq.into();
-    config.max_attempts = 3;
-    config.retry_min_delay = Duration::from_millis(5);
-    config.retry_max_delay = Duration::from_millis(20);
+    config.failed_retry = RetryPolicy::bounded(5, 20, 3);
+    config.unavailable_retry = RetryPolicy::unbounded(5, 20);
     config.poll_wait = Duration::from_millis(20);
     config
 }
@@ -744,6 +761,9 @@ pub async fn consumer_dead_letters_poison_intact_and_moves_on_in_order(
     assert!(dead[0].header(headers::DLQ_SOURCE_PARTITION).is_some());
     assert!(dead[0].header(headers::DLQ_REASON).unwrap().starts_with("poison"));
     assert_eq!(dead[1].payload, b"poison");
+    let told = handler.dead_lettered.lock().unwrap().clone();
+    assert_eq!(told.len(), 2, "the handler is told of each dead letter: {told:?}");
+    assert!(told.iter().all(|(_, poison)| *poison));
     // Not stalled: later records still flow.
     bus.publish(topic, vec![work("k", b"ok:4")]).await.unwrap();
     wait_for(|| handler.handled.lock().unwrap().len() == 4).await;
@@ -765,6 +785,7 @@ pub async fn consumer_retries_transient_failures_and_dead_letters_after_the_atte
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].payload, b"broken");
     assert!(dead[0].header(headers::DLQ_REASON).unwrap().contains("after 3 attempts"), "{:?}", dead[0].headers);
+    assert_eq!(*handler.dead_lettered.lock().unwrap(), [("broken".to_owned(), false)]);
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
@@ -804,6 +825,26 @@ pub async fn consumer_commits_after_the_work_so_a_restart_resumes_after_it(
     wait_for(|| !second.handled.lock().unwrap().is_empty()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(*second.handled.lock().unwrap(), ["ok:a2"], "nothing already handled is handled again");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// A dependency that is down for many times the failed-record attempts is waited out: the record is
+/// processed once it is back, in order, and never dead-lettered.
+pub async fn consumer_waits_out_an_unavailable_dependency_and_never_dead_letters(
+    bus: Arc<dyn MessageBus>,
+    topic: &str,
+    dlq: &str,
+) {
+    let handler = Arc::new(Recorder::default());
+    let (shutdown, task) = start_consumer(&bus, &handler, consumer_config(topic, dlq));
+    // Twenty unavailable answers, against three attempts for a failing record.
+    bus.publish(topic, vec![work("k", b"down:20"), work("k", b"ok:after")]).await.unwrap();
+    wait_for(|| handler.handled.lock().unwrap().len() == 2).await;
+    assert_eq!(*handler.handled.lock().unwrap(), ["down:20", "ok:after"]);
+    assert_eq!(handler.attempts("down:20"), 20);
+    assert!(dead_letters(&*bus, dlq, 0).await.is_empty());
+    assert!(handler.dead_lettered.lock().unwrap().is_empty());
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }

@@ -76,6 +76,16 @@ macro_rules! consumer_suite {
                 f.dead_letters(),
             )
         });
+        $crate::__contract_case!(
+            $fixture,
+            consumer_waits_out_an_unavailable_dependency_and_never_dead_letters,
+            [],
+            |f| $crate::consumer_waits_out_an_unavailable_dependency_and_never_dead_letters(
+                f.shared(),
+                f.topic(),
+                f.dead_letters()
+            )
+        );
         $crate::__contract_case!($fixture, consumer_partitions_do_not_wait_for_each_other, [], |f| {
             $crate::consumer_partitions_do_not_wait_for_each_other(f.shared(), f.topic(), f.dead_letters())
         });

@@ -13,6 +13,32 @@ pub enum CommandState {
     Pending,
     Accepted,
     Rejected,
+    /// The command could not be processed (dead-lettered); operators can redrive it.
+    Failed,
+}
+
+/// Why a command failed: what a client may read (the full reason is on the dead letter and in the
+/// logs, which may name internal hosts and data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// `poison_message` (it can never be processed as sent) or `processing_failed`.
+    pub code: String,
+    pub detail: String,
+}
+
+impl Failure {
+    /// The client's view of a dead letter's `reason`.
+    pub fn of(reason: &str, poison: bool) -> Self {
+        if poison {
+            let detail = reason.strip_prefix("poison: ").unwrap_or(reason);
+            Self { code: "poison_message".into(), detail: format!("the command cannot be processed: {detail}") }
+        } else {
+            Self {
+                code: "processing_failed".into(),
+                detail: "the command failed repeatedly and was set aside for operators".into(),
+            }
+        }
+    }
 }
 
 /// How a rejection maps to a client's expectations (and to an HTTP status at the edge).
@@ -49,6 +75,9 @@ pub struct CommandStatus {
     pub issued_by: Option<Uuid>,
     pub state: CommandState,
     pub rejection: Option<Rejection>,
+    /// Why the command failed (state `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
     /// Types of the events the command produced.
     pub events: Vec<String>,
     /// Where to read the affected resource.
@@ -105,6 +134,7 @@ impl CommandStatus {
             },
             state: CommandState::Pending,
             rejection: None,
+            failure: None,
             events: Vec::new(),
             resource: Some(resource.url()),
             submitted_at: command.issued_at,
@@ -124,6 +154,11 @@ impl CommandStatus {
             Outcome::Rejected(rejection) => (CommandState::Rejected, Some(rejection), Vec::new()),
         };
         Self { state, rejection, events, completed_at: Some(now), ..Self::pending(command, resource) }
+    }
+
+    /// The same command, failed at `now`.
+    pub fn failed(self, failure: Failure, now: DateTime<Utc>) -> Self {
+        Self { state: CommandState::Failed, failure: Some(failure), completed_at: Some(now), ..self }
     }
 
     /// Whether the command reached its final state.

@@ -14,6 +14,7 @@ mod event_store;
 mod idempotency;
 mod limits;
 mod memory_limiter;
+mod retry;
 mod rides;
 mod timers;
 mod users;
@@ -22,7 +23,8 @@ pub use backend::{Backend, DependencyHealth};
 pub use bus::{BusError, IncomingMessage, MessageBus, OutgoingMessage, PartitionOffset, StartFrom, Subscription};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use commands::{
-    CommandState, CommandStatus, CommandStatusStore, CompletionWaiters, Outcome, Rejection, RejectionKind, Resource,
+    CommandState, CommandStatus, CommandStatusStore, CompletionWaiters, Failure, Outcome, Rejection, RejectionKind,
+    Resource,
 };
 pub use drivers::{Candidate, DriverLocator};
 pub use error::{StoreError, StoreResult};
@@ -31,6 +33,7 @@ pub use event_store::{AppendError, EventStore, ReadAllPage};
 pub use idempotency::{IdempotencyClaim, IdempotencyStore, StoredResponse};
 pub use limits::{Admission, Limiter, LockoutPolicy, Rate};
 pub use memory_limiter::MemoryLimiter;
+pub use retry::RetryPolicy;
 pub use rides::{Cancellation, RideParty, RideQuery, RideView, RideViews};
 pub use timers::{Timer, TimerStore};
 pub use users::{Credentials, UserProfile, UserViews};

@@ -196,6 +196,7 @@ mod tests {
             issued_by: None,
             state,
             rejection: None,
+            failure: None,
             events: vec![],
             resource: None,
             submitted_at: Utc::now(),

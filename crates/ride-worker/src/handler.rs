@@ -238,7 +238,7 @@ impl Aggregate for RideAggregate {
     ) -> Result<(), ProcessError> {
         let b = &self.backend;
         let view = project(history)
-            .ok_or_else(|| ProcessError::Transient(anyhow::anyhow!("a ride stream without RideRequested")))?;
+            .ok_or_else(|| ProcessError::Failed(anyhow::anyhow!("a ride stream without RideRequested")))?;
         let ride_id = view.ride_id;
         b.rides.upsert(&view).await?;
         if !matches!(command.command, RideCommand::RequestRide(_)) && new.iter().any(|e| ends_the_ride(&e.event)) {

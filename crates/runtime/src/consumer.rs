@@ -4,21 +4,31 @@
 //! durable) or after it was written to the dead-letter topic. A crash redelivers at most the records
 //! handed to the workers and not yet committed, so handlers must be idempotent. Each partition has its
 //! own worker task: partitions are processed concurrently and never wait for each other, records of
-//! one partition strictly in order. A record that fails to decode (poison) or
-//! keeps failing after the retries goes to the dead-letter topic with its original bytes, headers,
-//! source position and the reason, and the partition moves on. A record whose effects are partly
-//! durable ([`HandleError::Unfinished`]) is retried with capped backoff until it succeeds: the
-//! partition waits for the dependency rather than leave work half done.
+//! one partition strictly in order.
+//!
+//! Failures are classified, because a dependency being down is not a poisoned message:
+//! - [`HandleError::Poison`] (cannot decode, refused on this topic): dead-lettered at once;
+//! - [`HandleError::Failed`] (the handler fails the same way every time): retried by
+//!   [`ConsumerConfig::failed_retry`], then dead-lettered;
+//! - [`HandleError::Unavailable`] (timeouts, refused connections, open circuit breakers) and
+//!   [`HandleError::Unfinished`] (effects partly durable): retried by
+//!   [`ConsumerConfig::unavailable_retry`] for as long as it lasts. The partition waits (its offset
+//!   is not committed), other partitions and services go on, and the wait is logged once per
+//!   `wait_log_interval`.
+//!
+//! A dead letter keeps the record's bytes, headers and source position and gains the reason; the
+//! handler is told ([`MessageHandler::dead_lettered`]) so the command gets its final `failed` outcome.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use ridehail_events::topics::headers;
+use ridehail_ports::RetryPolicy;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use tokio::sync::mpsc;
 
@@ -26,12 +36,17 @@ use ridehail_ports::{IncomingMessage, MessageBus, OutgoingMessage, PartitionOffs
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
-    /// The record can never be processed (bad bytes, unknown type): dead-letter it at once.
+    /// The record can never be processed (bad bytes, unknown type, refused on this topic):
+    /// dead-letter it at once.
     #[error("poison message: {0}")]
     Poison(String),
-    /// Might work on a retry (a dependency hiccup); dead-lettered after the configured attempts.
-    #[error(transparent)]
-    Transient(#[from] anyhow::Error),
+    /// The handler failed, and would likely fail the same way again (a bug, corrupt data):
+    /// dead-lettered after the configured attempts.
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
+    /// A dependency is unavailable (down, slow, its circuit open): waited out, never dead-lettered.
+    #[error("dependency unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
     /// Part of the record's effects are already durable (its events were appended): it is retried
     /// until it succeeds or the consumer shuts down, never dead-lettered, so nothing is left half done.
     #[error("unfinished: {0:#}")]
@@ -41,6 +56,13 @@ pub enum HandleError {
 #[async_trait]
 pub trait MessageHandler: Send + Sync {
     async fn handle(&self, message: &IncomingMessage) -> Result<(), HandleError>;
+
+    /// The record was dead-lettered with `reason` (`poison`: it could never be processed): the
+    /// handler records what clients should learn of it. A failure here is logged; the dead letter
+    /// stands.
+    async fn dead_lettered(&self, _message: &IncomingMessage, _reason: &str, _poison: bool) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -50,10 +72,12 @@ pub struct ConsumerConfig {
     pub start: StartFrom,
     pub batch_size: usize,
     pub poll_wait: Duration,
-    /// Attempts per record before it is dead-lettered (at least 1).
-    pub max_attempts: usize,
-    pub retry_min_delay: Duration,
-    pub retry_max_delay: Duration,
+    /// How a failing record is retried before it is dead-lettered (bounded).
+    pub failed_retry: RetryPolicy,
+    /// How a record waits for an unavailable dependency or finishes its effects (unbounded).
+    pub unavailable_retry: RetryPolicy,
+    /// A partition that keeps waiting logs it once per this interval.
+    pub wait_log_interval: Duration,
     pub dead_letter_topic: String,
 }
 
@@ -65,9 +89,9 @@ impl ConsumerConfig {
             start: StartFrom::Committed,
             batch_size: 256,
             poll_wait: Duration::from_millis(200),
-            max_attempts: 5,
-            retry_min_delay: Duration::from_millis(20),
-            retry_max_delay: Duration::from_secs(2),
+            failed_retry: RetryPolicy::bounded(20, 2_000, 5),
+            unavailable_retry: RetryPolicy::unbounded(50, 5_000),
+            wait_log_interval: Duration::from_secs(10),
             dead_letter_topic: ridehail_events::topics::DEAD_LETTERS.to_owned(),
         }
     }
@@ -218,37 +242,54 @@ async fn process_one(
     shutdown: &CancellationToken,
     message: &IncomingMessage,
 ) -> bool {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(config.retry_min_delay)
-        .with_max_delay(config.retry_max_delay)
-        .with_max_times(config.max_attempts.saturating_sub(1))
-        .with_jitter()
-        .build();
-    let reason = loop {
-        match handler.handle(message).await {
-            Ok(()) => return true,
-            Err(HandleError::Poison(reason)) => break format!("poison: {reason}"),
-            Err(HandleError::Unfinished(e)) => {
-                let delay = config.retry_max_delay;
-                warn!(error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "unfinished record; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => return false,
+    let mut failed_waits = config.failed_retry.delays();
+    let mut unavailable_waits = config.unavailable_retry.delays();
+    // When the record first failed, and when that was last logged.
+    let mut waiting: Option<(Instant, Option<Instant>)> = None;
+    let (reason, poison) = loop {
+        let error = match handler.handle(message).await {
+            Ok(()) => {
+                if let Some((since, Some(_))) = waiting {
+                    info!(waited_ms = since.elapsed().as_millis() as u64, "record processed after waiting");
                 }
+                return true;
             }
-            Err(HandleError::Transient(e)) => match delays.next() {
-                Some(delay) => {
-                    warn!(error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "handler failed");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.cancelled() => return false,
-                    }
+            Err(HandleError::Poison(reason)) => break (format!("poison: {reason}"), true),
+            Err(error) => error,
+        };
+        let wait = match &error {
+            HandleError::Failed(_) => match failed_waits.next() {
+                Some(wait) => wait,
+                None => {
+                    let attempts = config.failed_retry.max_attempts.unwrap_or(1);
+                    break (format!("failed after {attempts} attempts: {error}"), false);
                 }
-                None => break format!("failed after {} attempts: {e:#}", config.max_attempts),
             },
+            _ => unavailable_waits.next().unwrap_or(Duration::from_millis(config.unavailable_retry.max_delay_ms)),
+        };
+        let now = Instant::now();
+        let (since, logged) = waiting.get_or_insert((now, None));
+        if logged.is_none_or(|at| now.duration_since(at) >= config.wait_log_interval) {
+            *logged = Some(now);
+            warn!(
+                error = %error,
+                waited_ms = now.duration_since(*since).as_millis() as u64,
+                retry_in_ms = wait.as_millis() as u64,
+                "record not processed yet; retrying (the partition waits)"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return false,
         }
     };
-    dead_letter(bus, config, shutdown, message, &reason).await
+    if !dead_letter(bus, config, shutdown, message, &reason).await {
+        return false;
+    }
+    if let Err(e) = handler.dead_lettered(message, &reason, poison).await {
+        warn!(error = format!("{e:#}"), "the outcome of a dead-lettered record could not be recorded");
+    }
+    true
 }
 
 async fn dead_letter(
@@ -267,18 +308,18 @@ async fn dead_letter(
         (headers::DLQ_SOURCE_OFFSET.to_owned(), message.offset.to_string()),
     ]);
     let record = OutgoingMessage { key: message.key.clone(), headers: dlq_headers, payload: message.payload.clone() };
-    let mut pause = Duration::from_millis(50);
+    let mut waits = config.unavailable_retry.delays();
     loop {
         match bus.publish(&config.dead_letter_topic, vec![record.clone()]).await {
             Ok(()) => return true,
             Err(e) => {
                 // Never drop the record: keep trying (the partition waits) until shutdown.
                 warn!(error = %e, "dead-letter publish failed; retrying");
+                let wait = waits.next().unwrap_or(Duration::from_secs(5));
                 tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.cancelled() => return false,
                 }
-                pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ridehail_events::{CommandEnvelope, EventEnvelope, EventId, Message, WireEvent};
-use ridehail_ports::{AppendError, Backend, CommandStatus, Outcome, Rejection, Resource, StoreError, StoreResult};
+use ridehail_ports::{
+    AppendError, Backend, CommandStatus, Failure, Outcome, Rejection, Resource, StoreError, StoreResult,
+};
 use tracing::debug;
 use uuid::Uuid;
 
@@ -28,9 +30,14 @@ pub const MAX_CONFLICT_RETRIES: usize = 8;
 /// Why a command did not (yet) come to an outcome, or that it came to a rejection.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    /// Nothing of the command is durable yet; it may work on a retry.
+    /// A dependency is unavailable (down, slow, its circuit open) and nothing of the command is
+    /// durable yet: wait it out.
     #[error("{0:#}")]
-    Transient(anyhow::Error),
+    Unavailable(anyhow::Error),
+    /// The command failed in a way a retry is unlikely to fix (corrupt data, a bug): retried a few
+    /// times, then dead-lettered.
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
     /// Part of the command's effects are durable (its events are appended, an address is claimed):
     /// it must be retried until everything is done, never given up on.
     #[error("effects of an appended command are unfinished: {0:#}")]
@@ -44,7 +51,7 @@ impl ProcessError {
     /// The same failure, once something of the command is durable.
     fn pending(self) -> Self {
         match self {
-            Self::Transient(e) => Self::EffectsPending(e),
+            Self::Unavailable(e) | Self::Failed(e) => Self::EffectsPending(e),
             other => other,
         }
     }
@@ -52,25 +59,36 @@ impl ProcessError {
 
 impl From<StoreError> for ProcessError {
     fn from(error: StoreError) -> Self {
-        Self::Transient(error.into())
+        match error {
+            StoreError::Unavailable(e) => Self::Unavailable(e),
+            corrupt @ StoreError::Corrupt(_) => Self::Failed(corrupt.into()),
+        }
     }
 }
 
 impl From<AppendError> for ProcessError {
     fn from(error: AppendError) -> Self {
-        Self::Transient(error.into())
+        match error {
+            AppendError::Unavailable(e) => Self::Unavailable(e),
+            other => Self::Failed(other.into()),
+        }
     }
 }
 
 impl From<ridehail_ports::BusError> for ProcessError {
     fn from(error: ridehail_ports::BusError) -> Self {
-        Self::Transient(error.into())
+        match error {
+            ridehail_ports::BusError::Unavailable(e) => Self::Unavailable(e),
+            other => Self::Failed(other.into()),
+        }
     }
 }
 
 impl From<anyhow::Error> for ProcessError {
+    /// An error that says nothing of its cause is treated as a failure of the handler, not of a
+    /// dependency (a dependency's errors come typed, through the ports).
     fn from(error: anyhow::Error) -> Self {
-        Self::Transient(error)
+        Self::Failed(error)
     }
 }
 
@@ -238,7 +256,7 @@ impl<A: Aggregate> Executor<A> {
                 }
             }
         }
-        let error = ProcessError::Transient(anyhow::anyhow!(
+        let error = ProcessError::Failed(anyhow::anyhow!(
             "stream {stream}: gave up after {MAX_CONFLICT_RETRIES} append conflicts"
         ));
         Err(if claimed { error.pending() } else { error })
@@ -313,7 +331,8 @@ impl<A: Aggregate> CommandHandler<A> {
             Ok(events) => Ok(Outcome::Accepted(self.executor.aggregate.reported(&events))),
             Err(ProcessError::Rejected(rejection)) => Ok(Outcome::Rejected(rejection)),
             Err(ProcessError::EffectsPending(e)) => Err(HandleError::Unfinished(e)),
-            Err(ProcessError::Transient(e)) => Err(HandleError::Transient(e)),
+            Err(ProcessError::Unavailable(e)) => Err(HandleError::Unavailable(e)),
+            Err(ProcessError::Failed(e)) => Err(HandleError::Failed(e)),
         }
     }
 }
@@ -324,7 +343,7 @@ impl<A: Aggregate> MessageHandler for CommandHandler<A> {
         let command = decode_command::<A::Command>(message)?;
         self.executor.aggregate.accepts(&message.topic, &command).map_err(HandleError::Poison)?;
         let backend = &self.executor.backend;
-        let seen = backend.commands.get(command.command_id).await.map_err(|e| HandleError::Transient(e.into()))?;
+        let seen = backend.commands.get(command.command_id).await.map_err(store_error)?;
         if seen.is_some_and(|s| s.is_final()) {
             return Ok(());
         }
@@ -334,5 +353,45 @@ impl<A: Aggregate> MessageHandler for CommandHandler<A> {
         // The command's effects are done; its outcome must be recorded before the record is let go.
         backend.commands.record(&status).await.map_err(|e| HandleError::Unfinished(e.into()))?;
         Ok(())
+    }
+
+    /// A dead-lettered command gets its final `failed` outcome, so a client following it learns so.
+    /// Known from its pending status (recorded by the edge) or, for a command no edge submitted (a
+    /// timer's), from the record itself.
+    async fn dead_lettered(
+        &self,
+        message: &ridehail_ports::IncomingMessage,
+        reason: &str,
+        poison: bool,
+    ) -> anyhow::Result<()> {
+        let backend = &self.executor.backend;
+        let failure = Failure::of(reason, poison);
+        let decoded = decode_command::<A::Command>(message).ok();
+        let command_id = match &decoded {
+            Some(command) => command.command_id,
+            None => match crate::records::command_id_of(&message.payload) {
+                Some(id) => id,
+                None => return Ok(()), // Not even an id: nothing to tell anyone.
+            },
+        };
+        let now = backend.clock.now();
+        let status = match (backend.commands.get(command_id).await?, decoded) {
+            (Some(seen), _) if seen.is_final() => return Ok(()),
+            (Some(pending), _) => pending.failed(failure, now),
+            (None, Some(command)) => {
+                let resource = self.executor.aggregate.resource(command.aggregate_id);
+                CommandStatus::pending(&command, resource).failed(failure, now)
+            }
+            (None, None) => return Ok(()),
+        };
+        backend.commands.record(&status).await?;
+        Ok(())
+    }
+}
+
+fn store_error(error: StoreError) -> HandleError {
+    match error {
+        StoreError::Unavailable(e) => HandleError::Unavailable(e),
+        corrupt @ StoreError::Corrupt(_) => HandleError::Failed(corrupt.into()),
     }
 }

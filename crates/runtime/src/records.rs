@@ -14,6 +14,13 @@ pub fn decode_command<C: Message>(message: &IncomingMessage) -> Result<CommandEn
     CommandEnvelope::from_wire(wire).map_err(|e| HandleError::Poison(e.to_string()))
 }
 
+/// The command id of a command record, even one that does not decode as a command (for the outcome
+/// of a dead letter).
+pub fn command_id_of(payload: &[u8]) -> Option<ridehail_events::CommandId> {
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    value.get("command_id")?.as_str()?.parse().ok()
+}
+
 pub fn event_record(wire: &WireEvent) -> OutgoingMessage {
     OutgoingMessage {
         key: wire.aggregate_id.to_string(),
