@@ -98,20 +98,8 @@ pub fn client_ip(request: &Request, trusted_proxies: &[IpAddr]) -> Option<IpAddr
     Some(hops.into_iter().rev().find(|hop| !trusted_proxies.contains(hop)).unwrap_or(peer))
 }
 
-/// Counts `key` against `rate`: `Err(429)` when over it. A limiter that fails lets the request through
-/// (logged): the edge's caps on connections and requests in flight still hold.
-pub async fn admit(state: &AppState, key: &str, rate: Rate, code: &'static str) -> Result<(), ApiError> {
-    match state.backend.limiter.admit(key, rate).await {
-        Ok(Admission::Admitted) => Ok(()),
-        Ok(Admission::Limited { retry_after }) => Err(ApiError::TooManyRequests { code, retry_after }),
-        Err(e) => {
-            tracing::warn!(error = %e, "rate limiter unavailable; request let through");
-            Ok(())
-        }
-    }
-}
-
-/// Middleware: the rates per client address (stricter for logins and sign-ups) and per user.
+/// Middleware: the rates per client address (stricter for logins and sign-ups) and per user, all
+/// counted in one call to the limiter (one round trip to Redis).
 pub async fn rate_limit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let limits = &state.config.limits;
     let ip = ClientIp(client_ip(&request, &limits.trusted_proxies));
@@ -120,24 +108,22 @@ pub async fn rate_limit(State(state): State<AppState>, mut request: Request, nex
         return next.run(request).await;
     }
     let ip_key = ip.key();
-    if let Err(limited) = admit(&state, &format!("ip:{ip_key}"), limits.per_ip, "rate_limited").await {
-        return limited.into_response();
-    }
-    let special = match (request.method(), request.uri().path()) {
-        (&Method::POST, "/v1/sessions") => Some(("login-ip", limits.logins_per_ip)),
-        (&Method::POST, "/v1/users") => Some(("signup-ip", limits.signups_per_ip)),
-        _ => None,
-    };
-    if let Some((kind, rate)) = special
-        && let Err(limited) = admit(&state, &format!("{kind}:{ip_key}"), rate, "rate_limited").await
-    {
-        return limited.into_response();
+    let mut checks = vec![(format!("ip:{ip_key}"), limits.per_ip)];
+    match (request.method(), request.uri().path()) {
+        (&Method::POST, "/v1/sessions") => checks.push((format!("login-ip:{ip_key}"), limits.logins_per_ip)),
+        (&Method::POST, "/v1/users") => checks.push((format!("signup-ip:{ip_key}"), limits.signups_per_ip)),
+        _ => {}
     }
     let (mut parts, body) = request.into_parts();
-    if let Some(Ok(user)) = crate::auth::caller(&mut parts, &state)
-        && let Err(limited) = admit(&state, &format!("user:{}", user.user_id), limits.per_user, "rate_limited").await
-    {
-        return limited.into_response();
+    if let Some(Ok(user)) = crate::auth::caller(&mut parts, &state) {
+        checks.push((format!("user:{}", user.user_id), limits.per_user));
+    }
+    match state.backend.limiter.admit_all(&checks).await {
+        Ok(Admission::Admitted) => {}
+        Ok(Admission::Limited { retry_after }) => {
+            return ApiError::TooManyRequests { code: "rate_limited", retry_after }.into_response();
+        }
+        Err(e) => tracing::warn!(error = %e, "rate limiter unavailable; request let through"),
     }
     next.run(Request::from_parts(parts, body)).await
 }

@@ -608,6 +608,19 @@ pub async fn limiter_admits_a_burst_then_spaces_requests(limiter: &dyn Limiter) 
     assert_eq!(limiter.admit(&key, rate).await.unwrap(), Admission::Admitted, "admitted again after the wait");
 }
 
+/// Several keys in one call: admitted only when every one admits; a refusal reports the wait.
+pub async fn limiter_admits_several_keys_only_when_every_one_admits(limiter: &dyn Limiter) {
+    let (strict, loose) = (format!("user:{}", Uuid::new_v4()), format!("ip:{}", Uuid::new_v4()));
+    let checks = vec![(strict.clone(), Rate::new(1, 60, 1)), (loose.clone(), Rate::new(100, 1, 100))];
+    assert_eq!(limiter.admit_all(&checks).await.unwrap(), Admission::Admitted);
+    let Admission::Limited { retry_after } = limiter.admit_all(&checks).await.unwrap() else {
+        panic!("the strict key refuses its second request");
+    };
+    assert!(retry_after > Duration::from_secs(50) && retry_after <= Duration::from_secs(60), "{retry_after:?}");
+    // The loose key alone still admits.
+    assert_eq!(limiter.admit(&loose, Rate::new(100, 1, 100)).await.unwrap(), Admission::Admitted);
+}
+
 /// Failures lock a key out after the free ones, for longer with each further failure; a success
 /// (clear) forgets them.
 pub async fn limiter_locks_out_after_repeated_failures_and_forgets_on_success(limiter: &dyn Limiter) {

@@ -194,6 +194,9 @@ macro_rules! limiter_suite {
         $crate::__contract_case!($fixture, limiter_admits_a_burst_then_spaces_requests, [], |f| {
             $crate::limiter_admits_a_burst_then_spaces_requests(f.port())
         });
+        $crate::__contract_case!($fixture, limiter_admits_several_keys_only_when_every_one_admits, [], |f| {
+            $crate::limiter_admits_several_keys_only_when_every_one_admits(f.port())
+        });
         $crate::__contract_case!($fixture, limiter_locks_out_after_repeated_failures_and_forgets_on_success, [], |f| {
             $crate::limiter_locks_out_after_repeated_failures_and_forgets_on_success(f.port())
         });

@@ -85,6 +85,18 @@ pub trait Limiter: Send + Sync + std::fmt::Debug {
     /// Counts one request of `key` against `rate`.
     async fn admit(&self, key: &str, rate: Rate) -> StoreResult<Admission>;
 
+    /// Counts one request against each `(key, rate)`: admitted when every one admits (the longest
+    /// wait otherwise). Adapters that can check them in one round trip, and count none when one
+    /// refuses, override it; by default they are checked in turn, up to the first refusal.
+    async fn admit_all(&self, checks: &[(String, Rate)]) -> StoreResult<Admission> {
+        for (key, rate) in checks {
+            if let limited @ Admission::Limited { .. } = self.admit(key, *rate).await? {
+                return Ok(limited);
+            }
+        }
+        Ok(Admission::Admitted)
+    }
+
     /// How long `key` is still locked out, if it is.
     async fn locked_for(&self, key: &str) -> StoreResult<Option<Duration>>;
 

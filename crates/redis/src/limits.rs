@@ -29,6 +29,32 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_
 return 0
 ";
 
+/// GCRA over several keys at once (`ARGV`: interval and burst per key, in `KEYS` order): counts all of
+/// them only when every one admits; returns the longest wait in µs (0 = admitted).
+const ADMIT_ALL: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local wait = 0
+local tats = {}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - burst * interval
+  if now < allow_at then
+    if allow_at - now > wait then wait = allow_at - now end
+  end
+  tats[i] = new_tat
+end
+if wait > 0 then return wait end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, string.format('%.0f', tats[i]), 'PX', math.ceil((tats[i] - now) / 1000) + 1)
+end
+return 0
+";
+
 /// Counts a failure; returns the lock-out it starts, in ms (0 = none).
 const FAIL: &str = r"
 local t = redis.call('TIME')
@@ -58,6 +84,7 @@ return 0
 pub struct RedisLimiter {
     redis: RedisClient,
     admit: redis::Script,
+    admit_all: redis::Script,
     fail: redis::Script,
     locked: redis::Script,
     local: MemoryLimiter,
@@ -73,6 +100,7 @@ impl RedisLimiter {
         Self {
             redis,
             admit: redis::Script::new(ADMIT),
+            admit_all: redis::Script::new(ADMIT_ALL),
             fail: redis::Script::new(FAIL),
             locked: redis::Script::new(LOCKED),
             local: MemoryLimiter::new(),
@@ -81,8 +109,10 @@ impl RedisLimiter {
         }
     }
 
+    /// Every limiter key carries one hash tag, so that several keys can be checked by one script on a
+    /// cluster too.
     fn key(&self, key: &str) -> String {
-        self.redis.key(&format!("limits:{key}"))
+        self.redis.key(&format!("{{limits}}:{key}"))
     }
 
     /// Whether to ask Redis now (not within the pause after a failure).
@@ -119,6 +149,25 @@ impl Limiter for RedisLimiter {
             Err(error) => {
                 self.fell_back(&error);
                 self.local.admit(key, rate).await
+            }
+        }
+    }
+
+    async fn admit_all(&self, checks: &[(String, Rate)]) -> StoreResult<Admission> {
+        if !self.usable() {
+            return self.local.admit_all(checks).await;
+        }
+        let mut invocation = self.admit_all.prepare_invoke();
+        for (key, rate) in checks {
+            let interval_us = u64::try_from(rate.interval().as_micros()).unwrap_or(u64::MAX).max(1);
+            invocation.key(self.key(key)).arg(interval_us).arg(rate.burst.max(1));
+        }
+        match invocation.invoke_async::<u64>(&mut self.redis.conn()).await {
+            Ok(0) => Ok(Admission::Admitted),
+            Ok(wait_us) => Ok(Admission::Limited { retry_after: Duration::from_micros(wait_us) }),
+            Err(error) => {
+                self.fell_back(&error);
+                self.local.admit_all(checks).await
             }
         }
     }
