@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use ridehail_ports::{Backend, MessageBus, SystemClock};
+use ridehail_runtime::guard::Wrap;
 use ridehail_sqlite::{self as embedded, HotStores, Stores};
 
 use crate::settings::{BusKind, HotStoreKind, Settings, StoreKind};
@@ -46,7 +47,7 @@ pub async fn open(settings: &Settings, role: &str) -> anyhow::Result<Backend> {
             )
         }
     };
-    Ok(Backend {
+    let backend = Backend {
         bus,
         events,
         rides,
@@ -57,7 +58,14 @@ pub async fn open(settings: &Settings, role: &str) -> anyhow::Result<Backend> {
         limiter,
         timers,
         clock: Arc::new(SystemClock),
-    })
+    };
+    // Deadlines and circuit breakers around the production engines (the embedded files need none).
+    let wrap = Wrap {
+        bus: settings.backend.bus == BusKind::Kafka,
+        store: settings.backend.store == StoreKind::Mongodb,
+        hot: settings.backend.hot_store == HotStoreKind::Redis,
+    };
+    ridehail_runtime::guard::guarded(backend, &settings.resilience, wrap)
 }
 
 /// The MongoDB settings with `migrate_on_start` resolved: on by default in development, off in

@@ -103,6 +103,8 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub mongodb: MongoSettings,
     pub redis: RedisSettings,
+    /// Deadlines and circuit breakers of the calls to Kafka, MongoDB and Redis.
+    pub resilience: ridehail_runtime::guard::ResilienceSettings,
     pub edge: EdgeConfig,
     pub ride_worker: RideWorkerConfig,
     pub user_worker: UserWorkerConfig,
@@ -122,6 +124,7 @@ impl Default for Settings {
             kafka: KafkaSettings::default(),
             mongodb: MongoSettings::default(),
             redis: RedisSettings::default(),
+            resilience: Default::default(),
             edge: EdgeConfig::default(),
             ride_worker: RideWorkerConfig::default(),
             user_worker: UserWorkerConfig::default(),

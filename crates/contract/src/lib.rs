@@ -273,6 +273,24 @@ pub fn ride_view(ride_id: RideId, rider_id: UserId, version: u64) -> RideView {
     }
 }
 
+/// The sweeper's query: rides still requested whose view did not change since a time, oldest first.
+pub async fn ride_views_list_the_rides_waiting_since_a_time(views: &dyn RideViews) {
+    let rider = UserId::new();
+    let old = ride_view(RideId::new(), rider, 1); // updated at t(1)
+    let older = ride_view(RideId::new(), rider, 0); // updated at t(0)
+    let fresh = RideView { updated_at: t(100), ..ride_view(RideId::new(), rider, 2) };
+    let assigned = RideView { status: RideStatus::DriverAssigned, ..ride_view(RideId::new(), rider, 1) };
+    for view in [&old, &older, &fresh, &assigned] {
+        views.upsert(view).await.unwrap();
+    }
+    let mine = |found: Vec<RideView>| -> Vec<RideId> {
+        found.into_iter().filter(|v| v.rider_id == rider).map(|v| v.ride_id).collect()
+    };
+    assert_eq!(mine(views.waiting_since(t(50), 100).await.unwrap()), [older.ride_id, old.ride_id]);
+    assert_eq!(mine(views.waiting_since(t(1), 100).await.unwrap()), [older.ride_id], "strictly before");
+    assert_eq!(views.waiting_since(t(50), 1).await.unwrap().len(), 1, "limited");
+}
+
 pub async fn ride_views_only_move_forward(views: &dyn RideViews) {
     let (ride, rider) = (RideId::new(), UserId::new());
     assert!(views.upsert(&ride_view(ride, rider, 2)).await.unwrap());

@@ -122,6 +122,9 @@ macro_rules! ride_views_suite {
         $crate::__contract_case!($fixture, ride_views_page_a_party_s_rides_newest_first, [], |f| {
             $crate::ride_views_page_a_party_s_rides_newest_first(f.port())
         });
+        $crate::__contract_case!($fixture, ride_views_list_the_rides_waiting_since_a_time, [], |f| {
+            $crate::ride_views_list_the_rides_waiting_since_a_time(f.port())
+        });
         $crate::__contract_case!($fixture, ride_views_count_waiting_rides_per_cell, [], |f| {
             $crate::ride_views_count_waiting_rides_per_cell(f.port())
         });

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use mongodb::{Collection, Database};
@@ -93,6 +94,29 @@ impl RideViews for MongoRideViews {
             .count_documents(doc! {"status": RideStatus::Requested.as_str(), "pickup_cell": cell})
             .await
             .context("counting waiting rides")?)
+    }
+
+    async fn waiting_since(&self, before: DateTime<Utc>, limit: usize) -> StoreResult<Vec<RideView>> {
+        // Few rides wait at any moment; their times are compared here (stored as RFC 3339 strings,
+        // whose precision varies, so not in the query).
+        let docs: Vec<Document> = self
+            .rides
+            .find(doc! {"status": RideStatus::Requested.as_str()})
+            .await
+            .context("listing waiting rides")?
+            .try_collect()
+            .await
+            .context("listing waiting rides")?;
+        let mut waiting = Vec::new();
+        for doc in docs {
+            let view = self.decode(doc)?;
+            if view.updated_at < before {
+                waiting.push(view);
+            }
+        }
+        waiting.sort_by_key(|v| v.updated_at);
+        waiting.truncate(limit);
+        Ok(waiting)
     }
 
     async fn ping(&self) -> StoreResult<()> {

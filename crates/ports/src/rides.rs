@@ -66,5 +66,8 @@ pub trait RideViews: Send + Sync + std::fmt::Debug {
     async fn list(&self, query: &RideQuery) -> StoreResult<Vec<RideView>>;
     /// Rides still looking for a driver whose pickup is in `cell` (surge demand).
     async fn count_waiting_in_cell(&self, cell: &str) -> StoreResult<u64>;
+    /// Rides still looking for a driver whose view has not changed since `before`, oldest first (the
+    /// candidates of the sweeper that re-arms lost timers).
+    async fn waiting_since(&self, before: DateTime<Utc>, limit: usize) -> StoreResult<Vec<RideView>>;
     async fn ping(&self) -> StoreResult<()>;
 }

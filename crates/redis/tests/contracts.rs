@@ -221,6 +221,9 @@ impl RideViews for PausedRead {
     async fn count_waiting_in_cell(&self, cell: &str) -> StoreResult<u64> {
         self.inner.count_waiting_in_cell(cell).await
     }
+    async fn waiting_since(&self, before: chrono::DateTime<chrono::Utc>, limit: usize) -> StoreResult<Vec<RideView>> {
+        self.inner.waiting_since(before, limit).await
+    }
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }

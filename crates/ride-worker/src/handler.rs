@@ -67,6 +67,31 @@ impl RideAggregate {
         Ok(self.pricing.surge_bps(waiting + 1, available))
     }
 
+    /// Schedules again the timer a waiting ride needs (its offer's expiry, or its wider search) if it
+    /// is lost; scheduling an existing timer changes nothing. Returns whether the ride waits on one.
+    pub async fn rearm(&self, ride_id: RideId) -> Result<bool, ProcessError> {
+        let wires = self.backend.events.read_stream(ride_id.0).await?;
+        let history: Vec<EventEnvelope<RideEvent>> = wires
+            .into_iter()
+            .map(EventEnvelope::from_wire)
+            .collect::<Result<_, _>>()
+            .map_err(|e| ProcessError::Failed(anyhow::anyhow!("ride {ride_id} does not decode: {e}")))?;
+        let Some(state) = state_of(&history) else { return Ok(false) };
+        if state.status != ridehail_events::ride::RideStatus::Requested {
+            return Ok(false);
+        }
+        let armed_by = history.iter().rev().find(|e| match &e.event {
+            RideEvent::DriverOffered(o) => {
+                state.offer.as_ref().is_some_and(|offer| offer.offer_number == o.offer_number)
+            }
+            RideEvent::MatchingRetryScheduled(r) => state.retry_pending && r.attempt == state.search_attempt,
+            _ => false,
+        });
+        let Some(envelope) = armed_by else { return Ok(false) };
+        self.driver_and_timer_effects(ride_id, Some(&state), envelope).await?;
+        Ok(true)
+    }
+
     async fn driver_and_timer_effects(
         &self,
         ride_id: RideId,

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod handler;
 pub mod projection;
 pub mod rebuild;
+pub mod sweeper;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,10 @@ pub struct RideWorkerConfig {
     pub matching: MatchingPolicy,
     /// How often the timer service looks for due timers, in milliseconds.
     pub timer_tick_ms: u64,
+    /// How often the sweeper looks for waiting rides whose timer was lost, in seconds.
+    pub sweep_interval_seconds: u64,
+    /// A requested ride unchanged for this long has lost its timer (longer than any offer or retry).
+    pub stale_after_seconds: u64,
 }
 
 impl Default for RideWorkerConfig {
@@ -42,14 +47,24 @@ impl Default for RideWorkerConfig {
             pricing: PricingPolicy::default(),
             matching: MatchingPolicy::default(),
             timer_tick_ms: 100,
+            sweep_interval_seconds: 30,
+            stale_after_seconds: 120,
         }
     }
 }
 
-/// Runs the ride command consumer and the timer service until `shutdown`; both finish their work in
-/// hand first.
+/// Runs the ride command consumer, the timer service and the sweeper until `shutdown`; each finishes
+/// its work in hand first.
 pub async fn run(backend: Backend, config: RideWorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let handler = Arc::new(command_handler(backend.clone(), config.pricing.clone(), config.matching.clone()));
+    let aggregate = RideAggregate::new(backend.clone(), config.pricing.clone(), config.matching.clone());
+    let handler = Arc::new(ridehail_runtime::executor::CommandHandler::new(aggregate.clone(), backend.clone()));
+    let sweeper = sweeper::run(
+        backend.clone(),
+        aggregate,
+        Duration::from_secs(config.sweep_interval_seconds.max(1)),
+        chrono::Duration::seconds(i64::try_from(config.stale_after_seconds).unwrap_or(i64::MAX)),
+        shutdown.clone(),
+    );
     let topics = [ridehail_events::topics::RIDE_COMMANDS, ridehail_events::topics::RIDE_SYSTEM_COMMANDS];
     let consumer_config = ConsumerConfig::new(config.group.clone(), &topics);
     let timers = ridehail_runtime::timers::run(
@@ -60,6 +75,6 @@ pub async fn run(backend: Backend, config: RideWorkerConfig, shutdown: Cancellat
         shutdown.clone(),
     );
     let consumer = consumer::run(backend.bus.clone(), handler, consumer_config, shutdown);
-    tokio::try_join!(consumer, timers)?;
+    tokio::try_join!(consumer, timers, sweeper)?;
     Ok(())
 }

@@ -267,3 +267,35 @@ async fn system_commands_are_refused_on_the_clients_topic_and_client_commands_on
     assert!(matches!(w.handler.handle(&on_system_topic).await, Err(HandleError::Poison(_))));
     assert_eq!(w.history(ride).await, ["RideRequested", "MatchingRetryScheduled"], "nothing changed");
 }
+
+#[tokio::test]
+async fn the_sweeper_re_arms_the_timer_of_a_ride_whose_timer_was_lost() {
+    let w = world();
+    let ride = RideId::new();
+    w.send(ride, request(UserId::new())).await;
+    assert_eq!(w.history(ride).await, ["RideRequested", "MatchingRetryScheduled"], "nobody near: a wider search waits");
+    let far = w.clock.now() + chrono::Duration::hours(1);
+    let timers = |w: &World| {
+        let timers = w.backend.timers.clone();
+        async move { timers.due(far, 100).await.unwrap().into_iter().filter(|t| t.id.contains(&ride.to_string())).count() }
+    };
+    assert_eq!(timers(&w).await, 1);
+    // The timer is lost (its command dead-lettered in an outage, say).
+    let lost = w.backend.timers.due(far, 100).await.unwrap().remove(0);
+    w.backend.timers.cancel(&lost.id).await.unwrap();
+    assert_eq!(timers(&w).await, 0);
+    let aggregate =
+        ride_worker::RideAggregate::new(w.backend.clone(), PricingPolicy::default(), MatchingPolicy::default());
+    let stale_after = chrono::Duration::seconds(120);
+    // Not waiting for long yet: left alone.
+    assert_eq!(ride_worker::sweeper::sweep(&w.backend, &aggregate, stale_after).await.unwrap(), 0);
+    assert_eq!(timers(&w).await, 0);
+    w.clock.advance(chrono::Duration::seconds(121));
+    assert_eq!(ride_worker::sweeper::sweep(&w.backend, &aggregate, stale_after).await.unwrap(), 1);
+    let rearmed = w.backend.timers.due(far, 100).await.unwrap();
+    assert_eq!(rearmed.iter().filter(|t| t.id == lost.id).count(), 1, "the same timer, so the same command id");
+    assert_eq!(rearmed.iter().find(|t| t.id == lost.id).unwrap(), &lost);
+    // Sweeping again changes nothing.
+    ride_worker::sweeper::sweep(&w.backend, &aggregate, stale_after).await.unwrap();
+    assert_eq!(timers(&w).await, 1);
+}

@@ -7,11 +7,13 @@
 //!   runs it under the consume loop and records outcomes.
 //! - [`consumer`]: the at-least-once consume loop (one in-order worker per partition, offsets
 //!   committed after the work, poison messages dead-lettered).
+//! - [`guard`]: a deadline and a circuit breaker around every call to a production engine.
 //! - [`timers`]: turns due timers into commands on the bus.
 //! - [`records`]: commands and events as bus records with their headers, and back.
 
 pub mod consumer;
 pub mod executor;
+pub mod guard;
 pub mod records;
 pub mod secrets;
 pub mod telemetry;

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use ridehail_events::RideId;
 use ridehail_events::ride::RideStatus;
 use rusqlite::{OptionalExtension, params};
@@ -26,6 +27,7 @@ CREATE INDEX IF NOT EXISTS rides_by_rider ON rides (rider_id, ride_id);
 CREATE INDEX IF NOT EXISTS rides_by_driver ON rides (driver_id, ride_id);
 CREATE INDEX IF NOT EXISTS rides_by_offered_driver ON rides (offered_driver_id, ride_id);
 CREATE INDEX IF NOT EXISTS rides_waiting_by_cell ON rides (pickup_cell, status);
+CREATE INDEX IF NOT EXISTS rides_by_status ON rides (status);
 ";
 
 #[derive(Debug, Clone)]
@@ -114,6 +116,24 @@ impl RideViews for EmbeddedRideViews {
                 .prepare_cached("SELECT COUNT(*) FROM rides WHERE pickup_cell = ?1 AND status = 'requested'")?
                 .query_row(params![cell], |r| r.get(0))?)
         })
+    }
+
+    async fn waiting_since(&self, before: DateTime<Utc>, limit: usize) -> StoreResult<Vec<RideView>> {
+        let bodies: Vec<String> = self.db.with(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT body FROM rides WHERE status = 'requested'")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })?;
+        let mut waiting: Vec<RideView> = bodies
+            .iter()
+            .map(|b| decode(b))
+            .collect::<StoreResult<Vec<_>>>()?
+            .into_iter()
+            .filter(|v| v.updated_at < before)
+            .collect();
+        waiting.sort_by_key(|v| v.updated_at);
+        waiting.truncate(limit);
+        Ok(waiting)
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -56,6 +56,10 @@ impl RideViews for CachedRideViews {
         self.inner.count_waiting_in_cell(cell).await
     }
 
+    async fn waiting_since(&self, before: chrono::DateTime<chrono::Utc>, limit: usize) -> StoreResult<Vec<RideView>> {
+        self.inner.waiting_since(before, limit).await
+    }
+
     /// The inner store's health: without Redis the views are still served, only slower.
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await

@@ -1,0 +1,608 @@
+//! A deadline and a circuit breaker around every call to an outside dependency.
+//!
+//! Each port of a [`Backend`] on a production engine (MongoDB, Redis, Kafka) is wrapped in a
+//! decorator ([`guarded`]) that gives every call a deadline and passes it through that port's
+//! breaker (`tower-resilience-circuitbreaker`): when too many calls fail for want of the dependency
+//! (or are too slow), the breaker opens and further calls fail at once as unavailable, which the
+//! edge answers with `503` + `Retry-After` and the workers wait out; after `open_ms` a few probe
+//! calls go through, and the breaker closes when they succeed. Readiness pings through the breakers,
+//! so an open breaker shows as a dependency down.
+//!
+//! Only unavailability counts against a breaker: corrupt data or a conflict is an answer, not an
+//! outage.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use ridehail_events::{CommandId, GeoPoint, RideId, UserId, WireEvent};
+use ridehail_ports::{
+    Admission, AppendError, Backend, BusError, Candidate, CommandStatus, CommandStatusStore, Credentials,
+    DriverLocator, EventStore, IdempotencyClaim, IdempotencyStore, Limiter, LockoutPolicy, MessageBus, OutgoingMessage,
+    Rate, ReadAllPage, RideQuery, RideView, RideViews, StartFrom, StoreError, StoreResult, StoredResponse,
+    Subscription, Timer, TimerStore, UserProfile, UserViews,
+};
+use serde::Deserialize;
+use tower::{Layer as _, ServiceExt as _};
+use tower_resilience_circuitbreaker::{
+    CircuitBreakerError, CircuitBreakerHandle, CircuitBreakerLayer, CircuitState, FailureClassifier,
+};
+
+/// Deadline and breaker of one kind of dependency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardSettings {
+    /// A call not answered within this is abandoned as unavailable.
+    pub timeout_ms: u64,
+    /// The breaker opens when this percentage of the calls in its window failed…
+    pub failure_rate_percent: u32,
+    /// …over the last `window` calls, once at least `minimum_calls` were made.
+    pub window: usize,
+    pub minimum_calls: usize,
+    /// Calls slower than this count as slow; `slow_call_rate_percent` of them in the window opens it
+    /// too.
+    pub slow_call_ms: u64,
+    pub slow_call_rate_percent: u32,
+    /// How long it stays open before letting `half_open_calls` probes through.
+    pub open_ms: u64,
+    pub half_open_calls: usize,
+}
+
+impl Default for GuardSettings {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 3_000,
+            failure_rate_percent: 50,
+            window: 20,
+            minimum_calls: 10,
+            slow_call_ms: 1_000,
+            slow_call_rate_percent: 80,
+            open_ms: 5_000,
+            half_open_calls: 3,
+        }
+    }
+}
+
+/// The guards of one deployment, per kind of dependency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResilienceSettings {
+    /// The event store, the read models and the timers (MongoDB).
+    pub store: GuardSettings,
+    /// The hot state (Redis): geo index, command status, idempotency keys, limits.
+    pub hot_store: GuardSettings,
+    /// Publishing on the bus (Kafka): a publish waits for every acknowledgement.
+    pub bus: GuardSettings,
+}
+
+impl Default for ResilienceSettings {
+    fn default() -> Self {
+        Self {
+            store: GuardSettings::default(),
+            hot_store: GuardSettings { timeout_ms: 1_000, slow_call_ms: 500, ..GuardSettings::default() },
+            bus: GuardSettings { timeout_ms: 15_000, slow_call_ms: 5_000, ..GuardSettings::default() },
+        }
+    }
+}
+
+/// An error type of a port, as the guard sees it.
+pub trait GuardError: std::fmt::Display + Send + 'static {
+    /// Whether it says the dependency is unavailable (what a breaker counts).
+    fn is_unavailable(&self) -> bool;
+    /// The error of a call the guard cut short or refused.
+    fn unavailable(why: String) -> Self;
+}
+
+impl GuardError for StoreError {
+    fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+    fn unavailable(why: String) -> Self {
+        Self::Unavailable(anyhow::anyhow!(why))
+    }
+}
+
+impl GuardError for AppendError {
+    fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+    fn unavailable(why: String) -> Self {
+        Self::Unavailable(anyhow::anyhow!(why))
+    }
+}
+
+impl GuardError for BusError {
+    fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+    fn unavailable(why: String) -> Self {
+        Self::Unavailable(anyhow::anyhow!(why))
+    }
+}
+
+/// Counts only unavailability as a failure.
+#[derive(Debug, Clone, Copy)]
+pub struct Unavailability;
+
+impl<Res, E: GuardError> FailureClassifier<Res, E> for Unavailability {
+    fn classify(&self, result: &Result<Res, E>) -> bool {
+        result.as_ref().err().is_some_and(GuardError::is_unavailable)
+    }
+}
+
+/// A deadline and a breaker for the calls of one port.
+#[derive(Clone)]
+pub struct Guard {
+    name: &'static str,
+    timeout: Duration,
+    layer: CircuitBreakerLayer<Unavailability>,
+    handle: CircuitBreakerHandle<Unavailability>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard").field("name", &self.name).field("state", &self.state()).finish_non_exhaustive()
+    }
+}
+
+impl Guard {
+    pub fn new(name: &'static str, settings: &GuardSettings) -> anyhow::Result<Self> {
+        let (layer, handle) = CircuitBreakerLayer::builder()
+            .name(name)
+            .failure_rate_threshold(f64::from(settings.failure_rate_percent.clamp(1, 100)) / 100.0)
+            .sliding_window_size(settings.window.max(1))
+            .minimum_number_of_calls(settings.minimum_calls.max(1))
+            .slow_call_duration_threshold(Duration::from_millis(settings.slow_call_ms.max(1)))
+            .slow_call_rate_threshold(f64::from(settings.slow_call_rate_percent.clamp(1, 100)) / 100.0)
+            .wait_duration_in_open(Duration::from_millis(settings.open_ms.max(1)))
+            .permitted_calls_in_half_open(settings.half_open_calls.max(1))
+            .on_state_transition(move |from, to| match to {
+                CircuitState::Open => tracing::warn!(dependency = name, ?from, "circuit breaker open"),
+                _ => tracing::info!(dependency = name, ?from, ?to, "circuit breaker state"),
+            })
+            .failure_classifier_type(Unavailability)
+            .build_with_handle()
+            .map_err(|e| anyhow::anyhow!("circuit breaker of {name}: {e:?}"))?;
+        Ok(Self { name, timeout: Duration::from_millis(settings.timeout_ms.max(1)), layer, handle })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn state(&self) -> CircuitState {
+        self.handle.state()
+    }
+
+    /// Runs `call` under the deadline, through the breaker. (A plain function returning a boxed
+    /// future: built inside the ports' `async_trait` methods, the same code trips rustc's
+    /// higher-ranked `Send` check.)
+    pub fn call<T, E>(
+        &self,
+        call: impl Future<Output = Result<T, E>> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, E>>
+    where
+        T: Send + 'static,
+        E: GuardError,
+    {
+        let (name, timeout) = (self.name, self.timeout);
+        let timed: BoxFuture<'static, Result<T, E>> = Box::pin(async move {
+            match tokio::time::timeout(timeout, call).await {
+                Ok(result) => result,
+                Err(_) => Err(E::unavailable(format!("{name}: no answer within {} ms", timeout.as_millis()))),
+            }
+        });
+        let service = self.layer.layer(tower::service_fn(run::<T, E>));
+        Box::pin(async move {
+            match service.oneshot(Call(timed)).await {
+                Ok(value) => Ok(value),
+                Err(CircuitBreakerError::OpenCircuit) => Err(E::unavailable(format!("{name}: circuit breaker open"))),
+                Err(CircuitBreakerError::Inner(e)) => Err(e),
+            }
+        })
+    }
+}
+
+/// A call, as the request of the service under the breaker (a named type: with a bare boxed future
+/// in its signature, the service's future fails rustc's higher-ranked `Send` check).
+struct Call<T, E>(BoxFuture<'static, Result<T, E>>);
+
+/// The service under the breaker: runs the call it is given.
+fn run<T, E>(call: Call<T, E>) -> BoxFuture<'static, Result<T, E>> {
+    call.0
+}
+
+/// Wraps the ports of `backend` that `which` selects in their guards (one breaker each).
+pub fn guarded(backend: Backend, settings: &ResilienceSettings, which: Wrap) -> anyhow::Result<Backend> {
+    let Backend { bus, events, rides, users, drivers, commands, idempotency, limiter, timers, clock } = backend;
+    let (s, h, b) = (&settings.store, &settings.hot_store, &settings.bus);
+    Ok(Backend {
+        bus: if which.bus { Arc::new(GuardedBus { inner: bus, guard: Guard::new("bus", b)? }) } else { bus },
+        events: if which.store {
+            Arc::new(GuardedEvents { inner: events, guard: Guard::new("event_store", s)? })
+        } else {
+            events
+        },
+        rides: if which.store {
+            Arc::new(GuardedRides { inner: rides, guard: Guard::new("ride_views", s)? })
+        } else {
+            rides
+        },
+        users: if which.store {
+            Arc::new(GuardedUsers { inner: users, guard: Guard::new("user_views", s)? })
+        } else {
+            users
+        },
+        timers: if which.store {
+            Arc::new(GuardedTimers { inner: timers, guard: Guard::new("timers", s)? })
+        } else {
+            timers
+        },
+        drivers: if which.hot {
+            Arc::new(GuardedDrivers { inner: drivers, guard: Guard::new("driver_locator", h)? })
+        } else {
+            drivers
+        },
+        commands: if which.hot {
+            Arc::new(GuardedCommands { inner: commands, guard: Guard::new("command_status", h)? })
+        } else {
+            commands
+        },
+        idempotency: if which.hot {
+            Arc::new(GuardedIdempotency { inner: idempotency, guard: Guard::new("idempotency", h)? })
+        } else {
+            idempotency
+        },
+        limiter: if which.hot {
+            Arc::new(GuardedLimiter { inner: limiter, guard: Guard::new("limiter", h)? })
+        } else {
+            limiter
+        },
+        clock,
+    })
+}
+
+/// Which groups of ports to guard (the embedded ones are local files: they need no breaker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Wrap {
+    pub bus: bool,
+    pub store: bool,
+    pub hot: bool,
+}
+
+/// Calls `$method` of the wrapped port under the guard, with owned copies of its arguments.
+macro_rules! through {
+    ($self:ident, |$inner:ident| $call:expr) => {{
+        let $inner = $self.inner.clone();
+        $self.guard.call(async move { $call.await }).await
+    }};
+}
+
+#[derive(Debug)]
+struct GuardedBus {
+    inner: Arc<dyn MessageBus>,
+    guard: Guard,
+}
+
+#[async_trait]
+impl MessageBus for GuardedBus {
+    async fn publish(&self, topic: &str, messages: Vec<OutgoingMessage>) -> Result<(), BusError> {
+        let topic = topic.to_owned();
+        through!(self, |bus| bus.publish(&topic, messages))
+    }
+    async fn subscribe(
+        &self,
+        group: &str,
+        topics: &[&str],
+        start: StartFrom,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        self.inner.subscribe(group, topics, start).await
+    }
+    async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
+        self.inner.partitions(topic).await
+    }
+    async fn ping(&self) -> Result<(), BusError> {
+        through!(self, |bus| bus.ping())
+    }
+}
+
+#[derive(Debug)]
+struct GuardedEvents {
+    inner: Arc<dyn EventStore>,
+    guard: Guard,
+}
+
+#[async_trait]
+impl EventStore for GuardedEvents {
+    async fn append(&self, expected_version: u64, events: &[WireEvent]) -> Result<(), AppendError> {
+        let events = events.to_vec();
+        through!(self, |store| store.append(expected_version, &events))
+    }
+    async fn read_stream(&self, aggregate_id: uuid::Uuid) -> StoreResult<Vec<WireEvent>> {
+        through!(self, |store| store.read_stream(aggregate_id))
+    }
+    async fn read_all(&self, after: Option<&str>, limit: usize) -> StoreResult<ReadAllPage> {
+        let after = after.map(str::to_owned);
+        through!(self, |store| store.read_all(after.as_deref(), limit))
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        through!(self, |store| store.ping())
+    }
+}
+
+#[derive(Debug)]
+struct GuardedRides {
+    inner: Arc<dyn RideViews>,
+    guard: Guard,
+}
+
+#[async_trait]
+impl RideViews for GuardedRides {
+    async fn upsert(&self, view: &RideView) -> StoreResult<bool> {
+        let view = view.clone();
+        through!(self, |rides| rides.upsert(&view))
+    }
+    async fn get(&self, ride_id: RideId) -> StoreResult<Option<RideView>> {
+        through!(self, |rides| rides.get(ride_id))
+    }
+    async fn list(&self, query: &RideQuery) -> StoreResult<Vec<RideView>> {
+        let query = query.clone();
+        through!(self, |rides| rides.list(&query))
+    }
+    async fn count_waiting_in_cell(&self, cell: &str) -> StoreResult<u64> {
+        let cell = cell.to_owned();
+        through!(self, |rides| rides.count_waiting_in_cell(&cell))
+    }
+    async fn waiting_since(&self, before: DateTime<Utc>, limit: usize) -> StoreResult<Vec<RideView>> {
+        through!(self, |rides| rides.waiting_since(before, limit))
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        through!(self, |rides| rides.ping())
+    }
+}
+
+#[derive(Debug)]
+struct GuardedUsers {
+    inner: Arc<dyn UserViews>,
+    guard: Guard,
+}
+
+#[async_trait]
+impl UserViews for GuardedUsers {
+    async fn upsert_profile(&self, profile: &UserProfile) -> StoreResult<bool> {
+        let profile = profile.clone();
+        through!(self, |users| users.upsert_profile(&profile))
+    }
+    async fn profile(&self, user_id: UserId) -> StoreResult<Option<UserProfile>> {
+        through!(self, |users| users.profile(user_id))
+    }
+    async fn upsert_credentials(&self, credentials: &Credentials) -> StoreResult<bool> {
+        let credentials = credentials.clone();
+        through!(self, |users| users.upsert_credentials(&credentials))
+    }
+    async fn credentials_by_email(&self, email_normalised: &str) -> StoreResult<Option<Credentials>> {
+        let email = email_normalised.to_owned();
+        through!(self, |users| users.credentials_by_email(&email))
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        through!(self, |users| users.ping())
+    }
+}
+
+#[derive(Debug)]
+struct GuardedTimers {
+    inner: Arc<dyn TimerStore>,
+    guard: Guard,
+}
+
+#[async_trait]
+impl TimerStore for GuardedTimers {
+    async fn schedule(&self, timer: &Timer) -> StoreResult<()> {
+        let timer = timer.clone();
+        through!(self, |timers| timers.schedule(&timer))
+    }
+    async fn cancel(&self, id: &str) -> StoreResult<()> {
+        let id = id.to_owned();
+        through!(self, |timers| timers.cancel(&id))
+    }
+    async fn due(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Timer>> {
+        through!(self, |timers| timers.due(now, limit))
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        through!(self, |timers| timers.ping())
+    }
+}
+
+#[derive(Debug)]
+struct GuardedDrivers {
+    inner: Arc<dyn DriverLocator>,
+    guard: Guard,
+}
+
+#[async_trait]
+impl DriverLocator for GuardedDrivers {
+    async fn update_driver(
+        &self,
+        driver_id: UserId,
+        location: Option<GeoPoint>,
+        online: bool,
+        version: u64,
+    ) -> StoreResult<()> {
+        through!(self, |drivers| drivers.update_driver(driver_id, location, online, version))
+    }
+    async fn reserve_nearest(
+        &self,
+        at: GeoPoint,
+        radius_m: u32,
+        exclude: &[UserId],
+        ride_id: RideId,
+        hold_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Candidate>> {
+        let exclude = exclude.to_vec();
+        through!(self, |drivers| drivers.reserve_nearest(at, radius_m, &exclude, ride_id, hold_until, now))
+    }
+    async fn hold(
+        &self,
+        driver_id: UserId,
+        ride_id: RideId,
+        until: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        through!(self, |drivers| drivers.hold(driver_id, ride_id, until, now))
+    }
+    async fn release(&self, driver_id: UserId, ride_id: RideId) -> StoreResult<()> {
+        through!(self, |drivers| drivers.release(driver_id, ride_id))
+    }
+    async fn available_in_cell(&self, cell: &str, now: DateTime<Utc>) -> StoreResult<u64> {
+        let cell = cell.to_owned();
+        through!(self, |drivers| drivers.available_in_cell(&cell, now))
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        through!(self, |drivers| drivers.ping())
+    }
+}
+
+#[derive(Debug)]
+struct GuardedCommands {
+    inner: Arc<dyn CommandStatusStore>,
+    guard: Guard,
+}
+
+#[async_trait]
+impl CommandStatusStore for GuardedCommands {
+    async fn record(&self, status: &CommandStatus) -> StoreResult<()> {
+        let status = status.clone();
+        through!(self, |commands| commands.record(&status))
+    }
+    async fn get(&self, command_id: CommandId) -> StoreResult<Option<CommandStatus>> {
+        through!(self, |commands| commands.get(command_id))
+    }
+    /// Not through the breaker: a wait is long by design, and its reads are the adapter's own.
+    async fn wait_final(&self, command_id: CommandId, timeout: Duration) -> StoreResult<Option<CommandStatus>> {
+        self.inner.wait_final(command_id, timeout).await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        through!(self, |commands| commands.ping())
+    }
+}
+
+#[derive(Debug)]
+struct GuardedIdempotency {
+    inner: Arc<dyn IdempotencyStore>,
+    guard: Guard,
+}
+
+#[async_trait]
+impl IdempotencyStore for GuardedIdempotency {
+    async fn claim(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+    ) -> StoreResult<IdempotencyClaim> {
+        let (scope, key, fingerprint) = (scope.to_owned(), key.to_owned(), fingerprint.to_owned());
+        through!(self, |store| store.claim(&scope, &key, &fingerprint, now, ttl))
+    }
+    async fn complete(&self, scope: &str, key: &str, response: &StoredResponse) -> StoreResult<()> {
+        let (scope, key, response) = (scope.to_owned(), key.to_owned(), response.clone());
+        through!(self, |store| store.complete(&scope, &key, &response))
+    }
+    async fn release(&self, scope: &str, key: &str) -> StoreResult<()> {
+        let (scope, key) = (scope.to_owned(), key.to_owned());
+        through!(self, |store| store.release(&scope, &key))
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        through!(self, |store| store.ping())
+    }
+}
+
+#[derive(Debug)]
+struct GuardedLimiter {
+    inner: Arc<dyn Limiter>,
+    guard: Guard,
+}
+
+#[async_trait]
+impl Limiter for GuardedLimiter {
+    async fn admit(&self, key: &str, rate: Rate) -> StoreResult<Admission> {
+        let key = key.to_owned();
+        through!(self, |limiter| limiter.admit(&key, rate))
+    }
+    async fn admit_all(&self, checks: &[(String, Rate)]) -> StoreResult<Admission> {
+        let checks = checks.to_vec();
+        through!(self, |limiter| limiter.admit_all(&checks))
+    }
+    async fn locked_for(&self, key: &str) -> StoreResult<Option<Duration>> {
+        let key = key.to_owned();
+        through!(self, |limiter| limiter.locked_for(&key))
+    }
+    async fn record_failure(&self, key: &str, policy: &LockoutPolicy) -> StoreResult<Option<Duration>> {
+        let (key, policy) = (key.to_owned(), *policy);
+        through!(self, |limiter| limiter.record_failure(&key, &policy))
+    }
+    async fn clear_failures(&self, key: &str) -> StoreResult<()> {
+        let key = key.to_owned();
+        through!(self, |limiter| limiter.clear_failures(&key))
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        through!(self, |limiter| limiter.ping())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> GuardSettings {
+        GuardSettings {
+            timeout_ms: 50,
+            window: 4,
+            minimum_calls: 4,
+            open_ms: 200,
+            half_open_calls: 1,
+            ..GuardSettings::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_open_the_breaker_which_then_refuses_at_once_and_closes_after_a_good_probe() {
+        let guard = Guard::new("test", &settings()).unwrap();
+        for _ in 0..4 {
+            let failed: StoreResult<()> =
+                guard.call(async { Err(StoreError::unavailable(anyhow::anyhow!("down"))) }).await;
+            assert!(failed.is_err());
+        }
+        assert_eq!(guard.state(), CircuitState::Open);
+        let started = std::time::Instant::now();
+        let refused: StoreResult<u32> = guard.call(async { Ok(1) }).await;
+        assert!(refused.unwrap_err().to_string().contains("circuit breaker open"));
+        assert!(started.elapsed() < Duration::from_millis(20), "refused at once");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let probe: StoreResult<u32> = guard.call(async { Ok(7) }).await;
+        assert_eq!(probe.unwrap(), 7);
+        assert_eq!(guard.state(), CircuitState::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_call_past_its_deadline_is_unavailable_and_answers_are_not_outages() {
+        let guard = Guard::new("test", &settings()).unwrap();
+        let slow: StoreResult<()> = guard
+            .call(async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(())
+            })
+            .await;
+        assert!(matches!(slow, Err(StoreError::Unavailable(_))), "{slow:?}");
+        for _ in 0..10 {
+            let corrupt: StoreResult<()> = guard.call(async { Err(StoreError::Corrupt("bad".into())) }).await;
+            assert!(corrupt.is_err());
+        }
+        assert_eq!(guard.state(), CircuitState::Closed, "corrupt data is an answer, not an outage");
+    }
+}
