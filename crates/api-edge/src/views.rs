@@ -16,13 +16,26 @@ pub async fn visible_ride(
 ) -> Result<Option<RideView>, ApiError> {
     let Some(viewer) = viewer else { return Ok(None) };
     let view = state.backend.rides.get(ride_id).await?;
-    Ok(view.filter(|v| {
-        let me = Some(viewer.user_id);
-        match viewer.role {
-            Role::Rider => v.rider_id == viewer.user_id,
-            Role::Driver => v.driver_id == me || v.offered_driver_id == me,
-        }
-    }))
+    Ok(view.filter(|v| may_see(v, viewer)))
+}
+
+/// The ride for `viewer`, or an older copy of it (with its age) while the store is down.
+pub async fn visible_ride_or_stale(
+    state: &AppState,
+    ride_id: RideId,
+    viewer: AuthUser,
+) -> Result<Option<(RideView, Option<std::time::Duration>)>, ApiError> {
+    let found = state.backend.rides.get_or_stale(ride_id).await?;
+    Ok(found.filter(|(v, _)| may_see(v, viewer)))
+}
+
+/// Whether `viewer` may see the ride: its rider, its driver, or the driver it is offered to.
+fn may_see(view: &RideView, viewer: AuthUser) -> bool {
+    let me = Some(viewer.user_id);
+    match viewer.role {
+        Role::Rider => view.rider_id == viewer.user_id,
+        Role::Driver => view.driver_id == me || view.offered_driver_id == me,
+    }
 }
 
 /// The user's profile as JSON, if projected (never a credential: the view holds none).

@@ -62,6 +62,12 @@ pub trait RideViews: Send + Sync + std::fmt::Debug {
     /// Stores `view` unless the stored one is at the same or a newer version. Returns whether it wrote.
     async fn upsert(&self, view: &RideView) -> StoreResult<bool>;
     async fn get(&self, ride_id: RideId) -> StoreResult<Option<RideView>>;
+    /// [`RideViews::get`] for a reader that would rather see an older copy than nothing while the
+    /// store is down: `Some(age)` marks such a copy. Only a cache in front of the store has one; by
+    /// default this is `get`.
+    async fn get_or_stale(&self, ride_id: RideId) -> StoreResult<Option<(RideView, Option<std::time::Duration>)>> {
+        Ok(self.get(ride_id).await?.map(|view| (view, None)))
+    }
     /// Newest first (by ride id, which is time-ordered).
     async fn list(&self, query: &RideQuery) -> StoreResult<Vec<RideView>>;
     /// Rides still looking for a driver whose pickup is in `cell` (surge demand).

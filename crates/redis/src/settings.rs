@@ -27,6 +27,9 @@ pub struct RedisSettings {
     /// TTL mainly evicts cold entries; it also bounds how long a stale entry can survive a Redis
     /// failure during a writer's update.
     pub cache_ttl_seconds: u64,
+    /// How much longer an entry is kept past its TTL, to be served (marked stale) while the store
+    /// behind the cache is down.
+    pub cache_stale_seconds: u64,
     /// How long a command's status stays readable: a day covers any client polling or retrying.
     pub command_status_ttl_seconds: u64,
     /// While Redis is failing, the cache logs at most one warning per interval instead of one per
@@ -52,6 +55,7 @@ impl Default for RedisSettings {
             connect_timeout_ms: 1_000,
             response_timeout_ms: 500,
             cache_ttl_seconds: 300,
+            cache_stale_seconds: 86_400,
             command_status_ttl_seconds: 86_400,
             fallback_log_interval_seconds: 30,
             cache_retry_interval_ms: 1_000,
@@ -71,6 +75,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("response_timeout_ms", &self.response_timeout_ms)
             .field("cache_ttl_seconds", &self.cache_ttl_seconds)
+            .field("cache_stale_seconds", &self.cache_stale_seconds)
             .field("command_status_ttl_seconds", &self.command_status_ttl_seconds)
             .field("fallback_log_interval_seconds", &self.fallback_log_interval_seconds)
             .field("cache_retry_interval_ms", &self.cache_retry_interval_ms)

@@ -369,3 +369,67 @@ mod over_unreachable_redis {
     }
     ridehail_contract::user_views_suite!(cached_users);
 }
+
+/// A ride store that can be taken down.
+#[derive(Debug)]
+struct Switchable {
+    inner: EmbeddedRideViews,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Switchable {
+    fn check(&self) -> StoreResult<()> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ridehail_ports::StoreError::Unavailable(anyhow::anyhow!("the store is down")));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RideViews for Switchable {
+    async fn upsert(&self, view: &RideView) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.upsert(view).await
+    }
+    async fn get(&self, ride_id: RideId) -> StoreResult<Option<RideView>> {
+        self.check()?;
+        self.inner.get(ride_id).await
+    }
+    async fn list(&self, query: &RideQuery) -> StoreResult<Vec<RideView>> {
+        self.check()?;
+        self.inner.list(query).await
+    }
+    async fn count_waiting_in_cell(&self, cell: &str) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.count_waiting_in_cell(cell).await
+    }
+    async fn waiting_since(&self, before: chrono::DateTime<chrono::Utc>, limit: usize) -> StoreResult<Vec<RideView>> {
+        self.check()?;
+        self.inner.waiting_since(before, limit).await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.check()
+    }
+}
+
+#[tokio::test]
+async fn an_aged_entry_is_served_marked_while_the_store_is_down_and_refreshed_once_it_is_back() {
+    let Some(url) = ridehail_contract::test_server("RIDEHAIL_TEST_REDIS_URL") else { return };
+    let redis = ridehail_redis::connect(&RedisSettings { cache_ttl_seconds: 1, ..settings(url) }).await.unwrap();
+    let dir = TempDir::new().unwrap();
+    let store = Arc::new(Switchable { inner: embedded_rides(&dir), down: Default::default() });
+    let views = CachedRideViews::new(store.clone(), redis);
+    let (ride_id, view) = new_ride();
+    views.upsert(&view(1)).await.unwrap();
+    assert_eq!(views.get_or_stale(ride_id).await.unwrap(), Some((view(1), None)), "fresh: a plain hit");
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (stale, age) = views.get_or_stale(ride_id).await.unwrap().expect("the aged copy");
+    assert_eq!(stale, view(1));
+    assert!(age.is_some_and(|a| a >= std::time::Duration::from_secs(1)), "{age:?}");
+    assert_eq!(views.stale_served(), 1);
+    assert!(views.get(ride_id).await.is_err(), "a reader that did not ask for stale copies gets the error");
+    store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(views.get_or_stale(ride_id).await.unwrap(), Some((view(1), None)), "back: fresh from the store");
+}

@@ -348,6 +348,9 @@ impl RideViews for GuardedRides {
     async fn get(&self, ride_id: RideId) -> StoreResult<Option<RideView>> {
         through!(self, |rides| rides.get(ride_id))
     }
+    async fn get_or_stale(&self, ride_id: RideId) -> StoreResult<Option<(RideView, Option<Duration>)>> {
+        through!(self, |rides| rides.get_or_stale(ride_id))
+    }
     async fn list(&self, query: &RideQuery) -> StoreResult<Vec<RideView>> {
         let query = query.clone();
         through!(self, |rides| rides.list(&query))

@@ -78,12 +78,20 @@ pub async fn request(
     submit(&state, &headers, &user.user_id.to_string(), fp, ride_submission(user, ride_id, command, true)).await
 }
 
-pub async fn get(
-    State(state): State<AppState>,
-    user: AuthUser,
-    Path(id): Path<String>,
-) -> Result<Json<RideView>, ApiError> {
-    Ok(Json(own_ride(&state, &id, user).await?))
+/// One ride. While the store is down, an older copy from the cache is served, marked
+/// `X-Ridehail-Stale: true` with its `Age` in seconds.
+pub async fn get(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    let ride_id: RideId = parse_id(&id, "ride_id")?;
+    let (view, stale_for) =
+        crate::views::visible_ride_or_stale(&state, ride_id, user).await?.ok_or(ApiError::NotFound("no such ride"))?;
+    let mut response = Json(view).into_response();
+    if let Some(age) = stale_for {
+        let headers = response.headers_mut();
+        headers.insert("x-ridehail-stale", axum::http::HeaderValue::from_static("true"));
+        headers.insert(axum::http::header::AGE, axum::http::HeaderValue::from(age.as_secs()));
+    }
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize)]

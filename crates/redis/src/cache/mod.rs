@@ -25,12 +25,15 @@ pub(crate) use log_limiter::LogLimiter;
 /// Keys remembered for deletion while Redis is down; beyond this, a stale entry lives until its TTL.
 const MAX_PENDING_DELETES: usize = 10_000;
 
-/// KEYS: entry. ARGV: version, body, ttl (s). Stores when the entry is absent or older; returns 1 if so.
+/// KEYS: entry. ARGV: version, body, keep (s). Stores when the entry is absent or older, with the
+/// time it was stored (ms, Redis's clock); returns 1 if so.
 static STORE_IF_NEWER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "local cached = redis.call('HGET', KEYS[1], 'version')
          if cached and tonumber(cached) >= tonumber(ARGV[1]) then return 0 end
-         redis.call('HSET', KEYS[1], 'version', ARGV[1], 'body', ARGV[2])
+         local t = redis.call('TIME')
+         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+         redis.call('HSET', KEYS[1], 'version', ARGV[1], 'body', ARGV[2], 'stored_at', string.format('%.0f', now))
          redis.call('EXPIRE', KEYS[1], ARGV[3])
          return 1",
     )
@@ -55,6 +58,8 @@ pub(crate) trait Versioned: Serialize + DeserializeOwned {
 /// What a cache lookup found.
 enum Lookup<T> {
     Hit(T),
+    /// Stored longer ago than the TTL: kept only to be served while the inner store is down.
+    Aged(T, Duration),
     Miss,
     /// Redis failed or is skipped: ask the inner store and leave the cache alone.
     Unavailable,
@@ -66,11 +71,14 @@ pub(crate) struct ReadThrough {
     redis: RedisClient,
     kind: &'static str,
     ttl_seconds: u64,
+    /// How much longer than the TTL an entry is kept, for reads while the inner store is down.
+    stale_seconds: u64,
     retry_interval: Duration,
     call_timeout: Duration,
     hits: AtomicU64,
     misses: AtomicU64,
     fallbacks: AtomicU64,
+    stale_served: AtomicU64,
     /// While set and in the future, Redis is skipped.
     skip_until: Mutex<Option<Instant>>,
     /// Keys whose entries may be older than the inner store, to delete once Redis answers.
@@ -87,6 +95,7 @@ impl ReadThrough {
         Self {
             kind,
             ttl_seconds: settings.cache_ttl_seconds,
+            stale_seconds: settings.cache_stale_seconds,
             retry_interval: Duration::from_millis(settings.cache_retry_interval_ms),
             call_timeout: settings.response_timeout(),
             failures: LogLimiter::new(Duration::from_secs(settings.fallback_log_interval_seconds)),
@@ -95,6 +104,7 @@ impl ReadThrough {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
+            stale_served: AtomicU64::new(0),
             skip_until: Mutex::new(None),
             pending_deletes: Mutex::new(HashSet::new()),
             flushing: tokio::sync::Mutex::new(()),
@@ -113,8 +123,28 @@ impl ReadThrough {
         }
     }
 
+    /// Reads served from an aged entry because the inner store was unavailable.
+    pub(crate) fn stale_served(&self) -> u64 {
+        self.stale_served.load(Ordering::Relaxed)
+    }
+
     /// The cached view, or the inner store's (`load`), which is then cached.
     pub(crate) async fn read<T, F>(&self, key: String, load: F) -> StoreResult<Option<T>>
+    where
+        T: Versioned,
+        F: Future<Output = StoreResult<Option<T>>>,
+    {
+        Ok(self.read_allowing_stale(key, load, false).await?.map(|(view, _)| view))
+    }
+
+    /// [`ReadThrough::read`]; with `allow_stale`, an entry older than the TTL is served (with its
+    /// age) when the inner store is unavailable.
+    pub(crate) async fn read_allowing_stale<T, F>(
+        &self,
+        key: String,
+        load: F,
+        allow_stale: bool,
+    ) -> StoreResult<Option<(T, Option<Duration>)>>
     where
         T: Versioned,
         F: Future<Output = StoreResult<Option<T>>>,
@@ -122,7 +152,28 @@ impl ReadThrough {
         match self.lookup(&key).await {
             Lookup::Hit(view) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(view))
+                Ok(Some((view, None)))
+            }
+            Lookup::Aged(aged, age) => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                match load.await {
+                    Ok(view) => {
+                        if let Some(view) = &view {
+                            let _ = self.store(&key, view).await;
+                        }
+                        Ok(view.map(|v| (v, None)))
+                    }
+                    Err(ridehail_ports::StoreError::Unavailable(e)) if allow_stale => {
+                        tracing::debug!(
+                            key,
+                            error = format!("{e:#}"),
+                            "inner store unavailable; serving an aged entry"
+                        );
+                        self.stale_served.fetch_add(1, Ordering::Relaxed);
+                        Ok(Some((aged, Some(age))))
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Lookup::Miss => {
                 self.misses.fetch_add(1, Ordering::Relaxed);
@@ -131,11 +182,11 @@ impl ReadThrough {
                     // A failure is logged and handled inside; the reader has its answer either way.
                     let _ = self.store(&key, view).await;
                 }
-                Ok(view)
+                Ok(view.map(|v| (v, None)))
             }
             Lookup::Unavailable => {
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
-                load.await
+                Ok(load.await?.map(|v| (v, None)))
             }
         }
     }
@@ -159,16 +210,23 @@ impl ReadThrough {
         if !self.usable(Instant::now()).await || self.is_pending_delete(key) {
             return Lookup::Unavailable;
         }
-        let body: Option<String> =
-            match self.bounded(redis::cmd("HGET").arg(key).arg("body").query_async(&mut self.redis.conn())).await {
-                Ok(body) => body,
-                Err(error) => {
-                    self.failed(&error);
-                    return Lookup::Unavailable;
-                }
-            };
-        let Some(body) = body else { return Lookup::Miss };
+        let found: (Option<String>, Option<i64>) = match self
+            .bounded(redis::cmd("HMGET").arg(key).arg("body").arg("stored_at").query_async(&mut self.redis.conn()))
+            .await
+        {
+            Ok(found) => found,
+            Err(error) => {
+                self.failed(&error);
+                return Lookup::Unavailable;
+            }
+        };
+        let (Some(body), stored_at) = found else { return Lookup::Miss };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let age = Duration::from_millis(u64::try_from(now_ms - stored_at.unwrap_or(now_ms)).unwrap_or(0));
         match serde_json::from_str(&body) {
+            Ok(view) if age.as_secs() >= self.ttl_seconds => Lookup::Aged(view, age),
             Ok(view) => Lookup::Hit(view),
             Err(error) => {
                 tracing::warn!(key, %error, "cached entry does not decode; dropping it and reading the inner store");
@@ -192,7 +250,7 @@ impl ReadThrough {
             }
         };
         let mut script = STORE_IF_NEWER.key(key);
-        script.arg(view.version()).arg(body).arg(self.ttl_seconds);
+        script.arg(view.version()).arg(body).arg(self.ttl_seconds + self.stale_seconds);
         let stored = self.bounded(script.invoke_async::<i64>(&mut self.redis.conn())).await;
         stored.map(|_| ()).map_err(|error| self.failed(&error))
     }

@@ -32,6 +32,11 @@ impl CachedRideViews {
     pub fn stats(&self) -> CacheStats {
         self.cache.stats()
     }
+
+    /// Reads answered from an aged entry because the inner store was down.
+    pub fn stale_served(&self) -> u64 {
+        self.cache.stale_served()
+    }
 }
 
 #[async_trait]
@@ -46,6 +51,10 @@ impl RideViews for CachedRideViews {
 
     async fn get(&self, ride_id: RideId) -> StoreResult<Option<RideView>> {
         self.cache.read(self.cache.key(&ride_id), self.inner.get(ride_id)).await
+    }
+
+    async fn get_or_stale(&self, ride_id: RideId) -> StoreResult<Option<(RideView, Option<std::time::Duration>)>> {
+        self.cache.read_allowing_stale(self.cache.key(&ride_id), self.inner.get(ride_id), true).await
     }
 
     async fn list(&self, query: &RideQuery) -> StoreResult<Vec<RideView>> {
