@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+pub mod load;
+
 pub struct Server {
     pub child: Child,
     pub url: String,
@@ -47,7 +49,6 @@ impl Server {
         if let (Some(log), Some(stderr)) = (log, child.stderr.take()) {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    eprintln!("{line}");
                     log.lock().unwrap().push(line);
                 }
             });
@@ -121,7 +122,36 @@ pub fn start_worker_with(data_dir: &Path, worker: &str, env: &[(&str, &str)]) ->
     Worker(Some(child))
 }
 
+/// [`start_worker_with`], keeping the lines it logs (at `info` and above) in `log`.
+pub fn start_worker_logged(data_dir: &Path, worker: &str, env: &[(&str, &str)], log: &Log) -> Worker {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ridehail"))
+        .args(["--data-dir", data_dir.to_str().unwrap(), worker])
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker starts");
+    if let Some(stderr) = child.stderr.take() {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
+    }
+    Worker(Some(child))
+}
+
 impl Worker {
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let child = self.0.as_mut().expect("a worker holds its child until taken");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        child.wait().unwrap()
+    }
+
     pub fn kill_9(&mut self) {
         if let Some(child) = self.0.as_mut() {
             child.kill().unwrap();
@@ -378,4 +408,58 @@ pub async fn readme_session(api: &Api) -> String {
 
 pub fn event_types(history: &Value) -> Vec<&str> {
     history["events"].as_array().unwrap().iter().map(|e| e["event_type"].as_str().unwrap()).collect()
+}
+
+/// A private redis-server on a free loopback port, killed on drop: for tests that kill it.
+pub struct PrivateRedis {
+    child: Child,
+    port: u16,
+    pub url: String,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Self::spawn(port);
+        // Owned (and so killed and reaped on drop) before anything can fail.
+        let redis = Self { child, port, url: format!("redis://127.0.0.1:{port}") };
+        redis.wait_until_up();
+        redis
+    }
+
+    fn spawn(port: u16) -> Child {
+        Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed by scripts/test-services")
+    }
+
+    fn wait_until_up(&self) {
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not open port {}", self.port);
+    }
+
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// A new, empty redis-server on the same port (after [`PrivateRedis::kill`]).
+    pub fn restart_empty(&mut self) {
+        self.child = Self::spawn(self.port);
+        self.wait_until_up();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -3,6 +3,7 @@
 //! embedded (`ridehail-sqlite`), Kafka, MongoDB and Redis adapters run the very same bodies.
 
 mod fixture;
+pub mod proxy;
 pub mod suites;
 pub mod tls;
 

@@ -39,8 +39,8 @@ pub struct GuardSettings {
     pub timeout_ms: u64,
     /// The breaker opens when this percentage of the calls in its window failed…
     pub failure_rate_percent: u32,
-    /// …over the last `window` calls, once at least `minimum_calls` were made.
-    pub window: usize,
+    /// …over the calls of the last `window_ms`, once at least `minimum_calls` were made in it.
+    pub window_ms: u64,
     pub minimum_calls: usize,
     /// Calls slower than this count as slow; `slow_call_rate_percent` of them in the window opens it
     /// too.
@@ -56,7 +56,7 @@ impl Default for GuardSettings {
         Self {
             timeout_ms: 3_000,
             failure_rate_percent: 50,
-            window: 20,
+            window_ms: 10_000,
             minimum_calls: 10,
             slow_call_ms: 1_000,
             slow_call_rate_percent: 80,
@@ -153,7 +153,8 @@ impl Guard {
         let (layer, handle) = CircuitBreakerLayer::builder()
             .name(name)
             .failure_rate_threshold(f64::from(settings.failure_rate_percent.clamp(1, 100)) / 100.0)
-            .sliding_window_size(settings.window.max(1))
+            .sliding_window_type(tower_resilience_circuitbreaker::SlidingWindowType::TimeBased)
+            .sliding_window_duration(Duration::from_millis(settings.window_ms.max(1)))
             .minimum_number_of_calls(settings.minimum_calls.max(1))
             .slow_call_duration_threshold(Duration::from_millis(settings.slow_call_ms.max(1)))
             .slow_call_rate_threshold(f64::from(settings.slow_call_rate_percent.clamp(1, 100)) / 100.0)
@@ -565,7 +566,7 @@ mod tests {
     fn settings() -> GuardSettings {
         GuardSettings {
             timeout_ms: 50,
-            window: 4,
+            window_ms: 1_000,
             minimum_calls: 4,
             open_ms: 200,
             half_open_calls: 1,
