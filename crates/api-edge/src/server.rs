@@ -30,9 +30,13 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use ridehail_ports::RetryPolicy;
 use tower::ServiceExt as _;
 
 use crate::AppState;
+
+/// How failing accepts (out of file descriptors) are waited out.
+const ACCEPT_RETRY: RetryPolicy = RetryPolicy::unbounded(10, 1_000);
 
 /// HTTPS at the edge.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -162,6 +166,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
         .max_buf_size(64 * 1024);
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let mut accept_waits = ACCEPT_RETRY.delays();
     loop {
         let permit = tokio::select! {
             permit = connections.clone().acquire_owned() => permit?,
@@ -169,11 +174,15 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    accept_waits = ACCEPT_RETRY.delays();
+                    accepted
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let wait = accept_waits.next().unwrap_or(Duration::from_millis(ACCEPT_RETRY.max_delay_ms));
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "accepting a connection failed");
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
             },

@@ -38,7 +38,7 @@ use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use ridehail_ports::{BusError, MessageBus, OutgoingMessage, StartFrom, Subscription};
+use ridehail_ports::{BusError, MessageBus, OutgoingMessage, RetryPolicy, StartFrom, Subscription};
 use tracing::debug;
 
 pub use admin::{TopicReport, TopicState, apply_topics};
@@ -145,6 +145,10 @@ fn to_headers(headers: &[(String, String)]) -> OwnedHeaders {
     })
 }
 
+
+/// How a full local producer queue is waited out: briefly at first (it drains in milliseconds while
+/// the broker is up), longer while it stays full.
+const QUEUE_FULL_RETRY: RetryPolicy = RetryPolicy::unbounded(1, 50);
 #[async_trait]
 impl MessageBus for KafkaBus {
     async fn publish(&self, topic: &str, messages: Vec<OutgoingMessage>) -> Result<(), BusError> {
@@ -158,6 +162,7 @@ impl MessageBus for KafkaBus {
                 .key(&message.key)
                 .payload(&message.payload)
                 .headers(to_headers(&message.headers));
+            let mut waits = QUEUE_FULL_RETRY.delays();
             loop {
                 match self.inner.producer.send_result(record) {
                     Ok(delivery) => {
@@ -166,7 +171,9 @@ impl MessageBus for KafkaBus {
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
-                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        // Unbounded: the caller's deadline (the bus guard) is what ends the wait.
+                        tokio::time::sleep(waits.next().unwrap_or(Duration::from_millis(QUEUE_FULL_RETRY.max_delay_ms)))
+                            .await;
                     }
                     Err((e, _)) => {
                         return Err(BusError::Unavailable(anyhow::Error::new(e).context("enqueueing a record")));

@@ -1,6 +1,8 @@
 //! The one retry policy: capped exponential backoff with jitter (`backon`), bounded to a number of
 //! attempts or not. The consume loop, the producer and the edge all retry with it, so there is one
-//! place to read how Ridehail waits out a failure.
+//! place to read how Ridehail waits out a failure. (Users: the consume loop for handlers, polls and
+//! dead-letter publishes; the Kafka producer for a full queue; the Redis command-final subscription;
+//! the edge for failing accepts.)
 
 use std::time::Duration;
 

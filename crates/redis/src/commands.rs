@@ -15,7 +15,7 @@ use futures::StreamExt as _;
 use redis::Script;
 use ridehail_events::CommandId;
 use ridehail_ports::{CommandState, CommandStatus, CommandStatusStore, CompletionWaiters};
-use ridehail_ports::{StoreError, StoreResult};
+use ridehail_ports::{RetryPolicy, StoreError, StoreResult};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -25,7 +25,9 @@ use crate::client::RedisClient;
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Pause between attempts to (re)open the subscriber connection.
-const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+/// How a lost command-final subscription is re-established: at once, then backing off to 5 s while
+/// Redis stays away.
+const RESUBSCRIBE: RetryPolicy = RetryPolicy::unbounded(50, 5_000);
 
 /// KEYS: status. ARGV: final (1/0), body, ttl (s), channel, command id. A pending status never replaces a
 /// final one; a final status is announced on the channel.
@@ -108,6 +110,7 @@ impl RedisCommandStatus {
 /// Keeps one subscription to `channel` open, waking the waiters of each announced command.
 async fn listen(redis: RedisClient, channel: String, waiters: Arc<CompletionWaiters>, subscribed: watch::Sender<bool>) {
     let timeout = redis.settings().connect_timeout();
+    let mut waits = RESUBSCRIBE.delays();
     loop {
         let connection = async {
             let mut pubsub = redis.client().get_async_pubsub().await?;
@@ -117,6 +120,7 @@ async fn listen(redis: RedisClient, channel: String, waiters: Arc<CompletionWait
         match tokio::time::timeout(timeout, connection).await {
             Ok(Ok(mut pubsub)) => {
                 subscribed.send_replace(true);
+                waits = RESUBSCRIBE.delays();
                 let mut messages = pubsub.on_message();
                 while let Some(message) = messages.next().await {
                     match message.get_payload::<String>().ok().and_then(|id| id.parse().ok()) {
@@ -132,7 +136,7 @@ async fn listen(redis: RedisClient, channel: String, waiters: Arc<CompletionWait
             Ok(Err(error)) => tracing::warn!(channel, %error, "cannot subscribe to command-final announcements"),
             Err(_) => tracing::warn!(channel, "subscribing to command-final announcements timed out"),
         }
-        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+        tokio::time::sleep(waits.next().unwrap_or(Duration::from_millis(RESUBSCRIBE.max_delay_ms))).await;
     }
 }
 

@@ -126,7 +126,8 @@ pub async fn run(
     let progress: Progress = Arc::default();
     let mut committed: HashMap<(String, u32), u64> = HashMap::new();
     let mut workers: HashMap<(String, u32), PartitionWorker> = HashMap::new();
-    let mut poll_failures = 0u32;
+    // A failing poll (the broker away) is waited out with the unavailable-dependency policy.
+    let mut poll_waits = config.unavailable_retry.delays();
     'consume: while !shutdown.is_cancelled() {
         let batch = tokio::select! {
             batch = subscription.poll(config.batch_size, config.poll_wait) => batch,
@@ -134,13 +135,12 @@ pub async fn run(
         };
         let batch = match batch {
             Ok(batch) => {
-                poll_failures = 0;
+                poll_waits = config.unavailable_retry.delays();
                 batch
             }
             Err(e) => {
-                poll_failures += 1;
-                warn!(error = %e, group = %config.group, "poll failed; retrying");
-                let pause = Duration::from_millis(50 * u64::from(poll_failures.min(40)));
+                let pause = poll_waits.next().unwrap_or(Duration::from_millis(config.unavailable_retry.max_delay_ms));
+                warn!(error = %e, group = %config.group, retry_in_ms = pause.as_millis() as u64, "poll failed; retrying");
                 tokio::select! { _ = tokio::time::sleep(pause) => continue, _ = shutdown.cancelled() => break }
             }
         };
