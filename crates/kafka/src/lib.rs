@@ -145,7 +145,6 @@ fn to_headers(headers: &[(String, String)]) -> OwnedHeaders {
     })
 }
 
-
 /// How a full local producer queue is waited out: briefly at first (it drains in milliseconds while
 /// the broker is up), longer while it stays full.
 const QUEUE_FULL_RETRY: RetryPolicy = RetryPolicy::unbounded(1, 50);
@@ -172,8 +171,10 @@ impl MessageBus for KafkaBus {
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
                         // Unbounded: the caller's deadline (the bus guard) is what ends the wait.
-                        tokio::time::sleep(waits.next().unwrap_or(Duration::from_millis(QUEUE_FULL_RETRY.max_delay_ms)))
-                            .await;
+                        tokio::time::sleep(
+                            waits.next().unwrap_or(Duration::from_millis(QUEUE_FULL_RETRY.max_delay_ms)),
+                        )
+                        .await;
                     }
                     Err((e, _)) => {
                         return Err(BusError::Unavailable(anyhow::Error::new(e).context("enqueueing a record")));
