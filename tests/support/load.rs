@@ -19,7 +19,10 @@ pub struct Submitted {
     pub command_id: String,
     pub ride_id: String,
     pub token: String,
+    /// When the request was sent.
     pub at: Instant,
+    /// How long its `202` took.
+    pub took: Duration,
 }
 
 /// What the load saw.
@@ -47,6 +50,7 @@ pub async fn ride_requests(api: Arc<Api>, rate: u32, stop: Arc<AtomicBool>) -> T
                 "pickup": { "lat": CENTRE.0 + offset, "lon": CENTRE.1 - offset },
                 "dropoff": { "lat": CENTRE.0 + 0.02, "lon": CENTRE.1 + 0.01 },
             });
+            let at = Instant::now();
             let sent = api
                 .client
                 .post(format!("{}/v1/rides", api.base))
@@ -68,7 +72,8 @@ pub async fn ride_requests(api: Arc<Api>, rate: u32, stop: Arc<AtomicBool>) -> T
                 command_id: body["command_id"].as_str().unwrap_or_default().to_owned(),
                 ride_id: body["ride_id"].as_str().unwrap_or_default().to_owned(),
                 token,
-                at: Instant::now(),
+                at,
+                took: at.elapsed(),
             })
         });
     }

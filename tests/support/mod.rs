@@ -262,6 +262,9 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: &str) -> Self {
+        // reqwest's rustls, enabled in a workspace build by the benchmarks, needs the process's crypto
+        // provider: the one the binary installs (ring).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Self { client: reqwest::Client::new(), base: base.to_owned() }
     }
 

@@ -46,7 +46,7 @@ pub(crate) fn partition_count(metadata: &Metadata, physical: &str) -> Option<u32
 pub async fn apply_topics(settings: &KafkaSettings, topics: &[&str]) -> anyhow::Result<Vec<TopicReport>> {
     settings.validate()?;
     let admin: AdminClient<DefaultClientContext> =
-        crate::base_config(settings, &format!("{}-admin", settings.client_id))
+        crate::client_config(settings, &format!("{}-admin", settings.client_id), &[], &[])
             .create()
             .context("Kafka admin client")?;
     let wanted: Vec<(String, u32)> = topics.iter().map(|t| (settings.physical(t), settings.partitions_of(t))).collect();

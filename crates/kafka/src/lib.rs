@@ -71,15 +71,28 @@ impl std::fmt::Debug for KafkaBus {
     }
 }
 
-/// Settings every client shares: brokers, client id, TLS/SASL and the pass-through properties.
-pub(crate) fn base_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
+/// A client's librdkafka configuration: `defaults` first, then what the settings ask for (TLS/SASL,
+/// then the pass-through `properties`, which so override a default), then `fixed`: what correctness
+/// rests on and no setting may change.
+pub(crate) fn client_config(
+    settings: &KafkaSettings,
+    client_id: &str,
+    defaults: &[(&str, String)],
+    fixed: &[(&str, &str)],
+) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &settings.brokers).set("client.id", client_id);
+    for (key, value) in defaults {
+        config.set(*key, value);
+    }
     for (key, value) in settings.security_properties() {
         config.set(key, value);
     }
     for (key, value) in &settings.properties {
         config.set(key, value);
+    }
+    for (key, value) in fixed {
+        config.set(*key, *value);
     }
     config
 }
@@ -90,16 +103,18 @@ impl KafkaBus {
     pub fn connect(settings: &KafkaSettings, role: &str) -> anyhow::Result<Self> {
         settings.validate()?;
         let client_id = format!("{}-{role}", settings.client_id);
-        let mut config = base_config(settings, &client_id);
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("partitioner", "murmur2_random")
-            .set("linger.ms", settings.linger_ms.to_string())
-            .set("message.timeout.ms", settings.delivery_timeout_ms.to_string())
-            .set("compression.type", "lz4")
-            // Topics are created by `ridehail topics apply`, never by a typo in a publish.
-            .set("allow.auto.create.topics", "false");
+        let defaults = [
+            // Idempotence keeps a retried batch from being written twice and the order within a
+            // partition; `properties` may turn it off for a broker that cannot bump a producer's epoch.
+            ("enable.idempotence", "true".to_owned()),
+            ("acks", "all".to_owned()),
+            ("partitioner", "murmur2_random".to_owned()),
+            ("linger.ms", settings.linger_ms.to_string()),
+            ("message.timeout.ms", settings.delivery_timeout_ms.to_string()),
+            ("compression.type", "lz4".to_owned()),
+        ];
+        // Topics are created by `ridehail topics apply`, never by a typo in a publish.
+        let config = client_config(settings, &client_id, &defaults, &[("allow.auto.create.topics", "false")]);
         let producer: FutureProducer = config.create().context("creating the Kafka producer")?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -240,5 +255,27 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Deliver whatever is still queued before the process goes (graceful shutdown loses nothing).
         let _ = self.producer.flush(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_override_a_default_but_never_what_is_fixed() {
+        let mut settings = KafkaSettings::default();
+        settings.properties.insert("enable.idempotence".into(), "false".into());
+        settings.properties.insert("enable.auto.offset.store".into(), "true".into());
+        let config = client_config(
+            &settings,
+            "test",
+            &[("enable.idempotence", "true".into()), ("linger.ms", "5".into())],
+            &[("enable.auto.offset.store", "false")],
+        );
+        assert_eq!(config.get("enable.idempotence"), Some("false"), "a property overrides a default");
+        assert_eq!(config.get("linger.ms"), Some("5"), "a default stays when nothing overrides it");
+        assert_eq!(config.get("enable.auto.offset.store"), Some("false"), "a fixed setting wins");
+        assert_eq!(config.get("client.id"), Some("test"));
     }
 }

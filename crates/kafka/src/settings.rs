@@ -35,7 +35,9 @@ pub struct KafkaSettings {
     /// How often stored offsets (of finished records) are committed; also committed on revoke and close.
     pub auto_commit_interval_ms: u32,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`, `ssl.ca.location`,
-    /// `sasl.mechanisms`). Secrets belong in files referenced here, not inline.
+    /// `sasl.mechanisms`). Secrets belong in files referenced here, not inline. They override the
+    /// clients' defaults (e.g. the producer's `enable.idempotence`, `linger.ms`), never what delivery
+    /// at least once rests on (the consumer's group and offset handling).
     pub properties: BTreeMap<String, String>,
     /// TLS: the CA that signed the brokers' certificates (PEM file). Setting it (or a client
     /// certificate) turns TLS on.

@@ -95,18 +95,22 @@ impl KafkaSubscription {
         start: StartFrom,
     ) -> Result<Self, BusError> {
         let group = settings.physical(group);
-        let mut config = crate::base_config(settings, client_id);
-        config
-            .set("group.id", &group)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", settings.auto_commit_interval_ms.to_string())
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", settings.session_timeout_ms.to_string())
-            .set("heartbeat.interval.ms", (settings.session_timeout_ms / 3).max(100).to_string())
-            .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
-            .set("enable.partition.eof", "false");
+        let defaults = [
+            ("auto.commit.interval.ms", settings.auto_commit_interval_ms.to_string()),
+            ("auto.offset.reset", "earliest".to_owned()),
+            ("partition.assignment.strategy", "cooperative-sticky".to_owned()),
+            ("session.timeout.ms", settings.session_timeout_ms.to_string()),
+            ("heartbeat.interval.ms", (settings.session_timeout_ms / 3).max(100).to_string()),
+            ("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string()),
+        ];
+        // At least once: an offset is stored only once its record is finished, and committed from there.
+        let fixed = [
+            ("group.id", group.as_str()),
+            ("enable.auto.commit", "true"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "false"),
+        ];
+        let config = crate::client_config(settings, client_id, &defaults, &fixed);
         let consumer: Consumer = config
             .create_with_context(RebalanceContext { group: group.clone() })
             .map_err(unavailable("creating a Kafka consumer"))?;
