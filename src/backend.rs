@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use ridehail_ports::{Backend, MessageBus, SystemClock};
-use ridehail_runtime::guard::Wrap;
+use ridehail_runtime::guard::{self, Engines, Wrap};
 use ridehail_sqlite::{self as embedded, HotStores, Stores};
 
 use crate::settings::{BusKind, HotStoreKind, Settings, StoreKind};
@@ -21,7 +21,9 @@ pub fn open_bus(settings: &Settings, role: &str) -> anyhow::Result<Arc<dyn Messa
 /// Every port, on the adapters the settings choose. `role` names the process to the brokers.
 pub async fn open(settings: &Settings, role: &str) -> anyhow::Result<Backend> {
     if settings.backend.is_embedded() {
-        return embedded::open(&settings.data_dir, settings.partitions, Arc::new(SystemClock));
+        let backend = embedded::open(&settings.data_dir, settings.partitions, Arc::new(SystemClock))?;
+        // Spans and metrics around every call; local files need no deadline nor breaker.
+        return guard::guarded(backend, &settings.resilience, Wrap::default(), Engines::EMBEDDED);
     }
     let bus = open_bus(settings, role)?;
     let (events, mut rides, mut users, timers): Stores = match settings.backend.store {
@@ -65,7 +67,12 @@ pub async fn open(settings: &Settings, role: &str) -> anyhow::Result<Backend> {
         store: settings.backend.store == StoreKind::Mongodb,
         hot: settings.backend.hot_store == HotStoreKind::Redis,
     };
-    ridehail_runtime::guard::guarded(backend, &settings.resilience, wrap)
+    let engines = Engines {
+        bus: if wrap.bus { "kafka" } else { "sqlite" },
+        store: if wrap.store { "mongodb" } else { "sqlite" },
+        hot: if wrap.hot { "redis" } else { "sqlite" },
+    };
+    guard::guarded(backend, &settings.resilience, wrap, engines)
 }
 
 /// The MongoDB settings with `migrate_on_start` resolved: on by default in development, off in

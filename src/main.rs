@@ -130,16 +130,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(dir) = cli.data_dir {
         settings.data_dir = dir;
     }
-    ridehail_runtime::telemetry::init(settings.log_format(), "info");
-    match cli.command.unwrap_or(Command::Dev(ServeArgs::default())) {
-        Command::Dev(args) => serve(&settings, "dev", Some(args), true, true).await,
-        Command::Edge(args) => serve(&settings, "edge", Some(args), false, false).await,
-        Command::RideWorker => serve(&settings, "ride-worker", None, true, false).await,
-        Command::UserWorker => serve(&settings, "user-worker", None, false, true).await,
-        Command::Replay { verify } => replay(&settings, verify).await,
-        Command::Topics { action: TopicsAction::Apply } => apply_topics(&settings).await,
-        Command::Migrate { action } => migrate(&settings, action).await,
-        Command::Seed(args) => seed(&settings, &args).await,
+    let command = cli.command.unwrap_or(Command::Dev(ServeArgs::default()));
+    let telemetry =
+        ridehail_runtime::telemetry::init(settings.log_format(), "info", command.service(), &settings.tracing)?;
+    let result = execute(&settings, command).await;
+    // The spans still buffered (the last requests' and records') go out before the process does.
+    telemetry.shutdown().await;
+    result
+}
+
+impl Command {
+    /// The service this process is, as logs, spans and metrics name it.
+    fn service(&self) -> &'static str {
+        match self {
+            Self::Dev(_) => "ridehail",
+            Self::Edge(_) => "api-edge",
+            Self::RideWorker => "ride-worker",
+            Self::UserWorker => "user-worker",
+            _ => "ridehail-cli",
+        }
+    }
+}
+
+async fn execute(settings: &Settings, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Dev(args) => serve(settings, "dev", Some(args), true, true).await,
+        Command::Edge(args) => serve(settings, "edge", Some(args), false, false).await,
+        Command::RideWorker => serve(settings, "ride-worker", None, true, false).await,
+        Command::UserWorker => serve(settings, "user-worker", None, false, true).await,
+        Command::Replay { verify } => replay(settings, verify).await,
+        Command::Topics { action: TopicsAction::Apply } => apply_topics(settings).await,
+        Command::Migrate { action } => migrate(settings, action).await,
+        Command::Seed(args) => seed(settings, &args).await,
         Command::Keys { action: KeysAction::Generate { out } } => {
             println!("{}", keys::generate(&out)?);
             Ok(())
@@ -188,13 +210,28 @@ async fn serve(
         services.spawn(async move { api_edge::serve(listener, state, token).await.context("edge") });
         info!(%address, data_dir = %settings.data_dir.display(), "ridehail is up");
         // The one line scripts and tests wait for.
-        use std::io::Write as _;
-        let mut stdout = std::io::stdout();
         let scheme = if settings.edge.tls.is_some() { "https" } else { "http" };
-        writeln!(stdout, "ridehail listening on {scheme}://{address}")?;
-        stdout.flush()?;
+        announce(&format!("ridehail listening on {scheme}://{address}"))?;
+    } else {
+        // A worker: metrics and health on a small listener of its own.
+        let bind = &settings.http.admin_bind;
+        let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
+        let address = listener.local_addr()?;
+        let (backend, token) = (backend.clone(), shutdown.clone());
+        services.spawn(async move { api_edge::admin::serve(listener, backend, token).await.context("admin") });
+        info!(%address, "admin listener up (metrics, health)");
+        announce(&format!("ridehail admin listening on http://{address}"))?;
     }
     supervise(services, shutdown, Duration::from_secs(settings.shutdown_grace_seconds)).await
+}
+
+/// A line on stdout that scripts and tests wait for.
+fn announce(line: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    Ok(())
 }
 
 /// Rebuilds the read models, or (`verify`) compares them with a fold of the history.

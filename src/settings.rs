@@ -75,15 +75,18 @@ impl BackendSettings {
 pub struct HttpSettings {
     /// Address the edge listens on; port 0 picks a free port (printed at start-up).
     pub bind: String,
+    /// Address of a worker's admin listener (`/metrics`, `/health/live`, `/health/ready`); port 0
+    /// picks a free port (printed at start-up). The edge serves these on its own listener.
+    pub admin_bind: String,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { bind: "127.0.0.1:8080".into() }
+        Self { bind: "127.0.0.1:8080".into(), admin_bind: "127.0.0.1:0".into() }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub environment: Environment,
@@ -105,6 +108,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     /// Deadlines and circuit breakers of the calls to Kafka, MongoDB and Redis.
     pub resilience: ridehail_runtime::guard::ResilienceSettings,
+    /// Where spans are exported, and how many.
+    pub tracing: ridehail_runtime::telemetry::TracingSettings,
     pub edge: EdgeConfig,
     pub ride_worker: RideWorkerConfig,
     pub user_worker: UserWorkerConfig,
@@ -125,6 +130,7 @@ impl Default for Settings {
             mongodb: MongoSettings::default(),
             redis: RedisSettings::default(),
             resilience: Default::default(),
+            tracing: Default::default(),
             edge: EdgeConfig::default(),
             ride_worker: RideWorkerConfig::default(),
             user_worker: UserWorkerConfig::default(),
@@ -152,6 +158,7 @@ impl Settings {
             builder.build()?.try_deserialize().context("invalid settings (see README: Configuration)")?;
         anyhow::ensure!(settings.partitions >= 1, "partitions must be at least 1");
         settings.edge.validate()?;
+        settings.tracing.validate()?;
         if settings.backend.bus == BusKind::Kafka {
             settings.kafka.validate()?;
         }

@@ -143,6 +143,39 @@ pub fn start_worker_logged(data_dir: &Path, worker: &str, env: &[(&str, &str)], 
     Worker(Some(child))
 }
 
+/// [`start_worker_logged`], also waiting for the worker's admin listener (metrics, health): returns
+/// its URL.
+pub fn start_worker_with_admin(data_dir: &Path, worker: &str, env: &[(&str, &str)], log: &Log) -> (Worker, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ridehail"))
+        .args(["--data-dir", data_dir.to_str().unwrap(), worker])
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker starts");
+    if let Some(stderr) = child.stderr.take() {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
+    }
+    let stdout = child.stdout.take().unwrap();
+    let worker = Worker(Some(child));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("ridehail admin listening on ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let url = rx.recv_timeout(Duration::from_secs(30)).expect("the worker printed its admin URL");
+    (worker, url)
+}
+
 impl Worker {
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {

@@ -91,15 +91,39 @@ pub async fn correlation_layer(mut req: Request, next: Next) -> Response {
         .unwrap_or_default();
     req.extensions_mut().insert(Correlation(correlation_id));
     req.extensions_mut().insert(Received(tokio::time::Instant::now()));
+    // The route's template, never the raw path: ids would make every ride a metric and a span name.
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
     let span = tracing::info_span!(
         "request",
-        method = %req.method(),
-        path = %req.uri().path(),
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
         correlation_id = %correlation_id,
-        status = tracing::field::Empty,
     );
+    // A client's W3C trace context: this request continues its trace.
+    let trace_headers: Vec<(String, String)> = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| Some((name.to_owned(), req.headers().get(name)?.to_str().ok()?.to_owned())))
+        .collect();
+    ridehail_runtime::propagation::adopt(&span, &trace_headers);
+    let started = std::time::Instant::now();
+    let in_flight = metrics::gauge!(ridehail_runtime::metrics::HTTP_IN_FLIGHT);
+    in_flight.increment(1.0);
     let mut response = next.run(req).instrument(span.clone()).await;
-    span.record("status", response.status().as_u16());
+    in_flight.decrement(1.0);
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", i64::from(status));
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "error");
+    }
+    ridehail_runtime::metrics::http_request(method, route, status, started.elapsed());
     if let Ok(value) = HeaderValue::from_str(&correlation_id.to_string()) {
         response.headers_mut().insert(CORRELATION_HEADER.clone(), value);
     }

@@ -8,6 +8,7 @@
 //! - [`auth`], [`password`], [`extract`]: tokens, argon2id, request parsing.
 //! - [`routes`]: one file per resource; [`views`]: what a caller may read and how it is rendered.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod extract;
@@ -242,6 +243,7 @@ pub fn router(state: AppState) -> Router {
     let health = Router::new()
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
+        .route("/metrics", get(admin::metrics))
         .route("/.well-known/jwks.json", get(health::jwks))
         .with_state(state.clone());
     // One semaphore for the whole API (router layers are applied per route). Outermost first: the
@@ -300,6 +302,7 @@ async fn shed_load(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let Ok(_permit) = in_flight.try_acquire_owned() else {
+        ridehail_runtime::metrics::http_shed("overloaded");
         let mut response = problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",

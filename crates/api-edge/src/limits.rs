@@ -121,6 +121,7 @@ pub async fn rate_limit(State(state): State<AppState>, mut request: Request, nex
     match state.backend.limiter.admit_all(&checks).await {
         Ok(Admission::Admitted) => {}
         Ok(Admission::Limited { retry_after }) => {
+            ridehail_runtime::metrics::http_shed("rate_limited");
             return ApiError::TooManyRequests { code: "rate_limited", retry_after }.into_response();
         }
         Err(e) => tracing::warn!(error = %e, "rate limiter unavailable; request let through"),

@@ -110,6 +110,21 @@ pub async fn bus_resumes_a_group_from_its_committed_offsets(bus: &dyn MessageBus
     assert!(committed.iter().any(|c| c.partition == third.partition && c.offset == third.offset + 1));
 }
 
+/// A subscription knows where each assigned partition's log ends, so a consumer can tell its lag.
+pub async fn bus_tells_where_each_partition_ends(bus: &dyn MessageBus, topic: &str, group: &str) {
+    // One record per publish: each is a batch of its own (tansu's high watermark is exact for those).
+    for n in 0..4 {
+        bus.publish(topic, vec![record("k", n)]).await.unwrap();
+    }
+    let mut member = bus.subscribe(group, &[topic], StartFrom::Committed).await.unwrap();
+    let got = drain(&mut member, 4).await;
+    let last = got.last().unwrap();
+    let end = |ends: Vec<PartitionOffset>| ends.into_iter().find(|e| e.partition == last.partition).map(|e| e.offset);
+    assert_eq!(end(member.end_offsets().await.unwrap()), Some(last.offset + 1), "the end is one past the last record");
+    bus.publish(topic, vec![record("k", 4)]).await.unwrap();
+    assert_eq!(end(member.end_offsets().await.unwrap()), Some(last.offset + 2), "a new record moves the end");
+}
+
 pub async fn bus_start_positions_select_what_is_read(bus: &dyn MessageBus, topic: &str, group: &str) {
     bus.publish(topic, vec![record("k", 0), record("k", 1)]).await.unwrap();
     let mut latest = bus.subscribe(&format!("{group}-latest"), &[topic], StartFrom::Latest).await.unwrap();
@@ -491,6 +506,17 @@ pub async fn locator_counts_available_drivers_per_cell(locator: &dyn DriverLocat
     locator.update_driver(drivers[0], None, false, 5).await.unwrap();
     locator.reserve_nearest(origin, 500, &[], RideId::new(), t(30), t(0)).await.unwrap();
     assert_eq!(locator.available_in_cell(&cell, t(0)).await.unwrap(), 1);
+}
+
+pub async fn locator_counts_the_drivers_online(locator: &dyn DriverLocator) {
+    let before = locator.online().await.unwrap();
+    let origin = unique_origin();
+    let drivers = place(locator, origin, &[0, 1, 2]).await;
+    // A held driver is still online.
+    locator.reserve_nearest(origin, 500, &[], RideId::new(), t(30), t(0)).await.unwrap();
+    assert_eq!(locator.online().await.unwrap(), before + 3);
+    locator.update_driver(drivers[0], None, false, 5).await.unwrap();
+    assert_eq!(locator.online().await.unwrap(), before + 2, "offline drivers are not counted");
 }
 
 // ------------------------------------------------------------------ command status

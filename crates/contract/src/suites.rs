@@ -32,6 +32,9 @@ macro_rules! bus_suite {
         $crate::__contract_case!($fixture, bus_resumes_a_group_from_its_committed_offsets, [], |f| {
             $crate::bus_resumes_a_group_from_its_committed_offsets(f.port(), f.topic(), f.group())
         });
+        $crate::__contract_case!($fixture, bus_tells_where_each_partition_ends, [], |f| {
+            $crate::bus_tells_where_each_partition_ends(f.port(), f.topic(), f.group())
+        });
         $crate::__contract_case!($fixture, bus_start_positions_select_what_is_read, [OffsetLookup], |f| {
             $crate::bus_start_positions_select_what_is_read(f.port(), f.topic(), f.group())
         });
@@ -157,6 +160,9 @@ macro_rules! locator_suite {
         });
         $crate::__contract_case!($fixture, locator_counts_available_drivers_per_cell, [], |f| {
             $crate::locator_counts_available_drivers_per_cell(f.port())
+        });
+        $crate::__contract_case!($fixture, locator_counts_the_drivers_online, [], |f| {
+            $crate::locator_counts_the_drivers_online(f.port())
         });
     };
 }

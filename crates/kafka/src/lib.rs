@@ -249,6 +249,10 @@ impl MessageBus for KafkaBus {
         .map_err(anyhow::Error::from)?;
         Ok(checked?)
     }
+
+    fn system(&self) -> &'static str {
+        "kafka"
+    }
 }
 
 impl Drop for Inner {

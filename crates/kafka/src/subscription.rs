@@ -279,6 +279,27 @@ impl Subscription for KafkaSubscription {
             })
             .collect())
     }
+
+    async fn end_offsets(&self) -> Result<Vec<PartitionOffset>, BusError> {
+        let namespace = self.namespace.clone();
+        blocking(
+            &self.consumer,
+            move |c| {
+                let mut out = Vec::new();
+                for elem in c.assignment()?.elements() {
+                    let (_, high) = c.fetch_watermarks(elem.topic(), elem.partition(), ADMIN_TIMEOUT)?;
+                    out.push(PartitionOffset {
+                        topic: elem.topic().strip_prefix(namespace.as_str()).unwrap_or(elem.topic()).to_owned(),
+                        partition: elem.partition() as u32,
+                        offset: high.max(0) as u64,
+                    });
+                }
+                Ok(out)
+            },
+            "reading the partitions' ends",
+        )
+        .await
+    }
 }
 
 impl Drop for KafkaSubscription {

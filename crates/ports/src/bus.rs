@@ -84,6 +84,9 @@ pub trait MessageBus: Send + Sync + std::fmt::Debug {
     async fn partitions(&self, topic: &str) -> Result<u32, BusError>;
 
     async fn ping(&self) -> Result<(), BusError>;
+
+    /// The messaging system, as traces name it (`messaging.system`: `kafka`, …).
+    fn system(&self) -> &'static str;
 }
 
 /// One member of a consumer group.
@@ -100,4 +103,8 @@ pub trait Subscription: Send + std::fmt::Debug {
 
     /// The group's committed offsets for the assigned partitions.
     async fn committed(&self) -> Result<Vec<PartitionOffset>, BusError>;
+
+    /// Per assigned partition, the end of its log: the offset the next record published there will
+    /// get (Kafka's high watermark). Less what the group finished, it is the group's lag.
+    async fn end_offsets(&self) -> Result<Vec<PartitionOffset>, BusError>;
 }

@@ -54,5 +54,8 @@ pub trait DriverLocator: Send + Sync + std::fmt::Debug {
     /// Available drivers located in the surge cell (supply).
     async fn available_in_cell(&self, cell: &str, now: DateTime<Utc>) -> StoreResult<u64>;
 
+    /// Drivers online with a known location, held or free (the `drivers online` gauge).
+    async fn online(&self) -> StoreResult<u64>;
+
     async fn ping(&self) -> StoreResult<()>;
 }

@@ -265,6 +265,16 @@ impl DriverLocator for RedisDriverLocator {
             .context("counting available drivers in a cell in Redis")?)
     }
 
+    /// The geo index holds exactly the online drivers with a location.
+    async fn online(&self) -> StoreResult<u64> {
+        let mut conn = self.redis.conn();
+        Ok(redis::cmd("ZCARD")
+            .arg(&self.geo)
+            .query_async(&mut conn)
+            .await
+            .context("counting online drivers in Redis")?)
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.redis.ping().await
     }

@@ -155,7 +155,9 @@ impl RideAggregate {
             issued_at: due_at,
             command,
         };
-        let record = records::command_record(&envelope.to_wire());
+        let mut record = records::command_record(&envelope.to_wire());
+        // The timer keeps the trace of the command that set it: its firing continues that trace.
+        ridehail_runtime::propagation::inject(&tracing::Span::current(), &mut record.headers);
         Timer {
             id: timer_id.to_owned(),
             due_at,
@@ -232,6 +234,10 @@ impl Aggregate for RideAggregate {
 
     fn rejection(&self, rejection: RideRejection) -> Rejection {
         rejection.into()
+    }
+
+    fn observe(&self, history: &[EventEnvelope<RideEvent>], new: &[EventEnvelope<RideEvent>]) {
+        observe(history, new);
     }
 
     /// A request takes its rider's slot (one ride under way per rider), unless the ride already
@@ -410,5 +416,30 @@ impl From<RideRejection> for Rejection {
             | RideRejection::ActiveRideExists => RejectionKind::Conflict,
         };
         Rejection { kind, code: rejection.code().to_owned(), detail: rejection.to_string() }
+    }
+}
+
+/// The business metrics of freshly appended ride events (`history`: the whole stream, them included).
+fn observe(history: &[EventEnvelope<RideEvent>], new: &[EventEnvelope<RideEvent>]) {
+    use ridehail_runtime::metrics::rides;
+    let requested_at = history.iter().find_map(|e| match &e.event {
+        RideEvent::RideRequested(_) => Some(e.occurred_at),
+        _ => None,
+    });
+    for envelope in new {
+        match &envelope.event {
+            RideEvent::RideRequested(r) => rides::requested(r.estimate.surge_bps),
+            RideEvent::DriverAssigned(_) => {
+                rides::matched(requested_at.and_then(|at| (envelope.occurred_at - at).to_std().ok()));
+            }
+            RideEvent::RideCompleted(c) => rides::completed(c.fare.total_minor, &c.fare.currency),
+            RideEvent::RideCancelled(c) => rides::cancelled(match c.cancelled_by {
+                ridehail_events::ride::Canceller::Rider { .. } => "rider",
+                ridehail_events::ride::Canceller::Driver { .. } => "driver",
+                ridehail_events::ride::Canceller::System => "system",
+            }),
+            RideEvent::RideExpired(_) => rides::expired(),
+            _ => {}
+        }
     }
 }

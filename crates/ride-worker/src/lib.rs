@@ -38,6 +38,8 @@ pub struct RideWorkerConfig {
     pub sweep_interval_seconds: u64,
     /// A requested ride unchanged for this long has lost its timer (longer than any offer or retry).
     pub stale_after_seconds: u64,
+    /// How often the supply gauge (`ridehail_drivers_online`) is measured, in seconds.
+    pub supply_gauge_interval_seconds: u64,
 }
 
 impl Default for RideWorkerConfig {
@@ -49,6 +51,7 @@ impl Default for RideWorkerConfig {
             timer_tick_ms: 100,
             sweep_interval_seconds: 30,
             stale_after_seconds: 120,
+            supply_gauge_interval_seconds: 5,
         }
     }
 }
@@ -74,7 +77,12 @@ pub async fn run(backend: Backend, config: RideWorkerConfig, shutdown: Cancellat
         Duration::from_millis(config.timer_tick_ms),
         shutdown.clone(),
     );
+    let supply = sweeper::report_supply(
+        backend.clone(),
+        Duration::from_secs(config.supply_gauge_interval_seconds.max(1)),
+        shutdown.clone(),
+    );
     let consumer = consumer::run(backend.bus.clone(), handler, consumer_config, shutdown);
-    tokio::try_join!(consumer, timers, sweeper)?;
+    tokio::try_join!(consumer, timers, sweeper, supply)?;
     Ok(())
 }

@@ -51,3 +51,19 @@ pub async fn run(
         }
     }
 }
+
+/// Measures the drivers online every `every` into `ridehail_drivers_online`, until `shutdown`. (A
+/// gauge read from the geo index, not counted from events: it stays right across restarts and with
+/// several workers.)
+pub async fn report_supply(backend: Backend, every: Duration, shutdown: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        match backend.drivers.online().await {
+            Ok(count) => ridehail_runtime::metrics::rides::drivers_online(count),
+            Err(e) => tracing::debug!(error = %e, "cannot count the drivers online; gauge not updated"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}

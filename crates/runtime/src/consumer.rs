@@ -28,11 +28,13 @@ use ridehail_events::topics::headers;
 use ridehail_ports::RetryPolicy;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use tokio::sync::mpsc;
 
 use ridehail_ports::{IncomingMessage, MessageBus, OutgoingMessage, PartitionOffset, StartFrom, Subscription};
+
+use crate::metrics::RecordEnd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
@@ -78,6 +80,8 @@ pub struct ConsumerConfig {
     pub unavailable_retry: RetryPolicy,
     /// A partition that keeps waiting logs it once per this interval.
     pub wait_log_interval: Duration,
+    /// How often the lag of each assigned partition is measured (`ridehail_consumer_lag`).
+    pub lag_interval: Duration,
     pub dead_letter_topic: String,
 }
 
@@ -92,6 +96,7 @@ impl ConsumerConfig {
             failed_retry: RetryPolicy::bounded(20, 2_000, 5),
             unavailable_retry: RetryPolicy::unbounded(50, 5_000),
             wait_log_interval: Duration::from_secs(10),
+            lag_interval: Duration::from_secs(5),
             dead_letter_topic: ridehail_events::topics::DEAD_LETTERS.to_owned(),
         }
     }
@@ -128,6 +133,7 @@ pub async fn run(
     let mut workers: HashMap<(String, u32), PartitionWorker> = HashMap::new();
     // A failing poll (the broker away) is waited out with the unavailable-dependency policy.
     let mut poll_waits = config.unavailable_retry.delays();
+    let mut last_lag = Instant::now();
     'consume: while !shutdown.is_cancelled() {
         let batch = tokio::select! {
             batch = subscription.poll(config.batch_size, config.poll_wait) => batch,
@@ -160,6 +166,10 @@ pub async fn run(
             }
         }
         commit_progress(&mut *subscription, &progress, &mut committed, &config.group).await;
+        if last_lag.elapsed() >= config.lag_interval {
+            last_lag = Instant::now();
+            report_lag(&mut *subscription, &progress, &committed, &config.group).await;
+        }
     }
     // Close the queues; the workers finish what they hold (retries give up on shutdown).
     let tasks: Vec<_> = workers.into_values().map(|w| w.task).collect();
@@ -183,19 +193,30 @@ fn spawn_worker(
     let (bus, handler, config, shutdown, progress) =
         (bus.clone(), handler.clone(), config.clone(), shutdown.clone(), progress.clone());
     let task = tokio::spawn(async move {
+        let system = bus.system();
         while let Some(message) = records.recv().await {
+            // A process span per record (OpenTelemetry messaging conventions): a child of the
+            // context the record carries, linked to it.
             let span = info_span!(
-                "consume",
-                topic = %message.topic,
-                partition = message.partition,
-                offset = message.offset,
+                "process",
+                otel.name = %format!("process {}", message.topic),
+                otel.kind = "consumer",
+                messaging.system = system,
+                messaging.operation.type = "process",
+                messaging.operation.name = "process",
+                messaging.destination.name = %message.topic,
+                messaging.destination.partition.id = %message.partition,
+                messaging.kafka.offset = message.offset as i64,
+                messaging.consumer.group.name = %config.group,
                 message_type = message.header(headers::MESSAGE_TYPE).unwrap_or(""),
                 correlation_id = message.header(headers::CORRELATION_ID).unwrap_or(""),
             );
-            let finished = process_one(&*bus, &*handler, &config, &shutdown, &message).instrument(span).await;
-            if !finished {
+            crate::propagation::follow(&span, &message.headers);
+            let started = Instant::now();
+            let Some(end) = process_one(&*bus, &*handler, &config, &shutdown, &message).instrument(span).await else {
                 return; // Interrupted by shutdown: this record and the rest stay uncommitted.
-            }
+            };
+            crate::metrics::record_finished(&message.topic, &config.group, end, started.elapsed());
             progress.lock().unwrap_or_else(|e| e.into_inner()).insert((topic.clone(), partition), message.offset + 1);
         }
     });
@@ -234,14 +255,41 @@ async fn commit_progress(
     }
 }
 
-/// True once the record is handled or dead-lettered; false if shutdown interrupted it.
+/// Sets the lag gauge of each assigned partition: its end less what the group finished (or, before
+/// it finished anything here, what it had committed).
+async fn report_lag(
+    subscription: &mut dyn Subscription,
+    progress: &Progress,
+    committed: &HashMap<(String, u32), u64>,
+    group: &str,
+) {
+    let ends = match subscription.end_offsets().await {
+        Ok(ends) => ends,
+        Err(e) => {
+            debug!(error = %e, group, "cannot read the partitions' ends; lag not updated");
+            return;
+        }
+    };
+    let finished = progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let stored = match subscription.committed().await {
+        Ok(list) => list.into_iter().map(|p| ((p.topic, p.partition), p.offset)).collect(),
+        Err(_) => HashMap::new(),
+    };
+    for end in ends {
+        let key = (end.topic.clone(), end.partition);
+        let done = finished.get(&key).or(committed.get(&key)).or(stored.get(&key)).copied().unwrap_or(0);
+        crate::metrics::lag(&end.topic, end.partition, group, end.offset.saturating_sub(done));
+    }
+}
+
+/// How the record ended (handled or dead-lettered); `None` if shutdown interrupted it.
 async fn process_one(
     bus: &dyn MessageBus,
     handler: &dyn MessageHandler,
     config: &ConsumerConfig,
     shutdown: &CancellationToken,
     message: &IncomingMessage,
-) -> bool {
+) -> Option<RecordEnd> {
     let mut failed_waits = config.failed_retry.delays();
     let mut unavailable_waits = config.unavailable_retry.delays();
     // When the record first failed, and when that was last logged.
@@ -252,11 +300,13 @@ async fn process_one(
                 if let Some((since, Some(_))) = waiting {
                     info!(waited_ms = since.elapsed().as_millis() as u64, "record processed after waiting");
                 }
-                return true;
+                return Some(RecordEnd::Processed);
             }
             Err(HandleError::Poison(reason)) => break (format!("poison: {reason}"), true),
             Err(error) => error,
         };
+        let retried = if matches!(error, HandleError::Failed(_)) { "failed" } else { "unavailable" };
+        crate::metrics::record_retried(&message.topic, &config.group, retried);
         let wait = match &error {
             HandleError::Failed(_) => match failed_waits.next() {
                 Some(wait) => wait,
@@ -280,16 +330,16 @@ async fn process_one(
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.cancelled() => return false,
+            _ = shutdown.cancelled() => return None,
         }
     };
     if !dead_letter(bus, config, shutdown, message, &reason).await {
-        return false;
+        return None;
     }
     if let Err(e) = handler.dead_lettered(message, &reason, poison).await {
         warn!(error = format!("{e:#}"), "the outcome of a dead-lettered record could not be recorded");
     }
-    true
+    Some(RecordEnd::DeadLettered { poison })
 }
 
 async fn dead_letter(

@@ -18,7 +18,7 @@ use ridehail_events::{CommandEnvelope, EventEnvelope, EventId, Message, WireEven
 use ridehail_ports::{
     AppendError, Backend, CommandStatus, Failure, Outcome, Rejection, Resource, StoreError, StoreResult,
 };
-use tracing::debug;
+use tracing::{Instrument as _, debug, field, info_span};
 use uuid::Uuid;
 
 use crate::consumer::{HandleError, MessageHandler};
@@ -158,6 +158,10 @@ pub trait Aggregate: Send + Sync + 'static {
         new: &[EventEnvelope<Self::Event>],
     ) -> Result<(), ProcessError>;
 
+    /// The command's `new` events are appended and their effects done (`history`: the whole stream,
+    /// them included): report what they say to the business metrics ([`crate::metrics`]).
+    fn observe(&self, _history: &[EventEnvelope<Self::Event>], _new: &[EventEnvelope<Self::Event>]) {}
+
     /// The event types the command's outcome reports (by default, all of them).
     fn reported(&self, events: &[EventEnvelope<Self::Event>]) -> Vec<String> {
         events.iter().map(|e| e.event.type_name().to_owned()).collect()
@@ -208,16 +212,20 @@ impl<A: Aggregate> Executor<A> {
         let a = &self.aggregate;
         let mut claimed = false;
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let history = self.load(stream).await?;
+            let history = self.load(stream).instrument(info_span!("load", events = field::Empty)).await?;
             let already: Vec<_> = history.iter().filter(|e| e.causation_id == command.command_id.0).cloned().collect();
             if !already.is_empty() {
-                a.effects(command, &history, &already).await.map_err(ProcessError::pending)?;
+                a.effects(command, &history, &already)
+                    .instrument(info_span!("effects", redelivery = true))
+                    .await
+                    .map_err(ProcessError::pending)?;
                 return Ok(already);
             }
             let state = a.evolve(&history);
             let now = self.backend.clock.now();
-            let facts = a.facts(&state, command, now).await?;
-            let decided = match a.decide(&state, &command.command, &facts) {
+            let facts = a.facts(&state, command, now).instrument(info_span!("facts")).await?;
+            let decided = info_span!("decide").in_scope(|| a.decide(&state, &command.command, &facts));
+            let decided = match decided {
                 Ok(events) => events,
                 Err(rejection) => {
                     a.release(&facts, &[]).await?;
@@ -233,7 +241,8 @@ impl<A: Aggregate> Executor<A> {
             }
             let version = history.len() as u64;
             let new = envelopes(command, stream, version, decided, now);
-            match self.append(version, &new).await {
+            let appended = self.append(version, &new).instrument(info_span!("append", events = new.len() as i64)).await;
+            match appended {
                 Ok(()) => {
                     let mut all = history;
                     all.extend(new.iter().cloned());
@@ -241,8 +250,11 @@ impl<A: Aggregate> Executor<A> {
                         a.release(&facts, &new).await?;
                         a.effects(command, &all, &new).await
                     }
+                    .instrument(info_span!("effects", redelivery = false))
                     .await
                     .map_err(ProcessError::pending)?;
+                    // Counted once, by the process that appended them (a redelivery does not count again).
+                    a.observe(&all, &new);
                     return Ok(new);
                 }
                 Err(AppendError::Conflict { .. }) => {
@@ -265,6 +277,7 @@ impl<A: Aggregate> Executor<A> {
     /// Reads and decodes a whole stream; an event that does not decode is corrupt data.
     async fn load(&self, stream: Uuid) -> StoreResult<Vec<EventEnvelope<A::Event>>> {
         let wires = self.backend.events.read_stream(stream).await?;
+        tracing::Span::current().record("events", wires.len() as i64);
         wires
             .into_iter()
             .map(|w| {

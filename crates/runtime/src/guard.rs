@@ -1,7 +1,8 @@
-//! A deadline and a circuit breaker around every call to an outside dependency.
+//! What every call of a port goes through: a client span and its metrics (every engine, the
+//! embedded one included), and around an outside dependency a deadline and a circuit breaker.
 //!
-//! Each port of a [`Backend`] on a production engine (MongoDB, Redis, Kafka) is wrapped in a
-//! decorator ([`guarded`]) that gives every call a deadline and passes it through that port's
+//! Each port of a [`Backend`] is wrapped in a decorator ([`guarded`]). On a production engine
+//! (MongoDB, Redis, Kafka) it gives every call a deadline and passes it through that port's
 //! breaker (`tower-resilience-circuitbreaker`): when too many calls fail for want of the dependency
 //! (or are too slow), the breaker opens and further calls fail at once as unavailable, which the
 //! edge answers with `503` + `Retry-After` and the workers wait out; after `open_ms` a few probe
@@ -30,6 +31,7 @@ use tower::{Layer as _, ServiceExt as _};
 use tower_resilience_circuitbreaker::{
     CircuitBreakerError, CircuitBreakerHandle, CircuitBreakerLayer, CircuitState, FailureClassifier,
 };
+use tracing::Instrument as _;
 
 /// Deadline and breaker of one kind of dependency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -133,10 +135,19 @@ impl<Res, E: GuardError> FailureClassifier<Res, E> for Unavailability {
     }
 }
 
-/// A deadline and a breaker for the calls of one port.
+/// What every call of one port goes through: a span, its metrics, and — on a production engine — a
+/// deadline and a breaker.
 #[derive(Clone)]
 pub struct Guard {
     name: &'static str,
+    /// The engine behind the port (`mongodb`, `redis`, `kafka`, `sqlite`), as spans and metrics name it.
+    backend: &'static str,
+    protection: Option<Protection>,
+}
+
+/// A deadline and a breaker.
+#[derive(Clone)]
+struct Protection {
     timeout: Duration,
     layer: CircuitBreakerLayer<Unavailability>,
     handle: CircuitBreakerHandle<Unavailability>,
@@ -144,12 +155,17 @@ pub struct Guard {
 
 impl std::fmt::Debug for Guard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Guard").field("name", &self.name).field("state", &self.state()).finish_non_exhaustive()
+        f.debug_struct("Guard")
+            .field("name", &self.name)
+            .field("backend", &self.backend)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
     }
 }
 
 impl Guard {
-    pub fn new(name: &'static str, settings: &GuardSettings) -> anyhow::Result<Self> {
+    /// A guard with a deadline and a breaker as `settings` say.
+    pub fn new(name: &'static str, backend: &'static str, settings: &GuardSettings) -> anyhow::Result<Self> {
         let (layer, handle) = CircuitBreakerLayer::builder()
             .name(name)
             .failure_rate_threshold(f64::from(settings.failure_rate_percent.clamp(1, 100)) / 100.0)
@@ -160,28 +176,92 @@ impl Guard {
             .slow_call_rate_threshold(f64::from(settings.slow_call_rate_percent.clamp(1, 100)) / 100.0)
             .wait_duration_in_open(Duration::from_millis(settings.open_ms.max(1)))
             .permitted_calls_in_half_open(settings.half_open_calls.max(1))
-            .on_state_transition(move |from, to| match to {
-                CircuitState::Open => tracing::warn!(dependency = name, ?from, "circuit breaker open"),
-                _ => tracing::info!(dependency = name, ?from, ?to, "circuit breaker state"),
+            .on_state_transition(move |from, to| {
+                crate::metrics::breaker_state(name, to == CircuitState::Open);
+                match to {
+                    CircuitState::Open => tracing::warn!(dependency = name, ?from, "circuit breaker open"),
+                    _ => tracing::info!(dependency = name, ?from, ?to, "circuit breaker state"),
+                }
             })
             .failure_classifier_type(Unavailability)
             .build_with_handle()
             .map_err(|e| anyhow::anyhow!("circuit breaker of {name}: {e:?}"))?;
-        Ok(Self { name, timeout: Duration::from_millis(settings.timeout_ms.max(1)), layer, handle })
+        crate::metrics::breaker_state(name, false);
+        let timeout = Duration::from_millis(settings.timeout_ms.max(1));
+        Ok(Self { name, backend, protection: Some(Protection { timeout, layer, handle }) })
+    }
+
+    /// A guard that only observes (spans and metrics): for local files, which need no breaker.
+    pub fn observing(name: &'static str, backend: &'static str) -> Self {
+        Self { name, backend, protection: None }
     }
 
     pub fn name(&self) -> &'static str {
         self.name
     }
 
+    /// The breaker's state (`Closed` when there is none).
     pub fn state(&self) -> CircuitState {
-        self.handle.state()
+        self.protection.as_ref().map_or(CircuitState::Closed, |p| p.handle.state())
     }
 
-    /// Runs `call` under the deadline, through the breaker. (A plain function returning a boxed
+    /// Runs `call` (operation `operation` of the port) in a client span, timed into the port's
+    /// metrics, under the deadline and through the breaker. (A plain function returning a boxed
     /// future: built inside the ports' `async_trait` methods, the same code trips rustc's
     /// higher-ranked `Send` check.)
     pub fn call<T, E>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, E>> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, E>>
+    where
+        T: Send + 'static,
+        E: GuardError,
+    {
+        // Only calls made for a request or a record are traced: a timer poll or a gauge reading on
+        // its own would be a trace of one span, many times a second.
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+            "port",
+            otel.name = %format!("{} {operation}", self.name),
+            otel.kind = "client",
+            ridehail.port = self.name,
+            ridehail.operation = operation,
+            db.system.name = self.backend,
+            )
+        };
+        Box::pin(self.metered(operation, self.protect(call)).instrument(span))
+    }
+
+    /// `call`, timed into the port's metrics.
+    fn metered<T, E>(
+        &self,
+        operation: &'static str,
+        call: BoxFuture<'static, Result<T, E>>,
+    ) -> impl Future<Output = Result<T, E>> + Send + 'static
+    where
+        T: Send + 'static,
+        E: GuardError,
+    {
+        let (port, backend) = (self.name, self.backend);
+        async move {
+            let started = std::time::Instant::now();
+            let result = call.await;
+            crate::metrics::port_call(
+                port,
+                operation,
+                backend,
+                started.elapsed(),
+                result.as_ref().err().map(|e| e.is_unavailable()),
+            );
+            result
+        }
+    }
+
+    /// `call` under the deadline, through the breaker (as it is when this guard only observes).
+    fn protect<T, E>(
         &self,
         call: impl Future<Output = Result<T, E>> + Send + 'static,
     ) -> BoxFuture<'static, Result<T, E>>
@@ -189,14 +269,15 @@ impl Guard {
         T: Send + 'static,
         E: GuardError,
     {
-        let (name, timeout) = (self.name, self.timeout);
+        let Some(protection) = &self.protection else { return Box::pin(call) };
+        let (name, timeout) = (self.name, protection.timeout);
         let timed: BoxFuture<'static, Result<T, E>> = Box::pin(async move {
             match tokio::time::timeout(timeout, call).await {
                 Ok(result) => result,
                 Err(_) => Err(E::unavailable(format!("{name}: no answer within {} ms", timeout.as_millis()))),
             }
         });
-        let service = self.layer.layer(tower::service_fn(run::<T, E>));
+        let service = protection.layer.layer(tower::service_fn(run::<T, E>));
         Box::pin(async move {
             match service.oneshot(Call(timed)).await {
                 Ok(value) => Ok(value),
@@ -216,57 +297,39 @@ fn run<T, E>(call: Call<T, E>) -> BoxFuture<'static, Result<T, E>> {
     call.0
 }
 
-/// Wraps the ports of `backend` that `which` selects in their guards (one breaker each).
-pub fn guarded(backend: Backend, settings: &ResilienceSettings, which: Wrap) -> anyhow::Result<Backend> {
+/// Wraps every port of `backend` in its guard: each call gets a span and its metrics, and the ports
+/// that `which` selects (those on production engines) a deadline and a breaker each.
+pub fn guarded(
+    backend: Backend,
+    settings: &ResilienceSettings,
+    which: Wrap,
+    engines: Engines,
+) -> anyhow::Result<Backend> {
     let Backend { bus, events, rides, users, drivers, commands, idempotency, limiter, timers, clock } = backend;
+    let guard = |name: &'static str, engine: &'static str, protect: bool, settings: &GuardSettings| {
+        if protect { Guard::new(name, engine, settings) } else { Ok(Guard::observing(name, engine)) }
+    };
     let (s, h, b) = (&settings.store, &settings.hot_store, &settings.bus);
+    let (store, hot) = (which.store, which.hot);
     Ok(Backend {
-        bus: if which.bus { Arc::new(GuardedBus { inner: bus, guard: Guard::new("bus", b)? }) } else { bus },
-        events: if which.store {
-            Arc::new(GuardedEvents { inner: events, guard: Guard::new("event_store", s)? })
-        } else {
-            events
-        },
-        rides: if which.store {
-            Arc::new(GuardedRides { inner: rides, guard: Guard::new("ride_views", s)? })
-        } else {
-            rides
-        },
-        users: if which.store {
-            Arc::new(GuardedUsers { inner: users, guard: Guard::new("user_views", s)? })
-        } else {
-            users
-        },
-        timers: if which.store {
-            Arc::new(GuardedTimers { inner: timers, guard: Guard::new("timers", s)? })
-        } else {
-            timers
-        },
-        drivers: if which.hot {
-            Arc::new(GuardedDrivers { inner: drivers, guard: Guard::new("driver_locator", h)? })
-        } else {
-            drivers
-        },
-        commands: if which.hot {
-            Arc::new(GuardedCommands { inner: commands, guard: Guard::new("command_status", h)? })
-        } else {
-            commands
-        },
-        idempotency: if which.hot {
-            Arc::new(GuardedIdempotency { inner: idempotency, guard: Guard::new("idempotency", h)? })
-        } else {
-            idempotency
-        },
-        limiter: if which.hot {
-            Arc::new(GuardedLimiter { inner: limiter, guard: Guard::new("limiter", h)? })
-        } else {
-            limiter
-        },
+        bus: Arc::new(GuardedBus { inner: bus, guard: guard("bus", engines.bus, which.bus, b)? }),
+        events: Arc::new(GuardedEvents { inner: events, guard: guard("event_store", engines.store, store, s)? }),
+        rides: Arc::new(GuardedRides { inner: rides, guard: guard("ride_views", engines.store, store, s)? }),
+        users: Arc::new(GuardedUsers { inner: users, guard: guard("user_views", engines.store, store, s)? }),
+        timers: Arc::new(GuardedTimers { inner: timers, guard: guard("timers", engines.store, store, s)? }),
+        drivers: Arc::new(GuardedDrivers { inner: drivers, guard: guard("driver_locator", engines.hot, hot, h)? }),
+        commands: Arc::new(GuardedCommands { inner: commands, guard: guard("command_status", engines.hot, hot, h)? }),
+        idempotency: Arc::new(GuardedIdempotency {
+            inner: idempotency,
+            guard: guard("idempotency", engines.hot, hot, h)?,
+        }),
+        limiter: Arc::new(GuardedLimiter { inner: limiter, guard: guard("limiter", engines.hot, hot, h)? }),
         clock,
     })
 }
 
-/// Which groups of ports to guard (the embedded ones are local files: they need no breaker).
+/// Which groups of ports get a deadline and a breaker (the embedded ones are local files: they need
+/// none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Wrap {
     pub bus: bool,
@@ -274,11 +337,24 @@ pub struct Wrap {
     pub hot: bool,
 }
 
+/// The engine behind each group of ports, as spans and metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Engines {
+    pub bus: &'static str,
+    pub store: &'static str,
+    pub hot: &'static str,
+}
+
+impl Engines {
+    /// Everything embedded (SQLite files).
+    pub const EMBEDDED: Self = Self { bus: "sqlite", store: "sqlite", hot: "sqlite" };
+}
+
 /// Calls `$method` of the wrapped port under the guard, with owned copies of its arguments.
 macro_rules! through {
-    ($self:ident, |$inner:ident| $call:expr) => {{
+    ($self:ident, $operation:literal, |$inner:ident| $call:expr) => {{
         let $inner = $self.inner.clone();
-        $self.guard.call(async move { $call.await }).await
+        $self.guard.call($operation, async move { $call.await }).await
     }};
 }
 
@@ -290,9 +366,27 @@ struct GuardedBus {
 
 #[async_trait]
 impl MessageBus for GuardedBus {
-    async fn publish(&self, topic: &str, messages: Vec<OutgoingMessage>) -> Result<(), BusError> {
-        let topic = topic.to_owned();
-        through!(self, |bus| bus.publish(&topic, messages))
+    /// In a producer span (`send {topic}`) whose context every record carries in its headers.
+    async fn publish(&self, topic: &str, mut messages: Vec<OutgoingMessage>) -> Result<(), BusError> {
+        let span = tracing::info_span!(
+            "send",
+            otel.name = %format!("send {topic}"),
+            otel.kind = "producer",
+            messaging.system = self.inner.system(),
+            messaging.destination.name = topic,
+            messaging.operation.type = "send",
+            messaging.operation.name = "send",
+            messaging.batch.message_count = messages.len() as i64,
+        );
+        for message in &mut messages {
+            crate::propagation::inject(&span, &mut message.headers);
+        }
+        let (count, owned_topic, bus) = (messages.len(), topic.to_owned(), self.inner.clone());
+        let sent = self.guard.protect(async move { bus.publish(&owned_topic, messages).await });
+        let started = std::time::Instant::now();
+        let result = self.guard.metered("publish", sent).instrument(span).await;
+        crate::metrics::published(topic, count, started.elapsed(), result.is_ok());
+        result
     }
     async fn subscribe(
         &self,
@@ -306,7 +400,10 @@ impl MessageBus for GuardedBus {
         self.inner.partitions(topic).await
     }
     async fn ping(&self) -> Result<(), BusError> {
-        through!(self, |bus| bus.ping())
+        through!(self, "ping", |bus| bus.ping())
+    }
+    fn system(&self) -> &'static str {
+        self.inner.system()
     }
 }
 
@@ -320,17 +417,17 @@ struct GuardedEvents {
 impl EventStore for GuardedEvents {
     async fn append(&self, expected_version: u64, events: &[WireEvent]) -> Result<(), AppendError> {
         let events = events.to_vec();
-        through!(self, |store| store.append(expected_version, &events))
+        through!(self, "append", |store| store.append(expected_version, &events))
     }
     async fn read_stream(&self, aggregate_id: uuid::Uuid) -> StoreResult<Vec<WireEvent>> {
-        through!(self, |store| store.read_stream(aggregate_id))
+        through!(self, "read_stream", |store| store.read_stream(aggregate_id))
     }
     async fn read_all(&self, after: Option<&str>, limit: usize) -> StoreResult<ReadAllPage> {
         let after = after.map(str::to_owned);
-        through!(self, |store| store.read_all(after.as_deref(), limit))
+        through!(self, "read_all", |store| store.read_all(after.as_deref(), limit))
     }
     async fn ping(&self) -> StoreResult<()> {
-        through!(self, |store| store.ping())
+        through!(self, "ping", |store| store.ping())
     }
 }
 
@@ -344,27 +441,27 @@ struct GuardedRides {
 impl RideViews for GuardedRides {
     async fn upsert(&self, view: &RideView) -> StoreResult<bool> {
         let view = view.clone();
-        through!(self, |rides| rides.upsert(&view))
+        through!(self, "upsert", |rides| rides.upsert(&view))
     }
     async fn get(&self, ride_id: RideId) -> StoreResult<Option<RideView>> {
-        through!(self, |rides| rides.get(ride_id))
+        through!(self, "get", |rides| rides.get(ride_id))
     }
     async fn get_or_stale(&self, ride_id: RideId) -> StoreResult<Option<(RideView, Option<Duration>)>> {
-        through!(self, |rides| rides.get_or_stale(ride_id))
+        through!(self, "get_or_stale", |rides| rides.get_or_stale(ride_id))
     }
     async fn list(&self, query: &RideQuery) -> StoreResult<Vec<RideView>> {
         let query = query.clone();
-        through!(self, |rides| rides.list(&query))
+        through!(self, "list", |rides| rides.list(&query))
     }
     async fn count_waiting_in_cell(&self, cell: &str) -> StoreResult<u64> {
         let cell = cell.to_owned();
-        through!(self, |rides| rides.count_waiting_in_cell(&cell))
+        through!(self, "count_waiting_in_cell", |rides| rides.count_waiting_in_cell(&cell))
     }
     async fn waiting_since(&self, before: DateTime<Utc>, limit: usize) -> StoreResult<Vec<RideView>> {
-        through!(self, |rides| rides.waiting_since(before, limit))
+        through!(self, "waiting_since", |rides| rides.waiting_since(before, limit))
     }
     async fn ping(&self) -> StoreResult<()> {
-        through!(self, |rides| rides.ping())
+        through!(self, "ping", |rides| rides.ping())
     }
 }
 
@@ -378,21 +475,21 @@ struct GuardedUsers {
 impl UserViews for GuardedUsers {
     async fn upsert_profile(&self, profile: &UserProfile) -> StoreResult<bool> {
         let profile = profile.clone();
-        through!(self, |users| users.upsert_profile(&profile))
+        through!(self, "upsert_profile", |users| users.upsert_profile(&profile))
     }
     async fn profile(&self, user_id: UserId) -> StoreResult<Option<UserProfile>> {
-        through!(self, |users| users.profile(user_id))
+        through!(self, "profile", |users| users.profile(user_id))
     }
     async fn upsert_credentials(&self, credentials: &Credentials) -> StoreResult<bool> {
         let credentials = credentials.clone();
-        through!(self, |users| users.upsert_credentials(&credentials))
+        through!(self, "upsert_credentials", |users| users.upsert_credentials(&credentials))
     }
     async fn credentials_by_email(&self, email_normalised: &str) -> StoreResult<Option<Credentials>> {
         let email = email_normalised.to_owned();
-        through!(self, |users| users.credentials_by_email(&email))
+        through!(self, "credentials_by_email", |users| users.credentials_by_email(&email))
     }
     async fn ping(&self) -> StoreResult<()> {
-        through!(self, |users| users.ping())
+        through!(self, "ping", |users| users.ping())
     }
 }
 
@@ -406,17 +503,17 @@ struct GuardedTimers {
 impl TimerStore for GuardedTimers {
     async fn schedule(&self, timer: &Timer) -> StoreResult<()> {
         let timer = timer.clone();
-        through!(self, |timers| timers.schedule(&timer))
+        through!(self, "schedule", |timers| timers.schedule(&timer))
     }
     async fn cancel(&self, id: &str) -> StoreResult<()> {
         let id = id.to_owned();
-        through!(self, |timers| timers.cancel(&id))
+        through!(self, "cancel", |timers| timers.cancel(&id))
     }
     async fn due(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Timer>> {
-        through!(self, |timers| timers.due(now, limit))
+        through!(self, "due", |timers| timers.due(now, limit))
     }
     async fn ping(&self) -> StoreResult<()> {
-        through!(self, |timers| timers.ping())
+        through!(self, "ping", |timers| timers.ping())
     }
 }
 
@@ -435,7 +532,7 @@ impl DriverLocator for GuardedDrivers {
         online: bool,
         version: u64,
     ) -> StoreResult<()> {
-        through!(self, |drivers| drivers.update_driver(driver_id, location, online, version))
+        through!(self, "update_driver", |drivers| drivers.update_driver(driver_id, location, online, version))
     }
     async fn reserve_nearest(
         &self,
@@ -447,7 +544,8 @@ impl DriverLocator for GuardedDrivers {
         now: DateTime<Utc>,
     ) -> StoreResult<Option<Candidate>> {
         let exclude = exclude.to_vec();
-        through!(self, |drivers| drivers.reserve_nearest(at, radius_m, &exclude, ride_id, hold_until, now))
+        through!(self, "reserve_nearest", |drivers| drivers
+            .reserve_nearest(at, radius_m, &exclude, ride_id, hold_until, now))
     }
     async fn hold(
         &self,
@@ -456,17 +554,20 @@ impl DriverLocator for GuardedDrivers {
         until: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        through!(self, |drivers| drivers.hold(driver_id, ride_id, until, now))
+        through!(self, "hold", |drivers| drivers.hold(driver_id, ride_id, until, now))
     }
     async fn release(&self, driver_id: UserId, ride_id: RideId) -> StoreResult<()> {
-        through!(self, |drivers| drivers.release(driver_id, ride_id))
+        through!(self, "release", |drivers| drivers.release(driver_id, ride_id))
     }
     async fn available_in_cell(&self, cell: &str, now: DateTime<Utc>) -> StoreResult<u64> {
         let cell = cell.to_owned();
-        through!(self, |drivers| drivers.available_in_cell(&cell, now))
+        through!(self, "available_in_cell", |drivers| drivers.available_in_cell(&cell, now))
+    }
+    async fn online(&self) -> StoreResult<u64> {
+        through!(self, "online", |drivers| drivers.online())
     }
     async fn ping(&self) -> StoreResult<()> {
-        through!(self, |drivers| drivers.ping())
+        through!(self, "ping", |drivers| drivers.ping())
     }
 }
 
@@ -480,17 +581,17 @@ struct GuardedCommands {
 impl CommandStatusStore for GuardedCommands {
     async fn record(&self, status: &CommandStatus) -> StoreResult<()> {
         let status = status.clone();
-        through!(self, |commands| commands.record(&status))
+        through!(self, "record", |commands| commands.record(&status))
     }
     async fn get(&self, command_id: CommandId) -> StoreResult<Option<CommandStatus>> {
-        through!(self, |commands| commands.get(command_id))
+        through!(self, "get", |commands| commands.get(command_id))
     }
     /// Not through the breaker: a wait is long by design, and its reads are the adapter's own.
     async fn wait_final(&self, command_id: CommandId, timeout: Duration) -> StoreResult<Option<CommandStatus>> {
         self.inner.wait_final(command_id, timeout).await
     }
     async fn ping(&self) -> StoreResult<()> {
-        through!(self, |commands| commands.ping())
+        through!(self, "ping", |commands| commands.ping())
     }
 }
 
@@ -511,18 +612,18 @@ impl IdempotencyStore for GuardedIdempotency {
         ttl: chrono::Duration,
     ) -> StoreResult<IdempotencyClaim> {
         let (scope, key, fingerprint) = (scope.to_owned(), key.to_owned(), fingerprint.to_owned());
-        through!(self, |store| store.claim(&scope, &key, &fingerprint, now, ttl))
+        through!(self, "claim", |store| store.claim(&scope, &key, &fingerprint, now, ttl))
     }
     async fn complete(&self, scope: &str, key: &str, response: &StoredResponse) -> StoreResult<()> {
         let (scope, key, response) = (scope.to_owned(), key.to_owned(), response.clone());
-        through!(self, |store| store.complete(&scope, &key, &response))
+        through!(self, "complete", |store| store.complete(&scope, &key, &response))
     }
     async fn release(&self, scope: &str, key: &str) -> StoreResult<()> {
         let (scope, key) = (scope.to_owned(), key.to_owned());
-        through!(self, |store| store.release(&scope, &key))
+        through!(self, "release", |store| store.release(&scope, &key))
     }
     async fn ping(&self) -> StoreResult<()> {
-        through!(self, |store| store.ping())
+        through!(self, "ping", |store| store.ping())
     }
 }
 
@@ -536,26 +637,26 @@ struct GuardedLimiter {
 impl Limiter for GuardedLimiter {
     async fn admit(&self, key: &str, rate: Rate) -> StoreResult<Admission> {
         let key = key.to_owned();
-        through!(self, |limiter| limiter.admit(&key, rate))
+        through!(self, "admit", |limiter| limiter.admit(&key, rate))
     }
     async fn admit_all(&self, checks: &[(String, Rate)]) -> StoreResult<Admission> {
         let checks = checks.to_vec();
-        through!(self, |limiter| limiter.admit_all(&checks))
+        through!(self, "admit_all", |limiter| limiter.admit_all(&checks))
     }
     async fn locked_for(&self, key: &str) -> StoreResult<Option<Duration>> {
         let key = key.to_owned();
-        through!(self, |limiter| limiter.locked_for(&key))
+        through!(self, "locked_for", |limiter| limiter.locked_for(&key))
     }
     async fn record_failure(&self, key: &str, policy: &LockoutPolicy) -> StoreResult<Option<Duration>> {
         let (key, policy) = (key.to_owned(), *policy);
-        through!(self, |limiter| limiter.record_failure(&key, &policy))
+        through!(self, "record_failure", |limiter| limiter.record_failure(&key, &policy))
     }
     async fn clear_failures(&self, key: &str) -> StoreResult<()> {
         let key = key.to_owned();
-        through!(self, |limiter| limiter.clear_failures(&key))
+        through!(self, "clear_failures", |limiter| limiter.clear_failures(&key))
     }
     async fn ping(&self) -> StoreResult<()> {
-        through!(self, |limiter| limiter.ping())
+        through!(self, "ping", |limiter| limiter.ping())
     }
 }
 
@@ -576,35 +677,35 @@ mod tests {
 
     #[tokio::test]
     async fn failures_open_the_breaker_which_then_refuses_at_once_and_closes_after_a_good_probe() {
-        let guard = Guard::new("test", &settings()).unwrap();
+        let guard = Guard::new("test", "test", &settings()).unwrap();
         for _ in 0..4 {
             let failed: StoreResult<()> =
-                guard.call(async { Err(StoreError::unavailable(anyhow::anyhow!("down"))) }).await;
+                guard.call("op", async { Err(StoreError::unavailable(anyhow::anyhow!("down"))) }).await;
             assert!(failed.is_err());
         }
         assert_eq!(guard.state(), CircuitState::Open);
         let started = std::time::Instant::now();
-        let refused: StoreResult<u32> = guard.call(async { Ok(1) }).await;
+        let refused: StoreResult<u32> = guard.call("op", async { Ok(1) }).await;
         assert!(refused.unwrap_err().to_string().contains("circuit breaker open"));
         assert!(started.elapsed() < Duration::from_millis(20), "refused at once");
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let probe: StoreResult<u32> = guard.call(async { Ok(7) }).await;
+        let probe: StoreResult<u32> = guard.call("op", async { Ok(7) }).await;
         assert_eq!(probe.unwrap(), 7);
         assert_eq!(guard.state(), CircuitState::Closed);
     }
 
     #[tokio::test]
     async fn a_call_past_its_deadline_is_unavailable_and_answers_are_not_outages() {
-        let guard = Guard::new("test", &settings()).unwrap();
+        let guard = Guard::new("test", "test", &settings()).unwrap();
         let slow: StoreResult<()> = guard
-            .call(async {
+            .call("op", async {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 Ok(())
             })
             .await;
         assert!(matches!(slow, Err(StoreError::Unavailable(_))), "{slow:?}");
         for _ in 0..10 {
-            let corrupt: StoreResult<()> = guard.call(async { Err(StoreError::Corrupt("bad".into())) }).await;
+            let corrupt: StoreResult<()> = guard.call("op", async { Err(StoreError::Corrupt("bad".into())) }).await;
             assert!(corrupt.is_err());
         }
         assert_eq!(guard.state(), CircuitState::Closed, "corrupt data is an answer, not an outage");

@@ -7,13 +7,19 @@
 //!   runs it under the consume loop and records outcomes.
 //! - [`consumer`]: the at-least-once consume loop (one in-order worker per partition, offsets
 //!   committed after the work, poison messages dead-lettered).
-//! - [`guard`]: a deadline and a circuit breaker around every call to a production engine.
+//! - [`guard`]: a span and metrics around every port call, and a deadline and a circuit breaker
+//!   around every call to a production engine.
 //! - [`timers`]: turns due timers into commands on the bus.
 //! - [`records`]: commands and events as bus records with their headers, and back.
+//! - [`telemetry`], [`logs`], [`metrics`], [`propagation`]: JSON logs, OpenTelemetry traces (their
+//!   context in record headers) and Prometheus metrics.
 
 pub mod consumer;
 pub mod executor;
 pub mod guard;
+pub mod logs;
+pub mod metrics;
+pub mod propagation;
 pub mod records;
 pub mod secrets;
 pub mod telemetry;

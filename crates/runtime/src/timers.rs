@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{Instrument as _, warn};
 
 use ridehail_ports::Clock;
 use ridehail_ports::{MessageBus, OutgoingMessage, TimerStore};
@@ -26,8 +26,17 @@ pub async fn fire_due(timers: &dyn TimerStore, bus: &dyn MessageBus, clock: &dyn
                 headers: timer.headers.clone(),
                 payload: timer.payload.clone(),
             };
-            bus.publish(&timer.topic, vec![record]).await?;
-            timers.cancel(&timer.id).await?;
+            // In the trace of the command that set the timer.
+            let span =
+                tracing::info_span!("timer fired", otel.name = "fire timer", ridehail.timer.topic = %timer.topic);
+            crate::propagation::follow(&span, &timer.headers);
+            async {
+                bus.publish(&timer.topic, vec![record]).await?;
+                timers.cancel(&timer.id).await?;
+                anyhow::Ok(())
+            }
+            .instrument(span)
+            .await?;
             fired += 1;
         }
     }

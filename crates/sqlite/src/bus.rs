@@ -216,6 +216,11 @@ impl MessageBus for EmbeddedBus {
     async fn ping(&self) -> Result<(), BusError> {
         Ok(self.inner.topics.values().try_for_each(|log| log.db.ping())?)
     }
+
+    /// Not a system the conventions name: Ridehail's own log in SQLite.
+    fn system(&self) -> &'static str {
+        "ridehail_embedded"
+    }
 }
 
 #[derive(Debug)]
@@ -330,6 +335,19 @@ impl Subscription for EmbeddedSubscription {
             if let Some(offset) = offset {
                 out.push(PartitionOffset { topic: topic.clone(), partition: *partition, offset });
             }
+        }
+        Ok(out)
+    }
+
+    async fn end_offsets(&self) -> Result<Vec<PartitionOffset>, BusError> {
+        let mut out = Vec::new();
+        for (topic, partition) in self.positions.keys() {
+            let offset = self
+                .bus
+                .log(topic)?
+                .db
+                .with(|conn| Ok(one(conn, NEXT_OFFSET, params![topic, partition], next_offset)?))?;
+            out.push(PartitionOffset { topic: topic.clone(), partition: *partition, offset });
         }
         Ok(out)
     }

@@ -200,6 +200,14 @@ impl DriverLocator for EmbeddedDriverLocator {
         })
     }
 
+    async fn online(&self) -> StoreResult<u64> {
+        self.db.with(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT COUNT(*) FROM drivers WHERE online = 1 AND lat IS NOT NULL")?
+                .query_row([], |r| r.get(0))?)
+        })
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.db.ping()
     }

@@ -18,7 +18,12 @@ pub async fn live() -> Json<Value> {
 }
 
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let checks = state.backend.check().await;
+    readiness(&state.backend).await
+}
+
+/// Every dependency checked (through its breaker): `200` when all answer, else `503` naming them.
+pub async fn readiness(backend: &ridehail_ports::Backend) -> (StatusCode, Json<Value>) {
+    let checks = backend.check().await;
     for failed in checks.iter().filter(|c| !c.ok) {
         tracing::warn!(dependency = failed.name, error = failed.error.as_deref().unwrap_or(""), "not ready");
     }

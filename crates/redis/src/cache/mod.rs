@@ -123,6 +123,12 @@ impl ReadThrough {
         }
     }
 
+    /// One read of this cache in `ridehail_cache_reads_total{view, result}` (described with the
+    /// other metrics in `ridehail_runtime::metrics`).
+    fn count(&self, result: &'static str) {
+        metrics::counter!("ridehail_cache_reads_total", "view" => self.kind, "result" => result).increment(1);
+    }
+
     /// Reads served from an aged entry because the inner store was unavailable.
     pub(crate) fn stale_served(&self) -> u64 {
         self.stale_served.load(Ordering::Relaxed)
@@ -152,10 +158,12 @@ impl ReadThrough {
         match self.lookup(&key).await {
             Lookup::Hit(view) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
+                self.count("hit");
                 Ok(Some((view, None)))
             }
             Lookup::Aged(aged, age) => {
                 self.misses.fetch_add(1, Ordering::Relaxed);
+                self.count("miss");
                 match load.await {
                     Ok(view) => {
                         if let Some(view) = &view {
@@ -170,6 +178,7 @@ impl ReadThrough {
                             "inner store unavailable; serving an aged entry"
                         );
                         self.stale_served.fetch_add(1, Ordering::Relaxed);
+                        self.count("stale");
                         Ok(Some((aged, Some(age))))
                     }
                     Err(e) => Err(e),
@@ -177,6 +186,7 @@ impl ReadThrough {
             }
             Lookup::Miss => {
                 self.misses.fetch_add(1, Ordering::Relaxed);
+                self.count("miss");
                 let view = load.await?;
                 if let Some(view) = &view {
                     // A failure is logged and handled inside; the reader has its answer either way.
@@ -186,6 +196,7 @@ impl ReadThrough {
             }
             Lookup::Unavailable => {
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                self.count("fallback");
                 Ok(load.await?.map(|v| (v, None)))
             }
         }
