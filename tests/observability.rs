@@ -254,6 +254,38 @@ async fn a_ride_request_is_one_trace_from_the_edge_through_kafka_to_every_effect
     assert!(published["timestamp"].as_str().is_some() && published["level"] == "INFO");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_bus_too_a_command_s_consumption_continues_its_publish() {
+    let Some(oteltap) = ridehail_contract::test_server("RIDEHAIL_TEST_OTELTAP") else { return };
+    let dir = tempfile::TempDir::new().unwrap();
+    let receiver = Receiver::start(dir.path(), &oteltap);
+    let env = tracing_env(Vec::new(), &receiver);
+    let server = Server::start(&dir.path().join("data"), &as_refs(&env));
+    let api = Api::new(&server.url);
+    support::readme_session(&api).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let request = loop {
+        if let Some(span) = receiver.spans().into_iter().find(|s| s["name"] == "POST /v1/rides") {
+            break span;
+        }
+        assert!(Instant::now() < deadline, "no POST /v1/rides span in 30 s (the server logs at `warn`)");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let trace = request["traceId"].as_str().unwrap().to_owned();
+    let spans = receiver
+        .trace(&trace, |spans| spans.iter().any(|s| s["name"].as_str().is_some_and(|n| n.starts_with("process "))))
+        .await;
+    let send = spans.iter().find(|s| s["name"].as_str().is_some_and(|n| n.starts_with("send "))).unwrap();
+    let process = spans.iter().find(|s| s["name"].as_str().is_some_and(|n| n.starts_with("process "))).unwrap();
+    assert_eq!(process["parentSpanId"], send["spanId"]);
+    assert_eq!(string_attribute(process, "messaging.system"), Some("ridehail_embedded"));
+    assert_eq!(string_attribute(&call_span(&spans, "event_store append"), "db.system.name"), Some("sqlite"));
+}
+
+fn call_span(spans: &[Value], name: &str) -> Value {
+    named(spans, name).first().map(|s| (*s).clone()).unwrap_or_else(|| panic!("no {name} span"))
+}
+
 /// Prometheus's HTTP API: the value of an instant query (the sum of its series), once it is there.
 async fn query(client: &reqwest::Client, prometheus: &str, expr: &str, want: impl Fn(f64) -> bool) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(45);
@@ -304,11 +336,11 @@ async fn a_real_prometheus_scrapes_every_process_and_answers_the_business_questi
         .expect("prometheus starts");
     let _prometheus = Worker::new(process);
     let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let api = Api::new(&stack.edge.url);
+    let client = api.client.clone();
     // Every process is a target that answers.
     query(&client, &url, "sum(up)", |v| v == targets.len() as f64).await;
 
-    let api = Api::new(&stack.edge.url);
     let ride_id = support::readme_session(&api).await;
     let (_, rider_token) = api.login(support::RIDER_EMAIL, support::RIDER_PASSWORD).await;
     let (_, ride) = api.send("GET", &format!("/v1/rides/{ride_id}"), Some(&rider_token), None).await;

@@ -146,7 +146,8 @@ pub fn init(
         .with_target(false)
         .with_tracked_inactivity(false);
 
-    // The exporter's own complaints are kept, at warning level, whatever RUST_LOG says of the rest.
+    // RUST_LOG filters the log lines only; the exporter's own complaints are kept at warning level
+    // whatever it says of the rest.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(default_filter))
         .add_directive("opentelemetry_sdk=warn".parse()?)
@@ -157,14 +158,23 @@ pub fn init(
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .event_format(crate::logs::JsonLines::new(service))
             .with_writer(std::io::stderr)
+            .with_filter(filter)
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).boxed(),
+        LogFormat::Text => {
+            tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).with_filter(filter).boxed()
+        }
     };
+    // Spans are Ridehail's own at `info`, whatever the logs are filtered to: a process logging only
+    // warnings still traces its requests and records.
+    let spans = tracing_subscriber::filter::Targets::new()
+        .with_target("ridehail", tracing::Level::INFO)
+        .with_target("api_edge", tracing::Level::INFO)
+        .with_target("ride_worker", tracing::Level::INFO)
+        .with_target("user_worker", tracing::Level::INFO);
     let _ = tracing_subscriber::registry()
         .with(crate::logs::CorrelationLayer)
-        .with(otel)
+        .with(otel.with_filter(spans))
         .with(logs)
-        .with(filter)
         .try_init();
     let exporting = tracing.otlp_endpoint.is_some();
     Ok(Telemetry { provider: exporting.then_some(provider) })
