@@ -282,6 +282,40 @@ async fn on_the_embedded_bus_too_a_command_s_consumption_continues_its_publish()
     assert_eq!(string_attribute(&call_span(&spans, "event_store append"), "db.system.name"), Some("sqlite"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_follows_the_caller_and_spans_still_buffered_are_sent_at_shutdown() {
+    let Some(oteltap) = ridehail_contract::test_server("RIDEHAIL_TEST_OTELTAP") else { return };
+    let dir = tempfile::TempDir::new().unwrap();
+    let receiver = Receiver::start(dir.path(), &oteltap);
+    // Nothing of its own sampled, and batches held for a minute: only the shutdown flush sends them.
+    let env: Vec<(String, String)> = tracing_env(Vec::new(), &receiver)
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "RIDEHAIL__TRACING__SAMPLING_RATIO" => (k, "0.0".to_owned()),
+            "RIDEHAIL__TRACING__BATCH_DELAY_MS" => (k, "60000".to_owned()),
+            _ => (k, v),
+        })
+        .collect();
+    let mut server = Server::start(&dir.path().join("data"), &as_refs(&env));
+    let api = Api::new(&server.url);
+    let sampled = "0af7651916cd43dd8448eb211c80319c";
+    for traceparent in [None, Some(format!("00-{sampled}-b7ad6b7169203331-01"))] {
+        let mut request = api.client.get(format!("{}/health/live", api.base));
+        if let Some(value) = traceparent {
+            request = request.header("traceparent", value);
+        }
+        assert!(request.send().await.unwrap().status().is_success());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(receiver.spans().is_empty(), "held in the batch until shutdown");
+    assert!(server.terminate().success());
+    let spans = receiver.trace(sampled, |spans| !named(spans, "GET /health/live").is_empty()).await;
+    assert_eq!(spans[0]["parentSpanId"], "b7ad6b7169203331");
+    let all = receiver.spans();
+    let health: Vec<&Value> = all.iter().filter(|s| s["name"] == "GET /health/live").collect();
+    assert_eq!(health.len(), 1, "the request without a sampled caller was not recorded: {health:?}");
+}
+
 fn call_span(spans: &[Value], name: &str) -> Value {
     named(spans, name).first().map(|s| (*s).clone()).unwrap_or_else(|| panic!("no {name} span"))
 }
