@@ -316,6 +316,49 @@ async fn sampling_follows_the_caller_and_spans_still_buffered_are_sent_at_shutdo
     assert_eq!(health.len(), 1, "the request without a sampled caller was not recorded: {health:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_s_command_continues_the_trace_of_the_command_that_set_it() {
+    let Some(oteltap) = ridehail_contract::test_server("RIDEHAIL_TEST_OTELTAP") else { return };
+    let dir = tempfile::TempDir::new().unwrap();
+    let receiver = Receiver::start(dir.path(), &oteltap);
+    // No driver anywhere: the request schedules a wider search a second later (a timer), which finds
+    // nobody either and expires the ride.
+    let mut env = tracing_env(Vec::new(), &receiver);
+    env.push(("RIDEHAIL__RIDE_WORKER__MATCHING__RETRY_INTERVAL_S".into(), "1".into()));
+    env.push(("RIDEHAIL__RIDE_WORKER__MATCHING__MAX_RADIUS_M".into(), "4000".into()));
+    let server = Server::start(&dir.path().join("data"), &as_refs(&env));
+    let api = Api::new(&server.url);
+    let (email, password) = ("lonely@example.com", "nobody-drives-here");
+    let body = json!({ "email": email, "password": password, "name": "Lone", "role": "rider" });
+    assert_eq!(api.send("POST", "/v1/users", None, Some(body)).await.0, 201);
+    let (_, token) = api.login(email, password).await;
+    let trip = json!({ "pickup": { "lat": 38.7223, "lon": -9.1393 }, "dropoff": { "lat": 38.7369, "lon": -9.1427 } });
+    let (status, ride) = api.send("POST", "/v1/rides", Some(&token), Some(trip)).await;
+    assert!(status == 201 || status == 202, "{status} {ride}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let request = loop {
+        if let Some(span) = receiver.spans().into_iter().find(|s| s["name"] == "POST /v1/rides") {
+            break span;
+        }
+        assert!(Instant::now() < deadline, "no POST /v1/rides span in 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let trace = request["traceId"].as_str().unwrap().to_owned();
+    let is_system =
+        |s: &Value| s["name"].as_str().is_some_and(|n| n.starts_with("process ") && n.ends_with("system-commands"));
+    let spans = receiver.trace(&trace, |spans| spans.iter().any(is_system)).await;
+    let fired = call_span(&spans, "fire timer");
+    let process = spans.iter().find(|s| is_system(s)).unwrap();
+    assert!(descends_from(&spans, process, &fired), "the timer's command is processed under its firing");
+    // The timer was set while the request's command was processed.
+    let request_process = spans
+        .iter()
+        .find(|s| s["name"].as_str().is_some_and(|n| n.starts_with("process ") && n.ends_with("ride.commands")))
+        .unwrap();
+    assert!(descends_from(&spans, request_process, &request));
+    assert!(descends_from(&spans, &fired, request_process), "the timer keeps the context of the command that set it");
+}
+
 fn call_span(spans: &[Value], name: &str) -> Value {
     named(spans, name).first().map(|s| (*s).clone()).unwrap_or_else(|| panic!("no {name} span"))
 }
@@ -425,6 +468,8 @@ async fn a_real_prometheus_scrapes_every_process_and_answers_the_business_questi
     query(&client, &url, r#"sum(ridehail_records_consumed_total{outcome="processed"})"#, |v| v >= 8.0).await;
     query(&client, &url, r#"count(ridehail_port_call_duration_seconds_count{backend="mongodb"})"#, |v| v >= 3.0).await;
     query(&client, &url, "sum(ridehail_circuit_breaker_open)", exactly(0.0)).await;
+    // The ride reads went through the Redis cache.
+    query(&client, &url, r#"sum(ridehail_cache_reads_total{view="ride"})"#, |v| v >= 1.0).await;
     let _ = &stack.env;
 }
 
