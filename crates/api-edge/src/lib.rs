@@ -13,6 +13,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod limits;
+pub mod live;
 pub mod password;
 pub mod routes;
 pub mod server;
@@ -81,6 +82,12 @@ pub struct EdgeConfig {
     /// that the edge answers 503 at once instead of queueing, so an overload cannot build up latency
     /// and memory without bound.
     pub max_in_flight: usize,
+    /// Live-update streams (`/v1/rides/{id}/updates`) one user may hold open on one edge.
+    pub max_streams_per_user: usize,
+    /// A stream with no wake-up looks at its ride again after this long, in seconds.
+    pub live_recheck_seconds: u64,
+    /// A comment line on every open stream this often, in seconds.
+    pub live_heartbeat_seconds: u64,
 }
 
 impl EdgeConfig {
@@ -156,6 +163,9 @@ impl Default for EdgeConfig {
             max_connections: 1024,
             tls: None,
             max_in_flight: 256,
+            max_streams_per_user: 4,
+            live_recheck_seconds: 5,
+            live_heartbeat_seconds: 15,
         }
     }
 }
@@ -177,6 +187,10 @@ pub struct Shared {
     pub login_passwords: password::PasswordPool,
     /// Key of the keyed hashes that stand in for personal data (audit lines, sign-up idempotency).
     pub hash_key: secrecy::SecretString,
+    /// Wakes the live-update streams of the rides that change.
+    pub live: Arc<live::RideFeed>,
+    /// Cancelled when the edge shuts down: open streams end (clients reconnect with their ids).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl std::ops::Deref for AppState {
@@ -198,6 +212,8 @@ impl AppState {
             signup_passwords,
             login_passwords,
             hash_key,
+            live: Arc::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }))
     }
 
@@ -223,6 +239,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rides", post(rides::request).get(rides::list))
         .route("/v1/rides/{id}", get(rides::get))
         .route("/v1/rides/{id}/history", get(rides::history))
+        .route("/v1/rides/{id}/updates", get(live::updates))
         .route("/v1/rides/{id}/cancel", post(rides::cancel))
         .route("/v1/rides/{id}/rating", post(rides::rate))
         .route("/v1/rides/{id}/accept", post(rides::accept))

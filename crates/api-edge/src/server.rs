@@ -158,6 +158,16 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
         }
         None => None,
     };
+    // Live updates: this edge follows the ride events on the bus, and its open streams end when it
+    // shuts down (before the graceful wait, which would otherwise wait for them).
+    let live = tokio::spawn(state.live.clone().follow(state.backend.bus.clone(), shutdown.clone()));
+    {
+        let (streams, shutdown) = (state.shutdown.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            streams.cancel();
+        });
+    }
     let router = crate::router(state);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -213,6 +223,11 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
     }
     drop(listener);
     graceful.shutdown().await;
+    match live.await {
+        Ok(Err(e)) => tracing::warn!(error = format!("{e:#}"), "the live-update feed stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "the live-update feed panicked"),
+        Ok(Ok(())) => {}
+    }
     Ok(())
 }
 

@@ -2,8 +2,9 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse as _, Response};
 use ridehail_events::CommandId;
-use ridehail_ports::CommandStatus;
 
 use crate::AppState;
 use crate::auth::MaybeAuthUser;
@@ -12,17 +13,29 @@ use crate::extract::parse_id;
 
 /// A command submitted by a user is visible to that user only; a sign-up to whoever holds its
 /// unguessable id; Ridehail's own (timer) commands to nobody.
+///
+/// With `Accept: text/event-stream`, the answer is a stream: the status now, then the final outcome
+/// when it comes.
 pub async fn get(
     State(state): State<AppState>,
     MaybeAuthUser(user): MaybeAuthUser,
     Path(id): Path<String>,
-) -> Result<Json<CommandStatus>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let id: CommandId = parse_id(&id, "command_id")?;
-    let status = state.backend.commands.get(id).await?;
-    match status {
-        Some(s) if s.issued_by.is_none() && s.command_type == "RegisterUser" => Ok(Json(s)),
-        Some(s) if s.issued_by.is_some() && s.issued_by == user.map(|u| u.user_id.0) => Ok(Json(s)),
-        Some(_) if user.is_none() => Err(ApiError::Unauthenticated("a bearer token is required")),
-        _ => Err(ApiError::NotFound("no such command")),
-    }
+    let status = match state.backend.commands.get(id).await? {
+        Some(s) if s.issued_by.is_none() && s.command_type == "RegisterUser" => s,
+        Some(s) if s.issued_by.is_some() && s.issued_by == user.map(|u| u.user_id.0) => s,
+        Some(_) if user.is_none() => return Err(ApiError::Unauthenticated("a bearer token is required")),
+        _ => return Err(ApiError::NotFound("no such command")),
+    };
+    let streamed = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    Ok(if streamed {
+        crate::live::command_outcome(state, status).into_response()
+    } else {
+        Json(status).into_response()
+    })
 }

@@ -25,7 +25,7 @@ use ridehail_ports::Resource;
 pub const MAX_PAGE: usize = 100;
 const DEFAULT_PAGE: usize = 20;
 
-async fn own_ride(state: &AppState, raw_id: &str, user: AuthUser) -> Result<RideView, ApiError> {
+pub(crate) async fn own_ride(state: &AppState, raw_id: &str, user: AuthUser) -> Result<RideView, ApiError> {
     let ride_id: RideId = parse_id(raw_id, "ride_id")?;
     crate::views::visible_ride(state, ride_id, Some(user)).await?.ok_or(ApiError::NotFound("no such ride"))
 }
