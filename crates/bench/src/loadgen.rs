@@ -39,13 +39,17 @@ pub struct Args {
     /// PID of the server, to report its memory.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Follow each ride's live updates (`/v1/rides/{id}/updates`) from its offer on, and report the
+    /// delay from each later event's `occurred_at` to its arrival on the stream.
+    #[arg(long)]
+    watch: bool,
 }
 
 const CENTRE: (f64, f64) = (38.7223, -9.1393);
 
-struct Party {
-    id: String,
-    token: String,
+pub(crate) struct Party {
+    pub(crate) id: String,
+    pub(crate) token: String,
 }
 
 #[derive(Default)]
@@ -97,6 +101,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // One ride under way per rider: each ride takes a free rider and gives them back after the cancel.
     let riders = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(riders)));
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let live = args.watch.then(|| Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap())));
     let counters = Arc::new(Counters::default());
     let in_flight = Arc::new(Semaphore::new(args.max_in_flight));
     let mut tasks = tokio::task::JoinSet::new();
@@ -118,9 +123,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         sent += 1;
         let (client, base, riders, drivers) = (client.clone(), base.clone(), riders.clone(), driver_tokens.clone());
-        let (histogram, counters) = (histogram.clone(), counters.clone());
+        let (histogram, counters, live) = (histogram.clone(), counters.clone(), live.clone());
         tasks.spawn(async move {
-            let outcome = one_ride(&client, &base, &rider, &drivers).await;
+            let outcome = one_ride(&client, &base, &rider, &drivers, live).await;
             riders.lock().unwrap_or_else(|p| p.into_inner()).push_back(rider);
             match outcome {
                 Ok(Some(latency)) => {
@@ -161,6 +166,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "latency_ms": { "p50": ms(0.50), "p95": ms(0.95), "p99": ms(0.99), "max": h.max() as f64 / 1000.0 },
         "server_memory": args.server_pid.and_then(memory_of),
     });
+    let mut report = report;
+    if let Some(live) = &live {
+        let h = live.lock().await;
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        report["live_update_delay_ms"] = json!({
+            "events": h.len(), "p50": ms(0.50), "p95": ms(0.95), "p99": ms(0.99), "max": h.max() as f64 / 1000.0
+        });
+    }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
@@ -183,6 +196,7 @@ async fn one_ride(
     base: &str,
     rider: &Party,
     drivers: &std::collections::HashMap<String, String>,
+    live: Option<Arc<Mutex<Histogram<u64>>>>,
 ) -> anyhow::Result<Option<Duration>> {
     let (pickup, dropoff) = trip();
     let start = Instant::now();
@@ -202,6 +216,18 @@ async fn one_ride(
         return Ok(None);
     };
     let token = drivers.get(driver_id).context("offer to an unknown driver")?;
+    if let Some(live) = live {
+        // Connected before the accept: what follows (assigned, cancelled) arrives live.
+        let offered = ride["version"].as_u64().unwrap_or(2).to_string();
+        let stream = client
+            .get(format!("{base}/v1/rides/{ride_id}/updates"))
+            .bearer_auth(&rider.token)
+            .header("last-event-id", offered)
+            .send()
+            .await?
+            .error_for_status()?;
+        tokio::spawn(watch(stream, live));
+    }
     let assigned: Value = client
         .post(format!("{base}/v1/rides/{ride_id}/accept"))
         .bearer_auth(token)
@@ -215,6 +241,31 @@ async fn one_ride(
     anyhow::ensure!(assigned["status"] == "driver_assigned", "ride not assigned: {assigned}");
     cancel(client, base, &rider.token, &ride_id).await;
     Ok(Some(latency))
+}
+
+/// Records, for each event of a ride's stream, the delay from its `occurred_at` to now, until the
+/// ride is cancelled (the load's last step) or 20 s have passed.
+async fn watch(stream: reqwest::Response, live: Arc<Mutex<Histogram<u64>>>) {
+    use futures::StreamExt as _;
+    let mut body = stream.bytes_stream();
+    let mut buffer = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, body.next()).await {
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) else { continue };
+            let Ok(event) = serde_json::from_str::<Value>(data.trim()) else { continue };
+            let occurred = event["occurred_at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            if let Some(occurred) = occurred {
+                let delay = chrono::Utc::now().signed_duration_since(occurred).num_microseconds().unwrap_or(0);
+                let _ = live.lock().await.record(delay.max(1) as u64);
+            }
+            if event["event_type"] == "RideCancelled" {
+                return;
+            }
+        }
+    }
 }
 
 async fn cancel(client: &reqwest::Client, base: &str, token: &str, ride_id: &str) {
@@ -252,7 +303,12 @@ async fn register_many(
     Ok(parties)
 }
 
-async fn register_and_login(client: &reqwest::Client, base: &str, email: &str, role: &str) -> anyhow::Result<Party> {
+pub(crate) async fn register_and_login(
+    client: &reqwest::Client,
+    base: &str,
+    email: &str,
+    role: &str,
+) -> anyhow::Result<Party> {
     let password = "load-test-password-123";
     let mut body = json!({ "email": email, "password": password, "name": "Load Test", "role": role });
     if role == "driver" {

@@ -10,6 +10,7 @@
 
 mod bench_bus;
 mod bench_reads;
+mod bench_streams;
 mod loadgen;
 
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ enum Command {
     Loadgen(loadgen::Args),
     /// Read-path load: `GET /v1/rides/{id}` on an edge, or a bare Redis `GET` (the ceiling).
     BenchReads(bench_reads::Args),
+    /// Open live-update streams on one edge and report its memory per stream.
+    BenchStreams(bench_streams::Args),
     /// Raw ceiling of a bus: one producer and one consumer on a scratch topic.
     BenchBus {
         #[command(flatten)]
@@ -81,6 +84,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Loadgen(args) => loadgen::run(args).await,
+            Command::BenchStreams(args) => bench_streams::run(args).await,
             Command::BenchReads(args) => bench_reads::run(args).await,
             Command::BenchBus { bus, args } => {
                 let report = bench_bus::run(bus.open().await?, &args).await?;
