@@ -210,7 +210,14 @@ impl IntoResponse for ApiError {
                 problem(S::INTERNAL_SERVER_ERROR, &failure.code, "Command failed", Some(failure.detail), vec![])
             }
             Self::Unavailable(e) => {
-                tracing::error!(error = format!("{e:#}"), "dependency unavailable");
+                // Once per interval, with the count held back: an outage fails every request, and a
+                // line each would flood the logs (the 503s are counted in the metrics anyway).
+                static UNAVAILABLE: std::sync::OnceLock<ridehail_ports::LogLimiter> = std::sync::OnceLock::new();
+                let limiter =
+                    UNAVAILABLE.get_or_init(|| ridehail_ports::LogLimiter::new(std::time::Duration::from_secs(10)));
+                if let Some(held_back) = limiter.occurred(std::time::Instant::now()) {
+                    tracing::error!(error = format!("{e:#}"), held_back, "dependency unavailable");
+                }
                 let mut response = problem(
                     S::SERVICE_UNAVAILABLE,
                     "unavailable",

@@ -11,6 +11,7 @@
 //! Wire enums are append-only: a variant is never removed or renamed, and a payload that changes shape
 //! gets a new schema version with an upcaster in [`envelope::upcast`].
 
+pub mod asyncapi;
 pub mod envelope;
 pub mod geo;
 pub mod ids;

@@ -73,3 +73,38 @@ fn every_schema_pins_its_type_and_version() {
         assert!(props["payload"].is_object(), "{}", file.path);
     }
 }
+
+/// `asyncapi/ridehail.json` is generated from the same types; regenerate it the same way.
+#[test]
+fn asyncapi_on_disk_matches_the_types() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(ridehail_events::asyncapi::PATH);
+    let generated = ridehail_events::asyncapi::contents();
+    if std::env::var_os("RIDEHAIL_UPDATE_SCHEMAS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == generated,
+        "{} drifted from the types (regenerate with RIDEHAIL_UPDATE_SCHEMAS=1)",
+        path.display()
+    );
+}
+
+#[test]
+fn every_public_event_is_a_message_of_its_topic_s_channel_and_refers_to_its_schema_file() {
+    let document = ridehail_events::asyncapi::document();
+    let events: Vec<_> = catalogue().into_iter().filter(|f| f.path.starts_with("events/")).collect();
+    assert!(events.len() >= 10);
+    for file in events {
+        let channel = if file.path.starts_with("events/ride/") { "rideEvents" } else { "userEvents" };
+        let title = file.schema["title"].as_str().unwrap();
+        let key = title.replace(" v", ".v");
+        assert!(document["channels"][channel]["messages"][&key].is_object(), "{key} in {channel}");
+        let payload = &document["components"]["messages"][&key]["payload"]["$ref"];
+        assert_eq!(payload.as_str(), Some(format!("../schemas/{}", file.path).as_str()));
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas").join(&file.path);
+        assert!(target.exists(), "{} exists", target.display());
+    }
+    assert_eq!(document["channels"]["deadLetters"]["address"], "ridehail.dead-letters");
+}

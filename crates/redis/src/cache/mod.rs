@@ -2,7 +2,6 @@
 //! store-if-newer script, counters and the fallback when Redis fails (the crate documentation describes
 //! the guarantees).
 
-mod log_limiter;
 mod rides;
 mod users;
 
@@ -20,7 +19,7 @@ pub use rides::CachedRideViews;
 pub use users::CachedUserViews;
 
 use crate::client::RedisClient;
-pub(crate) use log_limiter::LogLimiter;
+pub(crate) use ridehail_ports::LogLimiter;
 
 /// Keys remembered for deletion while Redis is down; beyond this, a stale entry lives until its TTL.
 const MAX_PENDING_DELETES: usize = 10_000;

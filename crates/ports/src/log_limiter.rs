@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 /// Lets through at most one log line per interval for a condition that may repeat on every request
 /// (Redis down), and counts the ones held back so the next line can say how many there were.
 #[derive(Debug)]
-pub(crate) struct LogLimiter {
+pub struct LogLimiter {
     interval: Duration,
     state: Mutex<State>,
 }
@@ -16,13 +16,13 @@ struct State {
 }
 
 impl LogLimiter {
-    pub(crate) fn new(interval: Duration) -> Self {
+    pub fn new(interval: Duration) -> Self {
         Self { interval, state: Mutex::default() }
     }
 
     /// Records an occurrence at `now`. `Some(n)` = log it, mentioning the `n` occurrences held back since
     /// the last line; `None` = stay quiet.
-    pub(crate) fn occurred(&self, now: Instant) -> Option<u64> {
+    pub fn occurred(&self, now: Instant) -> Option<u64> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let due = state.last_logged.is_none_or(|last| now.saturating_duration_since(last) >= self.interval);
         if due {
