@@ -114,10 +114,10 @@ pub async fn correlation_layer(mut req: Request, next: Next) -> Response {
         .collect();
     ridehail_runtime::propagation::adopt(&span, &trace_headers);
     let started = std::time::Instant::now();
-    let in_flight = metrics::gauge!(ridehail_runtime::metrics::HTTP_IN_FLIGHT);
-    in_flight.increment(1.0);
+    // Counted down on drop: a request whose client went away is no longer in flight either.
+    let in_flight = InFlight::enter();
     let mut response = next.run(req).instrument(span.clone()).await;
-    in_flight.decrement(1.0);
+    drop(in_flight);
     let status = response.status().as_u16();
     span.record("http.response.status_code", i64::from(status));
     if response.status().is_server_error() {
@@ -128,6 +128,23 @@ pub async fn correlation_layer(mut req: Request, next: Next) -> Response {
         response.headers_mut().insert(CORRELATION_HEADER.clone(), value);
     }
     response
+}
+
+/// One request in `ridehail_http_requests_in_flight`, for as long as it lives.
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn enter() -> Self {
+        let gauge = metrics::gauge!(ridehail_runtime::metrics::HTTP_IN_FLIGHT);
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// What a command submission needs from the request's headers.

@@ -88,7 +88,28 @@ impl RideFeed {
             ConsumerConfig::new(format!("edge-live-{}", Uuid::new_v4()), &[ridehail_events::topics::RIDE_EVENTS]);
         config.start = StartFrom::Latest;
         config.poll_wait = Duration::from_millis(100);
-        ridehail_runtime::consumer::run(bus, Arc::new(Waker(self)), config, shutdown).await
+        // A bus away at start-up (or a subscription lost) is waited out; meanwhile the streams
+        // re-check on their own every `live_recheck_seconds`.
+        let mut waits = config.unavailable_retry.delays();
+        let handler: Arc<dyn MessageHandler> = Arc::new(Waker(self));
+        loop {
+            match ridehail_runtime::consumer::run(bus.clone(), handler.clone(), config.clone(), shutdown.clone()).await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let wait = waits.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        retry_in_ms = wait.as_millis() as u64,
+                        "live-update feed stopped; restarting"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                }
+            }
+        }
     }
 }
 
