@@ -49,6 +49,18 @@ impl Receiver {
         text.lines().filter(|l| l.starts_with('{')).filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
+    /// The first span named `name` (or fails after 30 s).
+    async fn first(&self, name: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(span) = self.spans().into_iter().find(|s| s["name"] == name) {
+                return span;
+            }
+            assert!(Instant::now() < deadline, "no {name} span in 30 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The spans of `trace`, once `ready` holds of them (or fails after 30 s).
     async fn trace(&self, trace: &str, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -263,14 +275,8 @@ async fn on_the_embedded_bus_too_a_command_s_consumption_continues_its_publish()
     let server = Server::start(&dir.path().join("data"), &as_refs(&env));
     let api = Api::new(&server.url);
     support::readme_session(&api).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let request = loop {
-        if let Some(span) = receiver.spans().into_iter().find(|s| s["name"] == "POST /v1/rides") {
-            break span;
-        }
-        assert!(Instant::now() < deadline, "no POST /v1/rides span in 30 s (the server logs at `warn`)");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    // The server logs at `warn`: its spans are exported all the same.
+    let request = receiver.first("POST /v1/rides").await;
     let trace = request["traceId"].as_str().unwrap().to_owned();
     // The request's command: its publish, and its consumption (the trace holds the events' publish too).
     let command = |prefix: &str, s: &Value| {
@@ -341,14 +347,7 @@ async fn a_timer_s_command_continues_the_trace_of_the_command_that_set_it() {
     let trip = json!({ "pickup": { "lat": 38.7223, "lon": -9.1393 }, "dropoff": { "lat": 38.7369, "lon": -9.1427 } });
     let (status, ride) = api.send("POST", "/v1/rides", Some(&token), Some(trip)).await;
     assert!(status == 201 || status == 202, "{status} {ride}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let request = loop {
-        if let Some(span) = receiver.spans().into_iter().find(|s| s["name"] == "POST /v1/rides") {
-            break span;
-        }
-        assert!(Instant::now() < deadline, "no POST /v1/rides span in 30 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let request = receiver.first("POST /v1/rides").await;
     let trace = request["traceId"].as_str().unwrap().to_owned();
     let is_system =
         |s: &Value| s["name"].as_str().is_some_and(|n| n.starts_with("process ") && n.ends_with("system-commands"));

@@ -46,25 +46,13 @@ impl Server {
             command.env(k, v);
         }
         let mut child = command.spawn().expect("ridehail starts");
-        if let (Some(log), Some(stderr)) = (log, child.stderr.take()) {
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push(line);
-                }
-            });
+        if let Some(log) = log {
+            collect_stderr(&mut child, &log);
         }
         let stdout = child.stdout.take().unwrap();
         // Killed on drop even if the URL never comes.
         let child = Worker(Some(child));
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("ridehail listening on ") {
-                    let _ = tx.send(url.to_owned());
-                }
-            }
-        });
-        let url = rx.recv_timeout(Duration::from_secs(30)).expect("ridehail printed its URL");
+        let url = printed(stdout, "ridehail listening on ").expect("ridehail printed its URL");
         Server { child: child.into_inner(), url }
     }
 
@@ -132,14 +120,7 @@ pub fn start_worker_logged(data_dir: &Path, worker: &str, env: &[(&str, &str)], 
         .stderr(Stdio::piped())
         .spawn()
         .expect("worker starts");
-    if let Some(stderr) = child.stderr.take() {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log.lock().unwrap().push(line);
-            }
-        });
-    }
+    collect_stderr(&mut child, log);
     Worker(Some(child))
 }
 
@@ -154,6 +135,15 @@ pub fn start_worker_with_admin(data_dir: &Path, worker: &str, env: &[(&str, &str
         .stderr(Stdio::piped())
         .spawn()
         .expect("worker starts");
+    collect_stderr(&mut child, log);
+    let stdout = child.stdout.take().unwrap();
+    let worker = Worker(Some(child));
+    let url = printed(stdout, "ridehail admin listening on ").expect("the worker printed its admin URL");
+    (worker, url)
+}
+
+/// Keeps every line the child writes to its (piped) stderr in `log`.
+fn collect_stderr(child: &mut Child, log: &Log) {
     if let Some(stderr) = child.stderr.take() {
         let log = log.clone();
         std::thread::spawn(move || {
@@ -162,18 +152,20 @@ pub fn start_worker_with_admin(data_dir: &Path, worker: &str, env: &[(&str, &str
             }
         });
     }
-    let stdout = child.stdout.take().unwrap();
-    let worker = Worker(Some(child));
+}
+
+/// What follows `prefix` on the first stdout line that starts with it, within 30 s (the rest of the
+/// output is read and dropped, so the child never blocks on a full pipe).
+fn printed(stdout: std::process::ChildStdout, prefix: &'static str) -> Option<String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("ridehail admin listening on ") {
-                let _ = tx.send(url.to_owned());
+            if let Some(rest) = line.strip_prefix(prefix) {
+                let _ = tx.send(rest.to_owned());
             }
         }
     });
-    let url = rx.recv_timeout(Duration::from_secs(30)).expect("the worker printed its admin URL");
-    (worker, url)
+    rx.recv_timeout(Duration::from_secs(30)).ok()
 }
 
 impl Worker {

@@ -170,6 +170,9 @@ struct Cursor {
 
 impl Drop for Cursor {
     fn drop(&mut self) {
+        // Let go of this stream's receiver first (fields drop only after this runs), or the ride
+        // would still count as watched and stay in the feed for ever.
+        drop(std::mem::replace(&mut self.changes, watch::channel(0).1));
         self.state.live.forget_unwatched(self.ride);
     }
 }

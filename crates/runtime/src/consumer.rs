@@ -271,13 +271,18 @@ async fn report_lag(
         }
     };
     let finished = progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let stored = match subscription.committed().await {
-        Ok(list) => list.into_iter().map(|p| ((p.topic, p.partition), p.offset)).collect(),
-        Err(_) => HashMap::new(),
-    };
+    let known = |key: &(String, u32)| finished.get(key).or(committed.get(key)).copied();
+    // The group's stored offsets (a round trip to the broker) only for partitions this member has
+    // not finished anything on yet.
+    let mut stored = HashMap::new();
+    if ends.iter().any(|e| known(&(e.topic.clone(), e.partition)).is_none())
+        && let Ok(list) = subscription.committed().await
+    {
+        stored = list.into_iter().map(|p| ((p.topic, p.partition), p.offset)).collect();
+    }
     for end in ends {
         let key = (end.topic.clone(), end.partition);
-        let done = finished.get(&key).or(committed.get(&key)).or(stored.get(&key)).copied().unwrap_or(0);
+        let done = known(&key).or(stored.get(&key).copied()).unwrap_or(0);
         crate::metrics::lag(&end.topic, end.partition, group, end.offset.saturating_sub(done));
     }
 }

@@ -52,21 +52,22 @@ pub fn extract(headers: &[(String, String)]) -> opentelemetry::Context {
 /// Makes `span` (not entered yet) a child of the context `headers` carry, linked to it; a span
 /// whose record carries no context starts a trace of its own.
 pub fn follow(span: &tracing::Span, headers: &[(String, String)]) {
-    let parent = extract(headers);
-    let remote = parent.span().span_context().clone();
-    if remote.is_valid() {
-        let _ = span.set_parent(parent);
+    if let Some(remote) = adopt(span, headers) {
         span.add_link(remote);
     }
 }
 
 /// Makes `span` (not entered yet) a child of the context `headers` carry (an HTTP request's
 /// `traceparent`); without one it starts a trace of its own.
-pub fn adopt(span: &tracing::Span, headers: &[(String, String)]) {
+/// Returns the context it adopted.
+pub fn adopt(span: &tracing::Span, headers: &[(String, String)]) -> Option<opentelemetry::trace::SpanContext> {
     let parent = extract(headers);
-    if parent.span().span_context().is_valid() {
-        let _ = span.set_parent(parent);
+    let remote = parent.span().span_context().clone();
+    if !remote.is_valid() {
+        return None;
     }
+    let _ = span.set_parent(parent);
+    Some(remote)
 }
 
 #[cfg(test)]
