@@ -290,7 +290,10 @@ impl Api {
         // reqwest's rustls, enabled in a workspace build by the benchmarks, needs the process's crypto
         // provider: the one the binary installs (ring).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Self { client: reqwest::Client::new(), base: base.to_owned() }
+        // Idle connections are dropped before the edge's own idle timeout (10 s) closes them: a request
+        // sent on a connection the server is closing at that moment is reset, and not retried.
+        let client = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(5)).build().unwrap();
+        Self { client, base: base.to_owned() }
     }
 
     pub async fn send(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
