@@ -13,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 use crate::routes::health;
 
 /// This process's metrics in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics", security(()),
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4.", body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 pub async fn metrics() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

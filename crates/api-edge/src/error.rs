@@ -9,7 +9,7 @@ use serde::Serialize;
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// One invalid field of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -82,16 +82,21 @@ impl ApiError {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct Problem {
+/// An RFC 9457 problem: every 4xx and 5xx answer of the API.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Problem {
+    /// `https://ridehail.example/problems/{code}`.
     #[serde(rename = "type")]
     kind: String,
     title: String,
+    #[schemars(range(min = 400, max = 599))]
     status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<String>,
+    /// Stable and machine-readable: what a client branches on (see each response for its codes).
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<String>,
+    /// The invalid fields (`validation_failed`, `invalid_request`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     errors: Vec<FieldError>,
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod extract;
 pub mod limits;
 pub mod live;
+pub mod openapi;
 pub mod password;
 pub mod routes;
 pub mod server;
@@ -262,7 +263,11 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(admin::metrics))
         .route("/.well-known/jwks.json", get(health::jwks))
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .external_url_unchecked("/openapi.json", openapi::document().clone()),
+        );
     // One semaphore for the whole API (router layers are applied per route). Outermost first: the
     // body is read under its own deadline, then the client's rates are counted, and only then does
     // the request take a place among those in flight.

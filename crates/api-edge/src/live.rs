@@ -192,6 +192,20 @@ fn sse_event(wire: &WireEvent) -> Event {
     Event::default().id(wire.sequence.to_string()).event(wire.event_type.clone()).data(data)
 }
 
+/// The ride's changes as Server-Sent Events: each event is one of the ride's public events (`event:` its
+/// type, `id:` its sequence number, `data:` the event as in `history`), heartbeats as comments.
+#[utoipa::path(get, path = "/v1/rides/{id}/updates", tag = "rides", operation_id = "rideUpdates",
+    security(("bearer" = [])),
+    params(
+        ("id" = uuid::Uuid, Path, description = "The ride id."),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event: the `id` of the last event received."),
+    ),
+    responses(
+        (status = 200, description = "The stream, from the first event (or after `Last-Event-ID`).", body = String, content_type = "text/event-stream"),
+        (status = 404, description = "`not_found`: no such ride, or not the caller's to see."),
+        (status = 422, description = "`validation_failed`: `Last-Event-ID` is not a sequence number."),
+        (status = 429, description = "`too_many_streams`: the caller has as many streams open as allowed."),
+    ))]
 pub async fn updates(
     State(state): State<AppState>,
     user: AuthUser,

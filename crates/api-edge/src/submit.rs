@@ -9,13 +9,12 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ridehail_events::{Actor, CommandEnvelope, CommandId, Message};
+use ridehail_events::{Actor, CommandEnvelope, CommandId, CorrelationId, Message};
 use ridehail_ports::{CommandState, CommandStatus, IdempotencyClaim, Resource, StoredResponse};
 use ridehail_runtime::records::command_record;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -214,18 +213,58 @@ fn accepted_response(status: &CommandStatus, resource: Resource) -> Response {
     response
 }
 
+/// The body of a `202 Accepted`: where to follow the command and read what it acts on.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Accepted {
+    pub command_id: CommandId,
+    pub correlation_id: CorrelationId,
+    pub status: SubmittedState,
+    /// `/v1/commands/{command_id}` (also in `Location`).
+    pub status_url: String,
+    /// The ride the command acts on (ride commands).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ride_id: Option<Uuid>,
+    /// The user the command acts on (sign-ups, profile and driver commands).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Uuid>,
+    pub resource_url: String,
+}
+
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubmittedState {
+    Pending,
+}
+
+/// The answer to `Prefer: wait` when the command was accepted but its resource cannot be shown yet.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct AcceptedOutcome {
+    pub command_id: CommandId,
+    pub status: OutcomeState,
+}
+
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeState {
+    Accepted,
+}
+
 /// Status, headers and JSON body of the 202 answer.
 fn accepted_parts(status: &CommandStatus, resource: Resource) -> (StatusCode, Vec<(String, String)>, Vec<u8>) {
     let status_url = format!("/v1/commands/{}", status.command_id);
-    let (id_name, id) = resource.id_field();
-    let body = json!({
-        "command_id": status.command_id,
-        "correlation_id": status.correlation_id,
-        "status": "pending",
-        "status_url": status_url,
-        id_name: id,
-        "resource_url": resource.url(),
-    });
+    let (ride_id, user_id) = match resource {
+        Resource::Ride(id) => (Some(id), None),
+        Resource::User(id) => (None, Some(id)),
+    };
+    let body = Accepted {
+        command_id: status.command_id,
+        correlation_id: status.correlation_id,
+        status: SubmittedState::Pending,
+        status_url: status_url.clone(),
+        ride_id,
+        user_id,
+        resource_url: resource.url(),
+    };
     let headers = vec![
         (header::CONTENT_TYPE.as_str().to_owned(), "application/json".to_owned()),
         (header::LOCATION.as_str().to_owned(), status_url),
@@ -253,7 +292,10 @@ async fn outcome_response(
         }
         Resource::User(id) => views::profile_json(state, id.into()).await?,
     };
-    let body = body.unwrap_or_else(|| json!({ "command_id": status.command_id, "status": "accepted" }));
+    let body = body.unwrap_or_else(|| {
+        serde_json::to_value(AcceptedOutcome { command_id: status.command_id, status: OutcomeState::Accepted })
+            .unwrap_or_default()
+    });
     let code = if creates { StatusCode::CREATED } else { StatusCode::OK };
     let mut response = (code, axum::Json(body)).into_response();
     if let Ok(location) = HeaderValue::from_str(&resource.url()) {

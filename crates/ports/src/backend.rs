@@ -24,7 +24,7 @@ pub struct Backend {
 }
 
 /// The outcome of one dependency check, for readiness probes.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct DependencyHealth {
     pub name: &'static str,
     pub ok: bool,

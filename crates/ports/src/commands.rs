@@ -7,7 +7,7 @@ use ridehail_events::{Actor, CommandEnvelope, CommandId, CorrelationId, Message}
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandState {
     Pending,
@@ -19,7 +19,7 @@ pub enum CommandState {
 
 /// Why a command failed: what a client may read (the full reason is on the dead letter and in the
 /// logs, which may name internal hosts and data).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Failure {
     /// `poison_message` (it can never be processed as sent) or `processing_failed`.
     pub code: String,
@@ -42,7 +42,7 @@ impl Failure {
 }
 
 /// How a rejection maps to a client's expectations (and to an HTTP status at the edge).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectionKind {
     /// The target does not exist (or is not the caller's).
@@ -55,7 +55,7 @@ pub enum RejectionKind {
     Forbidden,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Rejection {
     pub kind: RejectionKind,
     /// Stable machine-readable code, e.g. `ride_not_offered_to_driver`.
@@ -65,7 +65,7 @@ pub struct Rejection {
 }
 
 /// What happened to a submitted command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CommandStatus {
     pub command_id: CommandId,
     pub correlation_id: CorrelationId,
@@ -100,14 +100,6 @@ impl Resource {
         match self {
             Self::Ride(id) => format!("/v1/rides/{id}"),
             Self::User(_) => "/v1/me".to_owned(),
-        }
-    }
-
-    /// The JSON field naming the resource's id in a `202` answer, and the id.
-    pub fn id_field(&self) -> (&'static str, Uuid) {
-        match self {
-            Self::Ride(id) => ("ride_id", *id),
-            Self::User(id) => ("user_id", *id),
         }
     }
 }

@@ -6,14 +6,14 @@ use ridehail_events::{GeoPoint, RideId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// How a ride ended early.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Cancellation {
     pub cancelled_by: Canceller,
     pub reason: String,
 }
 
 /// The ride as clients see it: a projection of the ride's events.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RideView {
     pub ride_id: RideId,
     pub rider_id: UserId,

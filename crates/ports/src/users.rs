@@ -7,7 +7,7 @@ use ridehail_events::user::{PasswordHash, Vehicle};
 use serde::{Deserialize, Serialize};
 
 /// A user's profile, as shown to the user. Holds no credential.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UserProfile {
     pub user_id: UserId,
     pub email: String,

@@ -16,6 +16,15 @@ use crate::extract::parse_id;
 ///
 /// With `Accept: text/event-stream`, the answer is a stream: the status now, then the final outcome
 /// when it comes.
+#[utoipa::path(get, path = "/v1/commands/{id}", tag = "commands", operation_id = "getCommand",
+    security((), ("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The command id of a `202 Accepted`.")),
+    responses(
+        (status = 200, description = "The command's status; with `Accept: text/event-stream`, a stream: a `status` event now, and another with the final state when it comes.",
+            content((ref("#/components/schemas/CommandStatus") = "application/json"), (String = "text/event-stream"))),
+        (status = 401, description = "`unauthenticated`: the command was submitted by a user; their token is needed."),
+        (status = 404, description = "`not_found`: no such command, or not the caller's."),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     MaybeAuthUser(user): MaybeAuthUser,

@@ -15,7 +15,8 @@ use crate::extract::{CommandHeaders, ValidJson};
 use crate::submit::{Submission, fingerprint, submit};
 use ridehail_ports::Resource;
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Going online (optionally from a position) or offline.
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AvailabilityRequest {
     pub online: bool,
@@ -36,6 +37,15 @@ fn driver_submission(user: AuthUser, command: UserCommand) -> Submission<UserCom
     }
 }
 
+/// Go online (to receive offers) or offline.
+#[utoipa::path(put, path = "/v1/drivers/me/availability", tag = "drivers", operation_id = "setAvailability",
+    security(("bearer" = [])),
+    request_body(content = ref("#/components/schemas/AvailabilityRequest"), content_type = "application/json"),
+    responses(
+        (status = 202, description = "Submitted: follow `status_url`.", body = ref("#/components/schemas/Accepted")),
+        (status = 200, description = "With `Prefer: wait`: the driver's profile.", body = ref("#/components/schemas/UserProfile")),
+        (status = 403, description = "`forbidden`: only drivers have an availability."),
+    ))]
 pub async fn set_availability(
     State(state): State<AppState>,
     user: AuthUser,
@@ -49,6 +59,15 @@ pub async fn set_availability(
     submit(&state, &headers, &user.user_id.to_string(), fp, driver_submission(user, command)).await
 }
 
+/// Where the driver is now (for matching).
+#[utoipa::path(put, path = "/v1/drivers/me/location", tag = "drivers", operation_id = "setLocation",
+    security(("bearer" = [])),
+    request_body(content = ref("#/components/schemas/Position"), content_type = "application/json"),
+    responses(
+        (status = 202, description = "Submitted: follow `status_url`.", body = ref("#/components/schemas/Accepted")),
+        (status = 200, description = "With `Prefer: wait`: the driver's profile.", body = ref("#/components/schemas/UserProfile")),
+        (status = 403, description = "`forbidden`: only drivers have a location."),
+    ))]
 pub async fn set_location(
     State(state): State<AppState>,
     user: AuthUser,

@@ -13,10 +13,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 
 /// A position in a request body; range-checked before anything is published.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Position {
+    /// Latitude in decimal degrees (WGS84).
+    #[schemars(range(min = -90.0, max = 90.0))]
     pub lat: f64,
+    /// Longitude in decimal degrees (WGS84).
+    #[schemars(range(min = -180.0, max = 180.0))]
     pub lon: f64,
 }
 

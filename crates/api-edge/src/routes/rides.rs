@@ -12,7 +12,6 @@ use ridehail_events::ride::*;
 use ridehail_events::{Actor, RideId, WireEvent, topics, validation};
 use ridehail_ports::{RideParty, RideQuery, RideView};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 use super::Position;
 use crate::AppState;
@@ -45,13 +44,24 @@ fn ride_submission(user: AuthUser, ride_id: RideId, command: RideCommand, create
 
 // ------------------------------------------------------------------ rider
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A ride wanted from `pickup` to `dropoff` (at least 50 m and at most 150 km apart).
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RideRequest {
     pub pickup: Position,
     pub dropoff: Position,
 }
 
+/// Request a ride (riders; one ride at a time).
+#[utoipa::path(post, path = "/v1/rides", tag = "rides", operation_id = "requestRide", security(("bearer" = [])),
+    request_body(content = ref("#/components/schemas/RideRequest"), content_type = "application/json"),
+    responses(
+        (status = 202, description = "Submitted: follow `status_url`, or the ride's `updates`.", body = ref("#/components/schemas/Accepted")),
+        (status = 201, description = "With `Prefer: wait`: the ride, being matched.", body = ref("#/components/schemas/RideView")),
+        (status = 403, description = "`forbidden`: only riders request rides."),
+        (status = 409, description = "With `Prefer: wait`: `active_ride_exists`, the rider has a ride in progress."),
+        (status = 422, description = "`validation_failed`: a position is out of range, or the trip is shorter than 50 m or longer than 150 km."),
+    ))]
 pub async fn request(
     State(state): State<AppState>,
     user: AuthUser,
@@ -80,6 +90,16 @@ pub async fn request(
 
 /// One ride. While the store is down, an older copy from the cache is served, marked
 /// `X-Ridehail-Stale: true` with its `Age` in seconds.
+#[utoipa::path(get, path = "/v1/rides/{id}", tag = "rides", operation_id = "getRide", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The ride id.")),
+    responses(
+        (status = 200, description = "The ride (its rider's, its driver's, or offered to the caller).", body = ref("#/components/schemas/RideView"),
+            headers(
+                ("X-Ridehail-Stale" = String, description = "`true` when the store is down and this is an older copy from the cache."),
+                ("Age" = u64, description = "With `X-Ridehail-Stale`: how old the copy is, in seconds."),
+            )),
+        (status = 404, description = "`not_found`: no such ride, or not the caller's to see."),
+    ))]
 pub async fn get(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<Response, ApiError> {
     use axum::response::IntoResponse as _;
     let ride_id: RideId = parse_id(&id, "ride_id")?;
@@ -102,11 +122,22 @@ pub struct ListParams {
     pub cursor: Option<String>,
 }
 
+/// The caller's rides (as rider, or as driver), newest first.
+#[utoipa::path(get, path = "/v1/rides", tag = "rides", operation_id = "listRides", security(("bearer" = [])),
+    params(
+        ("status" = Option<String>, Query, description = "Only rides in this state."),
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 100 (default 20).", minimum = 1, maximum = 100),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page.", pattern = "^[A-Za-z0-9_-]{22}$"),
+    ),
+    responses(
+        (status = 200, description = "One page.", body = ref("#/components/schemas/RidePage")),
+        (status = 422, description = "`validation_failed`: `limit`, `status` or `cursor` is invalid."),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     user: AuthUser,
     ValidQuery(params): ValidQuery<ListParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RidePage>, ApiError> {
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::field("limit", format!("must be between 1 and {MAX_PAGE}")));
@@ -123,7 +154,22 @@ pub async fn list(
     };
     let rides = state.backend.rides.list(&RideQuery { party, status, limit, before }).await?;
     let next_cursor = (rides.len() == limit).then(|| rides.last().map(|r| encode_cursor(r.ride_id))).flatten();
-    Ok(Json(json!({ "items": rides, "next_cursor": next_cursor })))
+    Ok(Json(RidePage { items: rides, next_cursor }))
+}
+
+/// One page of the caller's rides, newest first.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct RidePage {
+    pub items: Vec<RideView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A ride's public events, oldest first.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct RideHistory {
+    pub ride_id: RideId,
+    pub events: Vec<WireEvent>,
 }
 
 /// Cursors are opaque to clients: the last ride id of the page, base64url-encoded.
@@ -139,11 +185,18 @@ fn decode_cursor(cursor: &str) -> Result<RideId, ApiError> {
     Ok(RideId(uuid))
 }
 
+/// The ride's public events, oldest first (the analytics schemas of `schemas/`).
+#[utoipa::path(get, path = "/v1/rides/{id}/history", tag = "rides", operation_id = "getRideHistory",
+    security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The ride id.")),
+    responses(
+        (status = 200, description = "The events.", body = ref("#/components/schemas/RideHistory")),
+        (status = 404, description = "`not_found`: no such ride, or not the caller's to see."),
+    ))]
 pub async fn history(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RideHistory>, ApiError> {
     let ride = own_ride(&state, &id, user).await?;
     let events = state.backend.events.read_stream(ride.ride_id.0).await?;
     let public: Vec<WireEvent> = events
@@ -153,16 +206,29 @@ pub async fn history(
             RideEvent::decode(&w.event_type, w.schema_version, w.payload.clone()).is_ok_and(|e| e.is_public())
         })
         .collect();
-    Ok(Json(json!({ "ride_id": ride.ride_id, "events": public })))
+    Ok(Json(RideHistory { ride_id: ride.ride_id, events: public }))
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// Why the ride is cancelled.
+#[derive(Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
+    /// Not blank.
     #[serde(default)]
+    #[schemars(required, length(min = 1, max = 200), regex(pattern = r"\S"))]
     pub reason: String,
 }
 
+/// Cancel the ride (its rider, or its driver before the trip starts).
+#[utoipa::path(post, path = "/v1/rides/{id}/cancel", tag = "rides", operation_id = "cancelRide",
+    security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The ride id.")),
+    request_body(content = ref("#/components/schemas/CancelRequest"), content_type = "application/json"),
+    responses(
+        (status = 202, description = "Submitted: follow `status_url`.", body = ref("#/components/schemas/Accepted")),
+        (status = 200, description = "With `Prefer: wait`: the cancelled ride.", body = ref("#/components/schemas/RideView")),
+        (status = 404, description = "`not_found`: no such ride, or not the caller's to see."),
+        (status = 422, description = "`validation_failed`: the reason is too long."),
+    ))]
 pub async fn cancel(
     State(state): State<AppState>,
     user: AuthUser,
@@ -187,14 +253,27 @@ pub async fn cancel(
     submit(&state, &headers, &user.user_id.to_string(), fp, ride_submission(user, ride.ride_id, command, false)).await
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Stars for the other party of a completed ride.
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RatingRequest {
+    #[schemars(range(min = 1, max = 5))]
     pub stars: u8,
     #[serde(default)]
+    #[schemars(length(max = 500))]
     pub comment: Option<String>,
 }
 
+/// Rate the other party of a completed ride.
+#[utoipa::path(post, path = "/v1/rides/{id}/rating", tag = "rides", operation_id = "rateRide",
+    security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The ride id.")),
+    request_body(content = ref("#/components/schemas/RatingRequest"), content_type = "application/json"),
+    responses(
+        (status = 202, description = "Submitted: follow `status_url`.", body = ref("#/components/schemas/Accepted")),
+        (status = 200, description = "With `Prefer: wait`: the rated ride.", body = ref("#/components/schemas/RideView")),
+        (status = 404, description = "`not_found`: no such ride, or not the caller's to see."),
+        (status = 422, description = "`validation_failed`: stars outside 1 to 5, or the comment is too long."),
+    ))]
 pub async fn rate(
     State(state): State<AppState>,
     user: AuthUser,
@@ -234,7 +313,8 @@ pub enum DriverAction {
     Complete,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The trip as driven (the body may be left out: the fare uses the straight-line distance).
+#[derive(Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     #[serde(default)]
@@ -285,7 +365,8 @@ pub async fn driver_action(
 }
 
 macro_rules! driver_route {
-    ($name:ident, $action:expr) => {
+    ($(#[$meta:meta])* $name:ident, $action:expr) => {
+        $(#[$meta])*
         pub async fn $name(
             State(state): State<AppState>,
             user: AuthUser,
@@ -298,8 +379,63 @@ macro_rules! driver_route {
     };
 }
 
-driver_route!(accept, DriverAction::Accept);
-driver_route!(decline, DriverAction::Decline);
-driver_route!(arrive, DriverAction::Arrive);
-driver_route!(start, DriverAction::Start);
-driver_route!(complete, DriverAction::Complete);
+driver_route!(
+    /// Take the ride offered to the caller.
+    #[utoipa::path(post, path = "/v1/rides/{id}/accept", tag = "drivers", operation_id = "acceptRide",
+        security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The ride id.")), 
+        responses(
+            (status = 202, description = "Submitted: follow `status_url`.", body = ref("#/components/schemas/Accepted")),
+            (status = 200, description = "With `Prefer: wait`: the ride, assigned to the caller.", body = ref("#/components/schemas/RideView")),
+            (status = 403, description = "`forbidden`: only drivers accept rides."),
+            (status = 404, description = "`not_found`: no such ride, or not offered or assigned to the caller."),
+        ))]
+    accept,
+    DriverAction::Accept);
+driver_route!(
+    /// Turn down the ride offered to the caller (it is offered to another driver).
+    #[utoipa::path(post, path = "/v1/rides/{id}/decline", tag = "drivers", operation_id = "declineRide",
+        security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The ride id.")), 
+        responses(
+            (status = 202, description = "Submitted: follow `status_url`.", body = ref("#/components/schemas/Accepted")),
+            (status = 200, description = "With `Prefer: wait`: the ride.", body = ref("#/components/schemas/RideView")),
+            (status = 403, description = "`forbidden`: only drivers decline rides."),
+            (status = 404, description = "`not_found`: no such ride, or not offered or assigned to the caller."),
+        ))]
+    decline,
+    DriverAction::Decline);
+driver_route!(
+    /// The driver is at the pickup.
+    #[utoipa::path(post, path = "/v1/rides/{id}/arrive", tag = "drivers", operation_id = "arriveAtPickup",
+        security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The ride id.")), 
+        responses(
+            (status = 202, description = "Submitted: follow `status_url`.", body = ref("#/components/schemas/Accepted")),
+            (status = 200, description = "With `Prefer: wait`: the ride.", body = ref("#/components/schemas/RideView")),
+            (status = 403, description = "`forbidden`: only drivers arrive rides."),
+            (status = 404, description = "`not_found`: no such ride, or not offered or assigned to the caller."),
+        ))]
+    arrive,
+    DriverAction::Arrive);
+driver_route!(
+    /// The rider is on board.
+    #[utoipa::path(post, path = "/v1/rides/{id}/start", tag = "drivers", operation_id = "startRide",
+        security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The ride id.")), 
+        responses(
+            (status = 202, description = "Submitted: follow `status_url`.", body = ref("#/components/schemas/Accepted")),
+            (status = 200, description = "With `Prefer: wait`: the ride.", body = ref("#/components/schemas/RideView")),
+            (status = 403, description = "`forbidden`: only drivers start rides."),
+            (status = 404, description = "`not_found`: no such ride, or not offered or assigned to the caller."),
+        ))]
+    start,
+    DriverAction::Start);
+driver_route!(
+    /// The trip is over: the fare is computed.
+    #[utoipa::path(post, path = "/v1/rides/{id}/complete", tag = "drivers", operation_id = "completeRide",
+        security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The ride id.")), request_body(content = ref("#/components/schemas/CompleteRequest"), content_type = "application/json", description = "May be left out."),
+        responses(
+            (status = 202, description = "Submitted: follow `status_url`.", body = ref("#/components/schemas/Accepted")),
+            (status = 200, description = "With `Prefer: wait`: the ride, with its fare.", body = ref("#/components/schemas/RideView")),
+            (status = 403, description = "`forbidden`: only drivers complete rides."),
+            (status = 404, description = "`not_found`: no such ride, or not offered or assigned to the caller."),
+        ))]
+    complete,
+    DriverAction::Complete);

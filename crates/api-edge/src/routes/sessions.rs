@@ -9,27 +9,36 @@
 use axum::Json;
 use axum::extract::State;
 use ridehail_events::ids::normalise_email;
+use ridehail_events::{Role, UserId};
 use secrecy::SecretString;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::ValidJson;
 use crate::limits::ClientIp;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
 }
 
+/// Log in: a bearer token for the other operations.
+#[utoipa::path(post, path = "/v1/sessions", tag = "users", operation_id = "login", security(()),
+    request_body(content = ref("#/components/schemas/LoginRequest"), content_type = "application/json"),
+    responses(
+        (status = 200, description = "Logged in.", body = ref("#/components/schemas/Session")),
+        (status = 401, description = "`invalid_credentials`: the e-mail or the password is wrong."),
+        (status = 429, description = "`login_locked`: too many failed logins for this account or client; retry after `Retry-After` seconds."),
+        (status = 503, description = "`unavailable`: also when the password checking queue is full."),
+    ))]
 pub async fn login(
     State(state): State<AppState>,
     client: Option<axum::Extension<ClientIp>>,
     ValidJson(req): ValidJson<LoginRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Session>, ApiError> {
     let limits = &state.config.limits;
     let account = state.keyed_hash(&normalise_email(&req.email));
     let client = client.map(|c| c.0).unwrap_or(ClientIp(None));
@@ -80,11 +89,28 @@ pub async fn login(
         tracing::warn!(error = %e, "could not clear the failed logins of an account");
     }
     let (token, expires_in) = state.keys.issue(credentials.user_id, credentials.role, state.backend.clock.now())?;
-    Ok(Json(json!({
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": expires_in,
-        "user_id": credentials.user_id,
-        "role": credentials.role,
-    })))
+    Ok(Json(Session {
+        access_token: token,
+        token_type: TokenType::Bearer,
+        expires_in,
+        user_id: credentials.user_id,
+        role: credentials.role,
+    }))
+}
+
+/// A bearer token for `Authorization: Bearer …` (RFC 6750).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Session {
+    pub access_token: String,
+    pub token_type: TokenType,
+    /// Seconds until the token expires.
+    #[schemars(range(min = 1))]
+    pub expires_in: i64,
+    pub user_id: UserId,
+    pub role: Role,
+}
+
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub enum TokenType {
+    Bearer,
 }

@@ -16,11 +16,15 @@ use crate::extract::{CommandHeaders, ValidJson};
 use crate::submit::{Submission, fingerprint, submit};
 use ridehail_ports::Resource;
 
-#[derive(Debug, Deserialize)]
+/// A sign-up. Drivers give their vehicle; riders give none.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    #[schemars(email, length(max = 254))]
     pub email: String,
+    #[schemars(length(min = 12, max = 256))]
     pub password: String,
+    #[schemars(length(min = 1, max = 100))]
     pub name: String,
     pub role: Role,
     #[serde(default)]
@@ -86,6 +90,15 @@ fn validate(req: &RegisterRequest) -> Result<(), ApiError> {
     fields.finish()
 }
 
+/// Sign up as a rider or a driver.
+#[utoipa::path(post, path = "/v1/users", tag = "users", operation_id = "register", security(()),
+    request_body(content = ref("#/components/schemas/RegisterRequest"), content_type = "application/json"),
+    responses(
+        (status = 202, description = "Submitted: follow `status_url`.", body = ref("#/components/schemas/Accepted")),
+        (status = 201, description = "With `Prefer: wait`: registered.", body = ref("#/components/schemas/UserProfile")),
+        (status = 422, description = "`validation_failed`: a field is invalid (`errors` names each one)."),
+        (status = 503, description = "`unavailable`: also when the password hashing queue is full."),
+    ))]
 pub async fn register(
     State(state): State<AppState>,
     headers: CommandHeaders,
@@ -125,23 +138,43 @@ pub async fn register(
     submit(&state, &headers, &scope, fp, submission).await
 }
 
-pub async fn me(State(state): State<AppState>, user: AuthUser) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    crate::views::profile_json(&state, user.user_id)
-        .await?
-        .map(axum::Json)
-        .ok_or(ApiError::NotFound("no profile for this user yet"))
+/// The caller's profile.
+#[utoipa::path(get, path = "/v1/me", tag = "users", operation_id = "getMe", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The profile (never a credential).", body = ref("#/components/schemas/UserProfile")),
+        (status = 404, description = "`not_found`: the profile is not projected yet (just after sign-up)."),
+    ))]
+pub async fn me(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<axum::Json<ridehail_ports::UserProfile>, ApiError> {
+    let profile = state.backend.users.profile(user.user_id).await?;
+    profile.map(axum::Json).ok_or(ApiError::NotFound("no profile for this user yet"))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// What to change: at least one of the two (`null` leaves it as it is).
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("anyOf" = [
+    { "required": ["name"], "properties": { "name": { "type": "string" } } },
+    { "required": ["vehicle"], "properties": { "vehicle": { "type": "object" } } },
+]))]
 pub struct ProfileUpdate {
     #[serde(default)]
+    #[schemars(length(min = 1, max = 100))]
     pub name: Option<String>,
     #[serde(default)]
     pub vehicle: Option<Vehicle>,
 }
 
 /// `PATCH /v1/me`: change the name and, for drivers, the vehicle.
+#[utoipa::path(patch, path = "/v1/me", tag = "users", operation_id = "updateMe", security(("bearer" = [])),
+    request_body(content = ref("#/components/schemas/ProfileUpdate"), content_type = "application/json"),
+    responses(
+        (status = 202, description = "Submitted: follow `status_url`.", body = ref("#/components/schemas/Accepted")),
+        (status = 200, description = "With `Prefer: wait`: the updated profile.", body = ref("#/components/schemas/UserProfile")),
+        (status = 422, description = "`validation_failed`: nothing to change, or a field is invalid (a rider gave a vehicle)."),
+    ))]
 pub async fn update_me(
     State(state): State<AppState>,
     user: AuthUser,
