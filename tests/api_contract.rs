@@ -91,7 +91,10 @@ struct Fuzzed {
 /// but `positive_data_acceptance`: the ride rules refuse much schema-valid input on purpose (a trip
 /// of 0 m, a rider rating a ride not yet over), which a schema cannot say (docs/testing.md).
 fn fuzz(cli: &str, url: &str, token: &str, seed: u32) -> Fuzzed {
-    fuzz_document(cli, Path::new(env!("CARGO_MANIFEST_DIR")), "openapi/ridehail.json", url, token, seed, &[])
+    // Run from a scratch directory: schemathesis keeps a `.schemathesis/` of its own where it runs.
+    let scratch = tempfile::TempDir::new().unwrap();
+    let document = Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi/ridehail.json");
+    fuzz_document(cli, scratch.path(), document.to_str().unwrap(), url, token, seed, &[])
 }
 
 fn fuzz_document(cli: &str, dir: &Path, document: &str, url: &str, token: &str, seed: u32, extra: &[&str]) -> Fuzzed {
