@@ -6,6 +6,8 @@
 //! - `ridehail topics apply`: create the Kafka topics (safe to run twice).
 //! - `ridehail migrate up|down|status`: the MongoDB schema migrations.
 //! - `ridehail seed`: demo riders and drivers (development).
+//! - `ridehail config check`: load the settings and say whether they hold.
+//! - `ridehail probe [URL]`: a health check for images without curl.
 //!
 //! Each subcommand is one function below. The benchmarks are a binary of their own
 //! (`ridehail-bench`, crates/bench).
@@ -70,6 +72,18 @@ enum Command {
     },
     /// Creates demo riders and drivers (online, spread over the city centre); safe to run twice.
     Seed(seed::Args),
+    /// Loads the settings (file and `RIDEHAIL__…` variables) and says whether they hold: an unknown
+    /// or misspelt name, a bad value or settings that cannot work together fail, as at start-up.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// GETs a health URL and exits 0 on a 2xx answer (the image's HEALTHCHECK: no curl needed).
+    /// Without a URL, `RIDEHAIL_PROBE_URL`.
+    Probe {
+        #[arg(env = "RIDEHAIL_PROBE_URL", default_value = "http://127.0.0.1:8080/health/live")]
+        url: String,
+    },
     /// Token signing keys.
     Keys {
         #[command(subcommand)]
@@ -101,6 +115,17 @@ enum MigrateAction {
 }
 
 #[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Exits 0, printing `settings ok`, if the settings load; else prints why and exits 1.
+    Check {
+        /// Also load the edge's token and hash keys (`RIDEHAIL_JWT_*`, `RIDEHAIL_HASH_KEY`), as
+        /// `ridehail edge` does before it listens.
+        #[arg(long)]
+        edge: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TopicsAction {
     /// Creates every missing topic with the configured partitions; reports the others. Safe to re-run.
     Apply,
@@ -121,8 +146,36 @@ fn main() -> anyhow::Result<()> {
     // One TLS crypto provider for every client and server in the process (ring; see
     // docs/decisions.md). Installing it first means no library picks another.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Some(Command::Probe { url }) = &cli.command {
+        // Before the settings and the telemetry: a probe is run every few seconds and must stay light.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        return runtime.block_on(probe(url));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(cli))
+}
+
+/// `ridehail probe`: one `GET` over HTTP/1.1 to `url` (`http://host:port/path`), within 3 s.
+async fn probe(url: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let rest = url.strip_prefix("http://").context("the probe URL must be http://host:port/path")?;
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(authority).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        anyhow::Ok(head)
+    };
+    let head = tokio::time::timeout(Duration::from_secs(3), exchange).await.context("no answer within 3 s")??;
+    // "HTTP/1.1 200"
+    let status = std::str::from_utf8(&head[9..12]).ok().and_then(|s| s.parse::<u16>().ok());
+    match status {
+        Some(code) if (200..300).contains(&code) => Ok(()),
+        Some(code) => anyhow::bail!("{url} answered {code}"),
+        None => anyhow::bail!("{url} did not answer HTTP"),
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -162,6 +215,16 @@ async fn execute(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Topics { action: TopicsAction::Apply } => apply_topics(settings).await,
         Command::Migrate { action } => migrate(settings, action).await,
         Command::Seed(args) => seed(settings, &args).await,
+        Command::Config { action: ConfigAction::Check { edge } } => {
+            // Loading the settings (in `run`) was the check; the keys are loaded as the edge does.
+            if edge {
+                api_edge::auth::JwtKeys::new(&settings.token_keys()?, settings.edge.token_policy())?;
+                settings.hash_key()?;
+            }
+            println!("settings ok");
+            Ok(())
+        }
+        Command::Probe { url } => probe(&url).await,
         Command::Keys { action: KeysAction::Generate { out } } => {
             println!("{}", keys::generate(&out)?);
             Ok(())
