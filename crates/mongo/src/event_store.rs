@@ -9,15 +9,19 @@
 //!    one of the writes hit the unique `(aggregate_id, sequence)` index (error 11000): that append fails
 //!    with [`AppendError::Conflict`], the stream's current version as `actual`.
 //!
-//! # Not atomic
-//! Without a multi-document transaction, a batch of several events is written one event after the
-//! other. Ordered insertion stops at the first failure, so what is stored is always a prefix of the
-//! batch with no gaps, but it can be a strict prefix: when the process or the connection dies mid-batch,
-//! or when a concurrent append takes a later sequence number of the batch first (the caller gets a
-//! `Conflict`, but its first events are stored; this is logged). The stream then holds the prefix as
-//! history; the command's retry decides again from that state, like any other reader. Ridehail's
-//! commands produce one event in the vast majority of cases, which keeps this window small. Replica-set
-//! transactions would close it at the cost of a round trip per append.
+//! # Atomic where the deployment allows it
+//! On a replica set or a sharded cluster (detected at start-up by [`supports_transactions`], or
+//! forced by `mongodb.transactions`), a batch of several events is inserted in one multi-document
+//! transaction: all of it is stored or none. A one-event append needs none (a single insert is
+//! atomic) and skips its round trips.
+//!
+//! On a single server (no transactions), the batch is written one event after the other. Ordered
+//! insertion stops at the first failure, so what is stored is always a prefix of the batch with no
+//! gaps, but it can be a strict prefix: when the process or the connection dies mid-batch, or when a
+//! concurrent append takes a later sequence number of the batch first (the caller gets a `Conflict`,
+//! but its first events are stored; this is logged). The stream then holds the prefix as history; the
+//! command's retry decides again from that state, like any other reader. Ridehail's commands produce
+//! one event in the vast majority of cases, which keeps this window small.
 //!
 //! # Global order
 //! `read_all` sorts by the position stored on each event, and its cursor is the last position read. A
@@ -55,13 +59,80 @@ pub struct MongoEventStore {
     db: Database,
     events: Collection<Document>,
     counters: Collection<Document>,
+    /// Multi-event batches are inserted in one transaction.
+    transactions: bool,
+}
+
+/// Whether the server `db` is on runs multi-document transactions: a replica set member (`setName`)
+/// or a `mongos` (`isdbgrid`), with sessions. A single server (and CongoDB) does not.
+pub async fn supports_transactions(db: &Database) -> anyhow::Result<bool> {
+    let hello = db.run_command(doc! {"hello": 1}).await.context("MongoDB hello")?;
+    Ok(runs_transactions(&hello))
+}
+
+/// What a `hello` answer says about transactions.
+fn runs_transactions(hello: &Document) -> bool {
+    let replicated = hello.contains_key("setName") || hello.get_str("msg").is_ok_and(|m| m == "isdbgrid");
+    replicated && hello.contains_key("logicalSessionTimeoutMinutes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_sets_and_mongos_run_transactions_single_servers_do_not() {
+        let member = doc! {"isWritablePrimary": true, "setName": "rs0", "logicalSessionTimeoutMinutes": 30};
+        let mongos = doc! {"isWritablePrimary": true, "msg": "isdbgrid", "logicalSessionTimeoutMinutes": 30};
+        let single = doc! {"isWritablePrimary": true, "logicalSessionTimeoutMinutes": 30};
+        let no_sessions = doc! {"isWritablePrimary": true, "setName": "rs0"};
+        assert!(runs_transactions(&member));
+        assert!(runs_transactions(&mongos));
+        assert!(!runs_transactions(&single));
+        assert!(!runs_transactions(&no_sessions));
+    }
 }
 
 impl MongoEventStore {
     /// Uses `db` as migrated by [`crate::migrations::up`]: without its unique index on
-    /// `(aggregate_id, sequence)`, concurrent appends are not detected.
+    /// `(aggregate_id, sequence)`, concurrent appends are not detected. No transactions (any server).
     pub fn new(db: &Database) -> Self {
-        Self { db: db.clone(), events: db.collection(EVENTS), counters: db.collection(COUNTERS) }
+        Self::with_transactions(db, false)
+    }
+
+    /// As [`MongoEventStore::new`], inserting batches of several events in one transaction when
+    /// `transactions` (the server must run them: see [`supports_transactions`]).
+    pub fn with_transactions(db: &Database, transactions: bool) -> Self {
+        Self { db: db.clone(), events: db.collection(EVENTS), counters: db.collection(COUNTERS), transactions }
+    }
+
+    /// Whether batches of several events are inserted in one transaction.
+    pub fn transactional(&self) -> bool {
+        self.transactions
+    }
+
+    /// Inserts `docs` in order: in one transaction when they are several and the store uses them.
+    async fn insert(&self, docs: Vec<Document>) -> mongodb::error::Result<()> {
+        use mongodb::error::UNKNOWN_TRANSACTION_COMMIT_RESULT;
+        if !self.transactions || docs.len() < 2 {
+            return self.events.insert_many(docs).ordered(true).await.map(drop);
+        }
+        let mut session = self.db.client().start_session().await?;
+        session.start_transaction().await?;
+        if let Err(e) = self.events.insert_many(docs).ordered(true).session(&mut session).await {
+            // Nothing of the batch is stored; the abort only frees the server's state early.
+            let _ = session.abort_transaction().await;
+            return Err(e);
+        }
+        // A commit whose result is unknown (a lost connection, a failover) may be retried: the
+        // server commits a transaction once.
+        let mut attempt = 0;
+        loop {
+            match session.commit_transaction().await {
+                Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && attempt < 2 => attempt += 1,
+                outcome => return outcome,
+            }
+        }
     }
 
     async fn current_version(&self, aggregate_id: Uuid) -> anyhow::Result<u64> {
@@ -135,11 +206,11 @@ impl EventStore for MongoEventStore {
         for (doc, position) in docs.iter_mut().zip(first..) {
             doc.insert("position", to_i64(position, "position")?);
         }
-        match self.events.insert_many(docs).ordered(true).await {
-            Ok(_) => Ok(()),
+        match self.insert(docs).await {
+            Ok(()) => Ok(()),
             Err(e) => match duplicate_key_index(&e) {
                 Some(stored) => {
-                    if stored > 0 {
+                    if stored > 0 && !(self.transactions && events.len() > 1) {
                         tracing::warn!(
                             %aggregate_id,
                             stored,
@@ -158,9 +229,19 @@ impl EventStore for MongoEventStore {
                     }
                     Err(AppendError::Conflict { aggregate_id, expected: expected_version, actual })
                 }
-                None => Err(AppendError::Unavailable(
-                    anyhow::Error::new(e).context(format!("appending to stream {aggregate_id}")),
-                )),
+                None => {
+                    // Two transactions writing the same stream: the loser is told to retry; if the
+                    // stream moved on meanwhile, that is a conflict for the caller to decide again.
+                    if e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR) {
+                        let actual = self.current_version(aggregate_id).await?;
+                        if actual != expected_version {
+                            return Err(AppendError::Conflict { aggregate_id, expected: expected_version, actual });
+                        }
+                    }
+                    Err(AppendError::Unavailable(
+                        anyhow::Error::new(e).context(format!("appending to stream {aggregate_id}")),
+                    ))
+                }
             },
         }
     }

@@ -45,7 +45,9 @@
 //! MongoDB protocol), which lacks unique-index enforcement (and accepts duplicate `_id`s), string
 //! `_id`s, transactions and change streams. The schema needs none but the first, and only for
 //! concurrent writers: the tests that need it check the server first and report themselves SKIPPED
-//! where it is missing.
+//! where it is missing. Transactions are used where the server runs them (a replica set: multi-event
+//! appends are all-or-nothing, see [`event_store`](MongoEventStore)); the hosted CI runs the
+//! transactional cases on a real replica set.
 
 mod codec;
 mod event_store;
@@ -62,7 +64,7 @@ use anyhow::Context;
 use mongodb::Database;
 use mongodb::bson::doc;
 
-pub use event_store::MongoEventStore;
+pub use event_store::{MongoEventStore, supports_transactions};
 pub use rides::MongoRideViews;
 pub use settings::{MongoSettings, connect};
 pub use timers::MongoTimers;
@@ -79,11 +81,17 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// The adapters on `db`, which must be migrated.
+    /// The adapters on `db`, which must be migrated; no transactions.
     pub fn new(db: &Database) -> Self {
+        Self::with_transactions(db, false)
+    }
+
+    /// The adapters on `db`; the event store inserts multi-event batches in one transaction when
+    /// `transactions`.
+    pub fn with_transactions(db: &Database, transactions: bool) -> Self {
         Self {
             database: db.clone(),
-            events: Arc::new(MongoEventStore::new(db)),
+            events: Arc::new(MongoEventStore::with_transactions(db, transactions)),
             rides: Arc::new(MongoRideViews::new(db)),
             users: Arc::new(MongoUserViews::new(db)),
             timers: Arc::new(MongoTimers::new(db)),
@@ -109,7 +117,25 @@ pub async fn open(settings: &MongoSettings) -> anyhow::Result<Stores> {
             first.name
         );
     }
-    Ok(Stores::new(&db))
+    let supported = supports_transactions(&db).await?;
+    let transactions = match settings.transactions {
+        None => supported,
+        Some(true) => {
+            anyhow::ensure!(
+                supported,
+                "mongodb.transactions = true, but the server runs none (a replica set or a mongos does)"
+            );
+            true
+        }
+        Some(false) => false,
+    };
+    tracing::info!(
+        transactions,
+        supported,
+        "MongoDB event store: {}",
+        if transactions { "multi-event appends are transactions" } else { "appends are ordered inserts" }
+    );
+    Ok(Stores::with_transactions(&db, transactions))
 }
 
 /// Runs the server's `ping` command.

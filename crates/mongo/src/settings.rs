@@ -40,6 +40,10 @@ pub struct MongoSettings {
     pub tls_ca_file: Option<std::path::PathBuf>,
     /// Mutual TLS: this client's certificate and key in one PEM file.
     pub tls_cert_key_file: Option<std::path::PathBuf>,
+    /// Multi-event appends in one transaction: `None` (the default) when the server runs
+    /// transactions (a replica set or a mongos; detected at start-up), `true` to refuse to start
+    /// without them, `false` never (ordered inserts; see the event store).
+    pub transactions: Option<bool>,
 }
 
 impl Default for MongoSettings {
@@ -54,6 +58,7 @@ impl Default for MongoSettings {
             migrate_on_start: None,
             tls_ca_file: None,
             tls_cert_key_file: None,
+            transactions: None,
         }
     }
 }
@@ -70,6 +75,7 @@ impl std::fmt::Debug for MongoSettings {
             .field("migrate_on_start", &self.migrate_on_start)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_cert_key_file", &self.tls_cert_key_file)
+            .field("transactions", &self.transactions)
             .finish()
     }
 }

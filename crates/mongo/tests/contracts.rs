@@ -64,6 +64,60 @@ async fn event_store() -> Option<Fixture<MongoEventStore>> {
 }
 ridehail_contract::event_store_suite!(event_store);
 
+/// The same contract with multi-event appends in transactions (where the server runs them, as
+/// [`ridehail_mongo::open`] decides at start-up).
+mod transactional {
+    use super::*;
+
+    async fn event_store() -> Option<Fixture<MongoEventStore>> {
+        let db = migrated_db().await?;
+        if !ridehail_mongo::supports_transactions(&db).await.unwrap() {
+            db.drop().await.unwrap();
+            eprintln!("SKIPPED (transactional event store: server runs no transactions; a replica set does)");
+            return None;
+        }
+        let mut fixture = Fixture::new(Arc::new(MongoEventStore::with_transactions(&db, true)));
+        if !enforces_unique_indexes(&db).await {
+            fixture = fixture.lacking(Capability::UniqueIndex, "server lacks unique index enforcement");
+        }
+        Some(fixture.then(async move { db.drop().await.unwrap() }))
+    }
+    ridehail_contract::event_store_suite!(event_store);
+}
+
+/// A batch whose second event cannot be stored (its global position is taken): with transactions
+/// nothing of it is stored; without, its first event is (the prefix the event store documents).
+#[tokio::test]
+async fn a_failed_multi_event_append_is_all_or_nothing_with_transactions() {
+    let Some(db) = migrated_db().await else { return };
+    if !enforces_unique_indexes(&db).await {
+        eprintln!("SKIPPED (all-or-nothing appends: server lacks unique index enforcement)");
+        return db.drop().await.unwrap();
+    }
+    let transactions = ridehail_mongo::supports_transactions(&db).await.unwrap();
+    let store = MongoEventStore::with_transactions(&db, transactions);
+    assert_eq!(store.transactional(), transactions);
+    // Position 1 goes to a first append; the batch below will be given 2 and 3: take 3 beforehand.
+    store.append(0, &[event(Uuid::now_v7(), 1)]).await.unwrap();
+    let mut squatter = db.collection::<Document>("events").find_one(doc! {}).await.unwrap().unwrap();
+    squatter.remove("_id");
+    squatter.insert("position", 3_i64);
+    squatter.insert("aggregate_id", Uuid::now_v7().to_string());
+    db.collection::<Document>("events").insert_one(squatter).await.unwrap();
+
+    let stream = Uuid::now_v7();
+    let result = store.append(0, &[event(stream, 1), event(stream, 2)]).await;
+    assert!(result.is_err(), "{result:?}");
+    let stored = store.read_stream(stream).await.unwrap();
+    if transactions {
+        assert!(stored.is_empty(), "a transaction stores all of a batch or none: {stored:?}");
+    } else {
+        eprintln!("SKIPPED (all-or-nothing appends: server runs no transactions; the prefix is kept)");
+        assert_eq!(stored.len(), 1, "without transactions the batch's prefix is stored: {stored:?}");
+    }
+    db.drop().await.unwrap();
+}
+
 async fn ride_views() -> Option<Fixture<MongoRideViews>> {
     fixture(MongoRideViews::new).await
 }
