@@ -76,23 +76,6 @@ fn runs_transactions(hello: &Document) -> bool {
     replicated && hello.contains_key("logicalSessionTimeoutMinutes")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replica_sets_and_mongos_run_transactions_single_servers_do_not() {
-        let member = doc! {"isWritablePrimary": true, "setName": "rs0", "logicalSessionTimeoutMinutes": 30};
-        let mongos = doc! {"isWritablePrimary": true, "msg": "isdbgrid", "logicalSessionTimeoutMinutes": 30};
-        let single = doc! {"isWritablePrimary": true, "logicalSessionTimeoutMinutes": 30};
-        let no_sessions = doc! {"isWritablePrimary": true, "setName": "rs0"};
-        assert!(runs_transactions(&member));
-        assert!(runs_transactions(&mongos));
-        assert!(!runs_transactions(&single));
-        assert!(!runs_transactions(&no_sessions));
-    }
-}
-
 impl MongoEventStore {
     /// Uses `db` as migrated by [`crate::migrations::up`]: without its unique index on
     /// `(aggregate_id, sequence)`, concurrent appends are not detected. No transactions (any server).
@@ -289,5 +272,22 @@ impl EventStore for MongoEventStore {
 
     async fn ping(&self) -> StoreResult<()> {
         crate::ping(&self.db).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_sets_and_mongos_run_transactions_single_servers_do_not() {
+        let member = doc! {"isWritablePrimary": true, "setName": "rs0", "logicalSessionTimeoutMinutes": 30};
+        let mongos = doc! {"isWritablePrimary": true, "msg": "isdbgrid", "logicalSessionTimeoutMinutes": 30};
+        let single = doc! {"isWritablePrimary": true, "logicalSessionTimeoutMinutes": 30};
+        let no_sessions = doc! {"isWritablePrimary": true, "setName": "rs0"};
+        assert!(runs_transactions(&member));
+        assert!(runs_transactions(&mongos));
+        assert!(!runs_transactions(&single));
+        assert!(!runs_transactions(&no_sessions));
     }
 }
