@@ -140,14 +140,43 @@ pub async fn drive(api: Arc<Api>, driver: Driver, stop: Arc<AtomicBool>, complet
         let mut steps = vec![("accept", None), ("arrive", None), ("start", None)];
         steps.push(("complete", Some(json!({ "distance_meters": 1800 }))));
         for (step, body) in steps {
-            if !act(&api, &driver.token, &format!("/v1/rides/{id}/{step}"), body).await {
-                break;
+            // An offer is answered within 90 s or not at all (it expires meanwhile); a ride the driver
+            // took is driven to its end however long the system is down, as a driver app does.
+            let patience = if step == "accept" { Some(Duration::from_secs(90)) } else { None };
+            let path = format!("/v1/rides/{id}/{step}");
+            match act(&api, &driver.token, &path, body, patience, &stop).await {
+                Act::Accepted => {}
+                Act::Refused { status, answer } => {
+                    if step != "accept" {
+                        eprintln!("driver {}: {step} of ride {id} refused ({status}): {answer}", driver.id);
+                    }
+                    break;
+                }
+                Act::GaveUp { waited, last } => {
+                    eprintln!("driver {}: gave {step} of ride {id} up after {waited:?}; last answer {last}", driver.id);
+                    break;
+                }
             }
             if step == "complete" {
                 completed.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
+}
+
+/// What became of a driver's command.
+enum Act {
+    Accepted,
+    /// Rejected, failed, or answered with a status that retrying cannot change.
+    Refused {
+        status: u16,
+        answer: Value,
+    },
+    /// No final answer within the patience (or the drivers were stopped).
+    GaveUp {
+        waited: Duration,
+        last: Value,
+    },
 }
 
 /// One request that never panics: the status (`0`: no answer) and the body.
@@ -172,31 +201,44 @@ pub async fn try_send(api: &Api, method: &str, path: &str, token: &str, body: Op
     }
 }
 
-/// A driver's command followed to its outcome (retried while the system is unavailable): true when
-/// accepted.
-async fn act(api: &Api, token: &str, path: &str, body: Option<Value>) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while Instant::now() < deadline {
+/// A driver's command followed to its outcome, retried while the system is unavailable, for at most
+/// `patience` (`None`: until `stop`).
+async fn act(
+    api: &Api,
+    token: &str,
+    path: &str,
+    body: Option<Value>,
+    patience: Option<Duration>,
+    stop: &AtomicBool,
+) -> Act {
+    let started = Instant::now();
+    let waiting = || !stop.load(Ordering::Relaxed) && patience.is_none_or(|p| started.elapsed() < p);
+    let mut last = Value::Null;
+    while waiting() {
         let (status, answer) = try_send(api, "POST", path, token, body.clone()).await;
         match status {
-            200 => return true,
+            200 => return Act::Accepted,
             202 => {
                 let url = answer["status_url"].as_str().unwrap_or_default().to_owned();
-                while Instant::now() < deadline {
+                while waiting() {
                     let (_, command) = try_send(api, "GET", &url, token, None).await;
                     match command["state"].as_str() {
-                        Some("accepted") => return true,
-                        Some("rejected" | "failed") => return false,
+                        Some("accepted") => return Act::Accepted,
+                        Some("rejected" | "failed") => return Act::Refused { status: 202, answer: command },
                         _ => tokio::time::sleep(Duration::from_millis(300)).await,
                     }
+                    last = command;
                 }
             }
             // Unavailable during a fault (or over a rate): try again shortly.
-            0 | 429 | 503 => tokio::time::sleep(Duration::from_millis(500)).await,
-            _ => return false,
+            0 | 429 | 503 => {
+                last = json!({ "status": status, "answer": answer });
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            _ => return Act::Refused { status, answer },
         }
     }
-    false
+    Act::GaveUp { waited: started.elapsed(), last }
 }
 
 /// Every accepted request reaches one final outcome, its ride is requested once, no command's events
