@@ -155,27 +155,21 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(cli))
 }
 
-/// `ridehail probe`: one `GET` over HTTP/1.1 to `url` (`http://host:port/path`), within 3 s.
+/// `ridehail probe`: one `GET` of `url` (`http://host:port/path`) over HTTP/1.1, within 3 s.
 async fn probe(url: &str) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let rest = url.strip_prefix("http://").context("the probe URL must be http://host:port/path")?;
-    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let uri: hyper::Uri = url.parse().with_context(|| format!("{url} is not a URL"))?;
+    let authority = uri.authority().context("the probe URL must be http://host:port/path")?.to_string();
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(authority).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await?;
-        anyhow::Ok(head)
+        let stream = tokio::net::TcpStream::connect(&authority).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let request = hyper::Request::get(uri.path()).header(hyper::header::HOST, &authority).body(String::new())?;
+        anyhow::Ok(sender.send_request(request).await?.status())
     };
-    let head = tokio::time::timeout(Duration::from_secs(3), exchange).await.context("no answer within 3 s")??;
-    // "HTTP/1.1 200"
-    let status = std::str::from_utf8(&head[9..12]).ok().and_then(|s| s.parse::<u16>().ok());
-    match status {
-        Some(code) if (200..300).contains(&code) => Ok(()),
-        Some(code) => anyhow::bail!("{url} answered {code}"),
-        None => anyhow::bail!("{url} did not answer HTTP"),
-    }
+    let status = tokio::time::timeout(Duration::from_secs(3), exchange).await.context("no answer within 3 s")??;
+    anyhow::ensure!(status.is_success(), "{url} answered {}", status.as_u16());
+    Ok(())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -9,22 +9,14 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::json;
-use support::{Api, Server, as_refs, load_test_limits};
+use support::{Api, Server, as_refs, load_test_limits, run_tool};
 
 /// Runs `asyncapi validate` on `document` from the directory holding it; success and what it said.
 fn validate(cli: &str, document: &Path) -> (bool, String) {
-    let output = Command::new(cli)
-        .arg("validate")
-        .arg(document.file_name().unwrap())
-        .current_dir(document.parent().unwrap())
-        .env("SUPPRESS_NO_CONFIG_WARNING", "1")
-        .output()
-        .expect("the AsyncAPI CLI runs");
-    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), said)
+    let name = document.file_name().unwrap().to_str().unwrap();
+    run_tool(cli, &["validate", name], document.parent().unwrap(), &[("SUPPRESS_NO_CONFIG_WARNING", "1")])
 }
 
 #[test]
@@ -51,15 +43,8 @@ fn the_asyncapi_document_is_valid_and_its_schema_references_resolve() {
 
 /// Runs `redocly lint` on `document` (with the repository's ignore file beside it).
 fn lint(cli: &str, dir: &Path, document: &str) -> (bool, String) {
-    let output = Command::new(cli)
-        .args(["lint", "--format=stylish", document])
-        .current_dir(dir)
-        .env("REDOCLY_TELEMETRY", "off")
-        .env("REDOCLY_SUPPRESS_UPDATE_NOTICE", "true")
-        .output()
-        .expect("the Redocly CLI runs");
-    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), said)
+    let env = [("REDOCLY_TELEMETRY", "off"), ("REDOCLY_SUPPRESS_UPDATE_NOTICE", "true")];
+    run_tool(cli, &["lint", "--format=stylish", document], dir, &env)
 }
 
 #[test]
@@ -98,18 +83,12 @@ fn fuzz(cli: &str, url: &str, token: &str, seed: u32) -> Fuzzed {
 }
 
 fn fuzz_document(cli: &str, dir: &Path, document: &str, url: &str, token: &str, seed: u32, extra: &[&str]) -> Fuzzed {
-    let output = Command::new(cli)
-        .args(["run", document, "--url", url])
-        .args(["--header", &format!("Authorization: Bearer {token}")])
-        .args(["--checks", "all", "--exclude-checks", "positive_data_acceptance"])
-        .args(["--max-examples", "25", "--seed", &seed.to_string(), "--workers", "1"])
-        .args(["--request-timeout", "20", "--no-color"])
-        .args(extra)
-        .current_dir(dir)
-        .env("SCHEMATHESIS_TELEMETRY", "false")
-        .output()
-        .expect("schemathesis runs");
-    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let (header, seed) = (format!("Authorization: Bearer {token}"), seed.to_string());
+    let mut args = vec!["run", document, "--url", url, "--header", &header];
+    args.extend(["--checks", "all", "--exclude-checks", "positive_data_acceptance"]);
+    args.extend(["--max-examples", "25", "--seed", &seed, "--workers", "1", "--request-timeout", "20", "--no-color"]);
+    args.extend(extra);
+    let (passed, said) = run_tool(cli, &args, dir, &[("SCHEMATHESIS_TELEMETRY", "false")]);
     // "Test cases:\n  1458 generated, 1458 passed, 6 skipped"
     let cases = said
         .split("Test cases:")
@@ -117,7 +96,7 @@ fn fuzz_document(cli: &str, dir: &Path, document: &str, url: &str, token: &str, 
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    Fuzzed { passed: output.status.success(), cases, said }
+    Fuzzed { passed, cases, said }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -153,9 +132,9 @@ async fn the_running_edge_holds_to_its_openapi_document_as_rider_and_as_driver()
     )
     .unwrap();
     let operations: usize = document["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
-    let url = server.url.clone();
+    let (fuzzer, url) = (cli.clone(), server.url.clone());
     let runs = tokio::task::spawn_blocking(move || {
-        [("driver", fuzz(&cli, &url, &driver_token, 1)), ("rider", fuzz(&cli, &url, &rider_token, 2))]
+        [("driver", fuzz(&fuzzer, &url, &driver_token, 1)), ("rider", fuzz(&fuzzer, &url, &rider_token, 2))]
     })
     .await
     .unwrap();
@@ -176,11 +155,7 @@ async fn the_running_edge_holds_to_its_openapi_document_as_rider_and_as_driver()
     let mut wrong = document.clone();
     wrong["components"]["schemas"]["HealthState"] = json!({ "enum": ["fine"] });
     std::fs::write(scratch.path().join("wrong.json"), wrong.to_string()).unwrap();
-    let (cli, url, dir) = (
-        ridehail_contract::test_server("RIDEHAIL_TEST_SCHEMATHESIS").unwrap(),
-        server.url.clone(),
-        scratch.path().to_owned(),
-    );
+    let (url, dir) = (server.url.clone(), scratch.path().to_owned());
     let run = tokio::task::spawn_blocking(move || {
         fuzz_document(&cli, &dir, "wrong.json", &url, "none", 3, &["--include-operation-id", "live"])
     })

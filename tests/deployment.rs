@@ -26,12 +26,8 @@ fn tool(var: &str) -> Option<String> {
     ridehail_contract::test_server(var)
 }
 
-/// Runs `program args…` in `dir`; success and what it said.
 fn run(program: &str, args: &[&str], dir: &Path) -> (bool, String) {
-    let output =
-        Command::new(program).args(args).current_dir(dir).output().unwrap_or_else(|e| panic!("{program}: {e}"));
-    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), said)
+    support::run_tool(program, args, dir, &[])
 }
 
 /// Parses YAML (one document or a stream) to JSON with the validators' own Python (ruamel.yaml).

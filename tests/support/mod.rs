@@ -199,6 +199,19 @@ pub fn run_command(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (boo
     (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Runs a tool in `dir` with `env` added; whether it exited 0, and what it printed (stdout, then
+/// stderr).
+pub fn run_tool(program: &str, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> (bool, String) {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} does not run: {e}"));
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), said)
+}
+
 /// Settings (as environment) that put the binary on the production engines — Kafka, MongoDB and
 /// Redis test servers — in a namespace of its own (topic/group prefix, database, key prefix).
 /// `None` (test skipped) when the servers are not running.

@@ -248,34 +248,23 @@ fn jwks_schema() -> Value {
     })
 }
 
-/// A problem answer with `description`.
-fn problem(description: &str, headers: &[&str]) -> Value {
-    let mut answer = json!({
-        "description": description,
-        "content": { PROBLEM_JSON: { "schema": { "$ref": "#/components/schemas/Problem" } } }
-    });
-    for name in headers {
-        answer["headers"][*name] = json!({ "$ref": format!("#/components/headers/{}", name.replace('-', "")) });
-    }
-    answer
+/// The body of every error answer: a problem.
+fn problem_content() -> Value {
+    json!({ PROBLEM_JSON: { "schema": { "$ref": "#/components/schemas/Problem" } } })
 }
 
-/// Adds the answer for `status`, or appends `description` to the one the handler documents.
+fn header_ref(component: &str) -> Value {
+    json!({ "$ref": format!("#/components/headers/{component}") })
+}
+
+/// Adds the answer for `status`, or appends `description` to the one the handler documents; the
+/// problem body of errors is added for all of them at the end of [`shared_answers`].
 fn answer(operation: &mut Value, status: &str, description: &str, headers: &[&str]) {
-    let responses = &mut operation["responses"];
-    match responses.get_mut(status) {
-        Some(existing) => {
-            let known = existing["description"].as_str().unwrap_or_default().to_owned();
-            existing["description"] = json!(format!("{known} {description}"));
-            if existing.get("content").is_none() {
-                existing["content"] = problem("", &[])["content"].clone();
-            }
-            for name in headers {
-                existing["headers"][*name] =
-                    json!({ "$ref": format!("#/components/headers/{}", name.replace('-', "")) });
-            }
-        }
-        None => responses[status] = problem(description, headers),
+    let response = &mut operation["responses"][status];
+    let known = response["description"].as_str().map(|d| format!("{d} ")).unwrap_or_default();
+    response["description"] = json!(format!("{known}{description}"));
+    for name in headers {
+        response["headers"][*name] = header_ref(&name.replace('-', ""));
     }
 }
 
@@ -317,8 +306,7 @@ fn shared_answers(path: &str, operation: &mut Value) {
                 *schema = json!({ "anyOf": [resource, { "$ref": "#/components/schemas/AcceptedOutcome" }] });
             }
         }
-        let location = json!({ "$ref": "#/components/headers/Location" });
-        operation["responses"]["202"]["headers"]["Location"] = location;
+        operation["responses"]["202"]["headers"]["Location"] = header_ref("Location");
         answer(
             operation,
             "409",
@@ -369,9 +357,9 @@ fn shared_answers(path: &str, operation: &mut Value) {
         for (status, response) in responses.iter_mut() {
             // Every error is a problem, also those the handler documents by description only.
             if (status.starts_with('4') || status.starts_with('5')) && response.get("content").is_none() {
-                response["content"] = problem("", &[])["content"].clone();
+                response["content"] = problem_content();
             }
-            response["headers"]["X-Correlation-Id"] = json!({ "$ref": "#/components/headers/CorrelationId" });
+            response["headers"]["X-Correlation-Id"] = header_ref("CorrelationId");
         }
         // Status codes in order, as a reader looks them up.
         let mut sorted: Vec<(String, Value)> = std::mem::take(responses).into_iter().collect();

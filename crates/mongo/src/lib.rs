@@ -81,14 +81,9 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// The adapters on `db`, which must be migrated; no transactions.
-    pub fn new(db: &Database) -> Self {
-        Self::with_transactions(db, false)
-    }
-
-    /// The adapters on `db`; the event store inserts multi-event batches in one transaction when
-    /// `transactions`.
-    pub fn with_transactions(db: &Database, transactions: bool) -> Self {
+    /// The adapters on `db`, which must be migrated; the event store inserts multi-event batches in
+    /// one transaction when `transactions`.
+    pub fn new(db: &Database, transactions: bool) -> Self {
         Self {
             database: db.clone(),
             events: Arc::new(MongoEventStore::with_transactions(db, transactions)),
@@ -135,7 +130,7 @@ pub async fn open(settings: &MongoSettings) -> anyhow::Result<Stores> {
         "MongoDB event store: {}",
         if transactions { "multi-event appends are transactions" } else { "appends are ordered inserts" }
     );
-    Ok(Stores::with_transactions(&db, transactions))
+    Ok(Stores::new(&db, transactions))
 }
 
 /// Runs the server's `ping` command.
