@@ -26,11 +26,11 @@ pub async fn open(settings: &Settings, role: &str) -> anyhow::Result<Backend> {
         return guard::guarded(backend, &settings.resilience, Wrap::default(), Engines::EMBEDDED);
     }
     let bus = open_bus(settings, role)?;
-    let (events, mut rides, mut users, timers): Stores = match settings.backend.store {
+    let (events, mut rides, mut users, timers, projections): Stores = match settings.backend.store {
         StoreKind::Embedded => embedded::open_stores(&settings.data_dir)?,
         StoreKind::Mongodb => {
             let stores = ridehail_mongo::open(&mongo_settings(settings)).await?;
-            (stores.events, stores.rides, stores.users, stores.timers)
+            (stores.events, stores.rides, stores.users, stores.timers, stores.projections)
         }
     };
     let (drivers, commands, idempotency, limiter): HotStores = match settings.backend.hot_store {
@@ -59,6 +59,7 @@ pub async fn open(settings: &Settings, role: &str) -> anyhow::Result<Backend> {
         idempotency,
         limiter,
         timers,
+        projections,
         clock: Arc::new(SystemClock),
     };
     // Deadlines and circuit breakers around the production engines (the embedded files need none).

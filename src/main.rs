@@ -2,7 +2,8 @@
 //!
 //! - `ridehail` / `ridehail dev`: the whole system in one process on the embedded backend.
 //! - `ridehail edge | ride-worker | user-worker`: one service per process.
-//! - `ridehail replay`: rebuild the read models from the event history.
+//! - `ridehail replay`: rebuild the read models from the event history (stopped system).
+//! - `ridehail projections rebuild|status`: rebuild a read model live, and see how rebuilds stand.
 //! - `ridehail topics apply`: create the Kafka topics (safe to run twice).
 //! - `ridehail migrate up|down|status`: the MongoDB schema migrations.
 //! - `ridehail seed`: demo riders and drivers (development).
@@ -14,6 +15,8 @@
 
 mod backend;
 mod keys;
+mod progress;
+mod projections;
 mod replay;
 mod seed;
 mod settings;
@@ -59,6 +62,11 @@ enum Command {
         /// result as JSON, and exit with an error if any differs.
         #[arg(long)]
         verify: bool,
+    },
+    /// Live, versioned rebuilds of the read models (docs/projections.md).
+    Projections {
+        #[command(subcommand)]
+        action: ProjectionsAction,
     },
     /// Kafka topics as code.
     Topics {
@@ -123,6 +131,24 @@ enum ConfigAction {
         #[arg(long)]
         edge: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionsAction {
+    /// Builds a new generation of `rides` or `users` beside the served one while Ridehail runs, then
+    /// switches readers to it; `drivers` is corrected in place. Resumes an interrupted rebuild.
+    Rebuild {
+        projection: ridehail_ports::Projection,
+        /// Seconds the lease lasts without renewal (another process may resume after a crash then).
+        #[arg(long, default_value_t = 15)]
+        lease_seconds: u64,
+        /// Only if the served generation was built by an older code version.
+        #[arg(long)]
+        if_outdated: bool,
+    },
+    /// Every projection's generations, rebuild in progress (position, lag, progress) and last
+    /// rebuild, as JSON.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,6 +232,24 @@ async fn execute(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::RideWorker => serve(settings, "ride-worker", None, true, false).await,
         Command::UserWorker => serve(settings, "user-worker", None, false, true).await,
         Command::Replay { verify } => replay(settings, verify).await,
+        Command::Projections { action } => {
+            let backend = backend::open(settings, "projections").await?;
+            match action {
+                ProjectionsAction::Rebuild { projection, lease_seconds, if_outdated } => {
+                    let options = ridehail_runtime::rebuild::RebuildOptions {
+                        lease: Duration::from_secs(lease_seconds.max(1)),
+                        force: !if_outdated,
+                        ..ridehail_runtime::rebuild::RebuildOptions::new(ridehail_runtime::rebuild::owner_name())
+                    };
+                    projections::rebuild(&backend, projection, options).await
+                }
+                ProjectionsAction::Status => {
+                    let status = projections::status(&backend, backend.clock.now()).await?;
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                    Ok(())
+                }
+            }
+        }
         Command::Topics { action: TopicsAction::Apply } => apply_topics(settings).await,
         Command::Migrate { action } => migrate(settings, action).await,
         Command::Seed(args) => seed(settings, &args).await,
@@ -414,7 +458,7 @@ async fn supervise(
 }
 
 /// SIGTERM or Ctrl-C; if the SIGTERM handler cannot be installed, Ctrl-C still works.
-async fn termination() {
+pub(crate) async fn termination() {
     #[cfg(unix)]
     {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -14,27 +14,45 @@ use ridehail_events::{AggregateType, EventEnvelope, RideId, UserId, WireEvent};
 use ridehail_ports::Backend;
 use tracing::info;
 
-/// Every stream of the history, in each stream's order.
-async fn load_streams(backend: &Backend) -> anyhow::Result<(HashMap<uuid::Uuid, Vec<WireEvent>>, usize)> {
+use crate::progress::Meter;
+
+/// Every stream of the history, in each stream's order, read with `meter` showing how far.
+async fn load_streams(
+    backend: &Backend,
+    meter: &Meter,
+) -> anyhow::Result<(HashMap<uuid::Uuid, Vec<WireEvent>>, usize)> {
     let mut streams: HashMap<uuid::Uuid, Vec<WireEvent>> = HashMap::new();
     let mut after: Option<String> = None;
     let mut total = 0usize;
+    let head = backend.events.head().await?;
     loop {
         let page = backend.events.read_all(after.as_deref(), 1000).await?;
-        if page.events.is_empty() {
-            break;
-        }
+        let Some(next) = page.next else { break };
         total += page.events.len();
         for event in page.events {
             streams.entry(event.aggregate_id).or_default().push(event);
         }
-        after = page.next;
+        let position: u64 = next.parse()?;
+        meter.set(position, head.max(position));
+        after = Some(next);
     }
+    meter.finish();
     Ok((streams, total))
 }
 
+/// What `replay` prints when done.
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    events_read: usize,
+    documents_written: usize,
+    rides: usize,
+    users: usize,
+    duration_seconds: f64,
+}
+
 pub async fn run(backend: &Backend) -> anyhow::Result<()> {
-    let (streams, total) = load_streams(backend).await?;
+    let meter = Meter::new("replay: reading the history");
+    let (streams, total) = load_streams(backend, &meter).await?;
     let mut users = 0usize;
     // Users first: holds restored from rides need the drivers' rows.
     for (id, stream) in
@@ -52,6 +70,9 @@ pub async fn run(backend: &Backend) -> anyhow::Result<()> {
     let rides = rebuild.rides;
     rebuild.restore_holds(backend, backend.clock.now()).await?;
     info!(events = total, rides, users, "replay finished");
+    let duration_seconds = meter.elapsed().as_secs_f64();
+    let summary = Summary { events_read: total, documents_written: rides + users, rides, users, duration_seconds };
+    println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }
 
@@ -72,7 +93,7 @@ pub struct Verification {
 /// Folds every stream and compares the result with the stored read models, changing nothing: the
 /// check that the read models equal a replay of the history.
 pub async fn verify(backend: &Backend) -> anyhow::Result<Verification> {
-    let (streams, events) = load_streams(backend).await?;
+    let (streams, events) = load_streams(backend, &Meter::new("replay --verify: reading the history")).await?;
     let mut report = Verification { events, ..Verification::default() };
     for (id, stream) in &streams {
         let Some(first) = stream.first() else { continue };

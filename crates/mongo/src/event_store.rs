@@ -270,6 +270,21 @@ impl EventStore for MongoEventStore {
         Ok(ReadAllPage { events, next })
     }
 
+    async fn head(&self) -> StoreResult<u64> {
+        // The newest stored position (the counter may be ahead of it by an append in flight).
+        let last = self
+            .events
+            .find_one(doc! {})
+            .sort(doc! {"position": -1})
+            .projection(doc! {"_id": 0, "position": 1})
+            .await
+            .context("reading the newest event position")?;
+        match last {
+            Some(doc) => Ok(get_u64(&doc, "position").context("an event's position is corrupt")?),
+            None => Ok(0),
+        }
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         crate::ping(&self.db).await
     }

@@ -27,6 +27,10 @@
 //!   `headers` (`[{name, value}]`), `payload` (binary). Indexes `timers_timer_id` (unique) and
 //!   `timers_due` (due_us, timer_id).
 //! - `migrations`: `version`, `name`, `applied_at` (a BSON date). Index `migrations_version` (unique).
+//! - `projections`: the [`ProjectionRecord`](ridehail_ports::projections::ProjectionRecord) fields plus
+//!   `name` and `revision` (compare-and-swap). Index `projections_name` (unique).
+//! - `rides_g<N>`, `profiles_g<N>`, `credentials_g<N>`: generation N of a rebuilt projection, with
+//!   generation 0's indexes suffixed `_g<N>` (docs/projections.md).
 //!
 //! **Why a position counter.** `read_all` must give one deterministic order that respects every
 //! stream's sequence, across processes. ObjectIds and timestamps come from each client's clock and
@@ -52,6 +56,7 @@
 mod codec;
 mod event_store;
 pub mod migrations;
+mod projections;
 mod rides;
 mod settings;
 mod timers;
@@ -63,8 +68,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use mongodb::Database;
 use mongodb::bson::doc;
+use ridehail_ports::{GenerationStore, VersionedRideViews, VersionedUserViews};
 
 pub use event_store::{MongoEventStore, supports_transactions};
+pub use projections::MongoGenerations;
 pub use rides::MongoRideViews;
 pub use settings::{MongoSettings, connect};
 pub use timers::MongoTimers;
@@ -75,21 +82,26 @@ pub use users::MongoUserViews;
 pub struct Stores {
     pub database: Database,
     pub events: Arc<MongoEventStore>,
-    pub rides: Arc<MongoRideViews>,
-    pub users: Arc<MongoUserViews>,
+    /// The ride views of the generation the catalogue serves ([`VersionedRideViews`]).
+    pub rides: Arc<VersionedRideViews>,
+    pub users: Arc<VersionedUserViews>,
     pub timers: Arc<MongoTimers>,
+    pub projections: Arc<MongoGenerations>,
 }
 
 impl Stores {
     /// The adapters on `db`, which must be migrated; the event store inserts multi-event batches in
     /// one transaction when `transactions`.
     pub fn new(db: &Database, transactions: bool) -> Self {
+        let projections = Arc::new(MongoGenerations::new(db));
+        let generations: Arc<dyn GenerationStore> = projections.clone();
         Self {
             database: db.clone(),
             events: Arc::new(MongoEventStore::with_transactions(db, transactions)),
-            rides: Arc::new(MongoRideViews::new(db)),
-            users: Arc::new(MongoUserViews::new(db)),
+            rides: Arc::new(VersionedRideViews::new(generations.clone())),
+            users: Arc::new(VersionedUserViews::new(generations.clone())),
             timers: Arc::new(MongoTimers::new(db)),
+            projections,
         }
     }
 }
@@ -131,6 +143,11 @@ pub async fn open(settings: &MongoSettings) -> anyhow::Result<Stores> {
         if transactions { "multi-event appends are transactions" } else { "appends are ordered inserts" }
     );
     Ok(Stores::new(&db, transactions))
+}
+
+/// The collection of a projection's generation: `base` for generation 0, `<base>_g<N>` after.
+pub(crate) fn generation_collection(base: &str, generation: u64) -> String {
+    if generation == 0 { base.to_owned() } else { format!("{base}_g{generation}") }
 }
 
 /// Runs the server's `ping` command.

@@ -21,6 +21,7 @@ use mongodb::{Database, IndexModel};
 
 use crate::codec::{get_u64, is_duplicate_key};
 use crate::event_store::{COUNTERS, EVENTS};
+use crate::projections::PROJECTIONS;
 use crate::rides::RIDES;
 use crate::timers::TIMERS;
 use crate::users::{CREDENTIALS, PROFILES};
@@ -115,7 +116,34 @@ pub fn all() -> Vec<Migration> {
                 index(TIMERS, "timers_due", doc! {"due_us": 1, "timer_id": 1}, false),
             ],
         },
+        Migration {
+            version: 5,
+            name: "projection catalogue",
+            changes: vec![index(PROJECTIONS, "projections_name", doc! {"name": 1}, true)],
+        },
     ]
+}
+
+/// Creates the indexes of one generation of a projection's collections: those the migrations give
+/// generation 0, on `<collection>_g<N>`, named `<name>_g<N>`. Safe to repeat.
+pub async fn prepare_generation(db: &Database, collections: &[&str], generation: u64) -> anyhow::Result<()> {
+    for migration in all() {
+        for Change::CreateIndex { collection, name, keys, unique } in migration.changes {
+            if !collections.contains(&collection) {
+                continue;
+            }
+            let model = IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().name(format!("{name}_g{generation}")).unique(unique).build())
+                .build();
+            let target = crate::generation_collection(collection, generation);
+            db.collection::<Document>(&target)
+                .create_index(model)
+                .await
+                .with_context(|| format!("creating index {name} on {target}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn is_command_error(error: &mongodb::error::Error, (code, name): (i32, &str)) -> bool {

@@ -24,9 +24,15 @@ pub struct MongoRideViews {
 }
 
 impl MongoRideViews {
-    /// Uses `db` as migrated by [`crate::migrations::up`] (the queries rely on its indexes).
+    /// Generation 0 (`rides`) on `db` as migrated by [`crate::migrations::up`] (the queries rely on
+    /// its indexes).
     pub fn new(db: &Database) -> Self {
-        Self { db: db.clone(), rides: db.collection(RIDES) }
+        Self::generation(db, 0)
+    }
+
+    /// One generation's collection (`rides_g<N>`, indexed by [`crate::migrations::prepare_generation`]).
+    pub fn generation(db: &Database, generation: u64) -> Self {
+        Self { db: db.clone(), rides: db.collection(&crate::generation_collection(RIDES, generation)) }
     }
 
     fn decode(&self, doc: Document) -> StoreResult<RideView> {
@@ -48,6 +54,16 @@ impl RideViews for MongoRideViews {
         }
         .apply()
         .await?)
+    }
+
+    async fn upsert_many(&self, views: &[RideView]) -> StoreResult<u64> {
+        // Concurrent conditional writes, 32 at a time: each is a round trip or two, on distinct rides.
+        let mut written = 0;
+        for chunk in views.chunks(32) {
+            let writes: Vec<_> = chunk.iter().map(|view| self.upsert(view)).collect();
+            written += futures::future::try_join_all(writes).await?.into_iter().map(u64::from).sum::<u64>();
+        }
+        Ok(written)
     }
 
     async fn get(&self, ride_id: RideId) -> StoreResult<Option<RideView>> {

@@ -24,9 +24,20 @@ pub struct MongoUserViews {
 }
 
 impl MongoUserViews {
-    /// Uses `db` as migrated by [`crate::migrations::up`] (the queries rely on its indexes).
+    /// Generation 0 (`profiles`, `credentials`) on `db` as migrated by [`crate::migrations::up`]
+    /// (the queries rely on its indexes).
     pub fn new(db: &Database) -> Self {
-        Self { db: db.clone(), profiles: db.collection(PROFILES), credentials: db.collection(CREDENTIALS) }
+        Self::generation(db, 0)
+    }
+
+    /// One generation's collections (suffixed `_g<N>`, indexed by
+    /// [`crate::migrations::prepare_generation`]).
+    pub fn generation(db: &Database, generation: u64) -> Self {
+        Self {
+            db: db.clone(),
+            profiles: db.collection(&crate::generation_collection(PROFILES, generation)),
+            credentials: db.collection(&crate::generation_collection(CREDENTIALS, generation)),
+        }
     }
 }
 

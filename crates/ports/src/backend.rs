@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::{
-    CommandStatusStore, DriverLocator, EventStore, IdempotencyStore, Limiter, MessageBus, RideViews, TimerStore,
-    UserViews,
+    CommandStatusStore, DriverLocator, EventStore, GenerationStore, IdempotencyStore, Limiter, MessageBus, RideViews,
+    TimerStore, UserViews,
 };
 
 /// Every port a service may need, as shared trait objects. Cheap to clone.
@@ -20,6 +20,8 @@ pub struct Backend {
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub limiter: Arc<dyn Limiter>,
     pub timers: Arc<dyn TimerStore>,
+    /// The generations behind `rides` and `users` and their catalogue (rebuilds use it directly).
+    pub projections: Arc<dyn GenerationStore>,
     pub clock: Arc<dyn Clock>,
 }
 

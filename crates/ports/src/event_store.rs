@@ -28,7 +28,8 @@ impl From<crate::StoreError> for AppendError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadAllPage {
     pub events: Vec<WireEvent>,
-    /// Pass back to continue after the last event of this page; `None` when the page was empty.
+    /// Pass back to continue after the last event of this page; `None` when the page was empty. It is
+    /// the last event's position in decimal, as [`EventStore::head`] counts them.
     pub next: Option<String>,
 }
 
@@ -44,6 +45,10 @@ pub trait EventStore: Send + Sync + std::fmt::Debug {
 
     /// Everything, in one deterministic order that respects each stream's sequence, for replay.
     async fn read_all(&self, after: Option<&str>, limit: usize) -> StoreResult<ReadAllPage>;
+
+    /// The position of the newest event in [`EventStore::read_all`]'s order (0 when there is none):
+    /// how far behind the head a reader at a given position is.
+    async fn head(&self) -> StoreResult<u64>;
 
     async fn ping(&self) -> StoreResult<()>;
 }

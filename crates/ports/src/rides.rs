@@ -61,6 +61,15 @@ pub struct RideQuery {
 pub trait RideViews: Send + Sync + std::fmt::Debug {
     /// Stores `view` unless the stored one is at the same or a newer version. Returns whether it wrote.
     async fn upsert(&self, view: &RideView) -> StoreResult<bool>;
+    /// [`RideViews::upsert`] of many views, as one batch where the store can (a rebuild writes
+    /// thousands at a time). Returns how many were written.
+    async fn upsert_many(&self, views: &[RideView]) -> StoreResult<u64> {
+        let mut written = 0;
+        for view in views {
+            written += u64::from(self.upsert(view).await?);
+        }
+        Ok(written)
+    }
     async fn get(&self, ride_id: RideId) -> StoreResult<Option<RideView>>;
     /// [`RideViews::get`] for a reader that would rather see an older copy than nothing while the
     /// store is down: `Some(age)` marks such a copy. Only a cache in front of the store has one; by
@@ -75,5 +84,10 @@ pub trait RideViews: Send + Sync + std::fmt::Debug {
     /// Rides still looking for a driver whose view has not changed since `before`, oldest first (the
     /// candidates of the sweeper that re-arms lost timers).
     async fn waiting_since(&self, before: DateTime<Utc>, limit: usize) -> StoreResult<Vec<RideView>>;
+    /// Empties a cache in front of the store, if there is one (after a projection switch, cached
+    /// documents may come from the old generation). Stores without a cache have nothing to do.
+    async fn forget_cached(&self) -> StoreResult<()> {
+        Ok(())
+    }
     async fn ping(&self) -> StoreResult<()>;
 }

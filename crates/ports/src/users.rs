@@ -40,5 +40,10 @@ pub trait UserViews: Send + Sync + std::fmt::Debug {
     /// Stores the credentials unless the stored ones are at the same or a newer version.
     async fn upsert_credentials(&self, credentials: &Credentials) -> StoreResult<bool>;
     async fn credentials_by_email(&self, email_normalised: &str) -> StoreResult<Option<Credentials>>;
+    /// Empties a cache in front of the store, if there is one (after a projection switch, cached
+    /// documents may come from the old generation). Stores without a cache have nothing to do.
+    async fn forget_cached(&self) -> StoreResult<()> {
+        Ok(())
+    }
     async fn ping(&self) -> StoreResult<()>;
 }

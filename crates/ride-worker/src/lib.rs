@@ -82,7 +82,9 @@ pub async fn run(backend: Backend, config: RideWorkerConfig, shutdown: Cancellat
         Duration::from_secs(config.supply_gauge_interval_seconds.max(1)),
         shutdown.clone(),
     );
+    let current =
+        ridehail_runtime::rebuild::keep_current(backend.clone(), rebuild::RideFold::default(), shutdown.clone());
     let consumer = consumer::run(backend.bus.clone(), handler, consumer_config, shutdown);
-    tokio::try_join!(consumer, timers, sweeper, supply)?;
+    tokio::try_join!(consumer, timers, sweeper, supply, current)?;
     Ok(())
 }

@@ -305,7 +305,8 @@ pub fn guarded(
     which: Wrap,
     engines: Engines,
 ) -> anyhow::Result<Backend> {
-    let Backend { bus, events, rides, users, drivers, commands, idempotency, limiter, timers, clock } = backend;
+    let Backend { bus, events, rides, users, drivers, commands, idempotency, limiter, timers, projections, clock } =
+        backend;
     let guard = |name: &'static str, engine: &'static str, protect: bool, settings: &GuardSettings| {
         if protect { Guard::new(name, engine, settings) } else { Ok(Guard::observing(name, engine)) }
     };
@@ -324,6 +325,8 @@ pub fn guarded(
             guard: guard("idempotency", engines.hot, hot, h)?,
         }),
         limiter: Arc::new(GuardedLimiter { inner: limiter, guard: guard("limiter", engines.hot, hot, h)? }),
+        // Used by rebuilds only, which retry and report on their own.
+        projections,
         clock,
     })
 }
@@ -426,6 +429,9 @@ impl EventStore for GuardedEvents {
         let after = after.map(str::to_owned);
         through!(self, "read_all", |store| store.read_all(after.as_deref(), limit))
     }
+    async fn head(&self) -> StoreResult<u64> {
+        through!(self, "head", |store| store.head())
+    }
     async fn ping(&self) -> StoreResult<()> {
         through!(self, "ping", |store| store.ping())
     }
@@ -460,6 +466,9 @@ impl RideViews for GuardedRides {
     async fn waiting_since(&self, before: DateTime<Utc>, limit: usize) -> StoreResult<Vec<RideView>> {
         through!(self, "waiting_since", |rides| rides.waiting_since(before, limit))
     }
+    async fn forget_cached(&self) -> StoreResult<()> {
+        through!(self, "forget_cached", |rides| rides.forget_cached())
+    }
     async fn ping(&self) -> StoreResult<()> {
         through!(self, "ping", |rides| rides.ping())
     }
@@ -487,6 +496,9 @@ impl UserViews for GuardedUsers {
     async fn credentials_by_email(&self, email_normalised: &str) -> StoreResult<Option<Credentials>> {
         let email = email_normalised.to_owned();
         through!(self, "credentials_by_email", |users| users.credentials_by_email(&email))
+    }
+    async fn forget_cached(&self) -> StoreResult<()> {
+        through!(self, "forget_cached", |users| users.forget_cached())
     }
     async fn ping(&self) -> StoreResult<()> {
         through!(self, "ping", |users| users.ping())

@@ -9,6 +9,7 @@
 //!   committed after the work, poison messages dead-lettered).
 //! - [`guard`]: a span and metrics around every port call, and a deadline and a circuit breaker
 //!   around every call to a production engine.
+//! - [`rebuild`]: live, resumable projection rebuilds into a new generation, and the switch to it.
 //! - [`timers`]: turns due timers into commands on the bus.
 //! - [`records`]: commands and events as bus records with their headers, and back.
 //! - [`telemetry`], [`logs`], [`metrics`], [`propagation`]: JSON logs, OpenTelemetry traces (their
@@ -20,6 +21,7 @@ pub mod guard;
 pub mod logs;
 pub mod metrics;
 pub mod propagation;
+pub mod rebuild;
 pub mod records;
 pub mod secrets;
 pub mod telemetry;

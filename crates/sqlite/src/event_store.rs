@@ -115,6 +115,10 @@ impl EventStore for EmbeddedEventStore {
         })
     }
 
+    async fn head(&self) -> StoreResult<u64> {
+        self.db.with(|conn| Ok(one(conn, "SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get(0))?))
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.db.ping()
     }

@@ -10,6 +10,7 @@ mod commands;
 mod drivers;
 mod event_store;
 mod idempotency;
+mod projections;
 mod rides;
 mod sqlite;
 mod timers;
@@ -23,6 +24,7 @@ pub use commands::EmbeddedCommandStatus;
 pub use drivers::EmbeddedDriverLocator;
 pub use event_store::EmbeddedEventStore;
 pub use idempotency::EmbeddedIdempotency;
+pub use projections::{EmbeddedCatalogue, EmbeddedGenerations};
 pub use rides::EmbeddedRideViews;
 pub use sqlite::Db;
 pub use timers::EmbeddedTimers;
@@ -31,11 +33,13 @@ pub use users::EmbeddedUserViews;
 use ridehail_ports::Backend;
 use ridehail_ports::Clock;
 use ridehail_ports::{
-    CommandStatusStore, DriverLocator, EventStore, IdempotencyStore, Limiter, RideViews, TimerStore, UserViews,
+    CommandStatusStore, DriverLocator, EventStore, GenerationStore, IdempotencyStore, Limiter, RideViews, TimerStore,
+    UserViews, VersionedRideViews, VersionedUserViews,
 };
 
-/// The event store, ride views, user views and timers.
-pub type Stores = (Arc<dyn EventStore>, Arc<dyn RideViews>, Arc<dyn UserViews>, Arc<dyn TimerStore>);
+/// The event store, ride views, user views, timers, and the generations behind the views.
+pub type Stores =
+    (Arc<dyn EventStore>, Arc<dyn RideViews>, Arc<dyn UserViews>, Arc<dyn TimerStore>, Arc<dyn GenerationStore>);
 /// The driver locator, command status, idempotency keys and the limiter.
 pub type HotStores = (Arc<dyn DriverLocator>, Arc<dyn CommandStatusStore>, Arc<dyn IdempotencyStore>, Arc<dyn Limiter>);
 
@@ -51,15 +55,27 @@ pub fn open_bus(data_dir: &Path, partitions: u32) -> anyhow::Result<EmbeddedBus>
     EmbeddedBus::open(&create(data_dir)?.join("bus"), &topics)
 }
 
-/// The event store, the read models that `ridehail replay` rebuilds (one file each: rides, users)
-/// and the timers.
+/// The event store, the read models that rebuilds and `ridehail replay` write (one file each: rides,
+/// users; the generations of each in its file, the catalogue in `projections.sqlite`) and the timers.
 pub fn open_stores(data_dir: &Path) -> anyhow::Result<Stores> {
     let dir = create(data_dir)?;
+    let (rides, users) = (Db::open(&dir.join("rides.sqlite"))?, Db::open(&dir.join("users.sqlite"))?);
+    let catalogue = EmbeddedCatalogue::new(Db::open(&dir.join("projections.sqlite"))?)?;
+    // A projection never rebuilt is served from generation 0, created here; once rebuilt, the
+    // catalogue's generations exist already (and generation 0 may be gone).
+    if !catalogue.was_rebuilt(ridehail_ports::Projection::Rides)? {
+        EmbeddedRideViews::generation(rides.clone(), 0).prepare()?;
+    }
+    if !catalogue.was_rebuilt(ridehail_ports::Projection::Users)? {
+        EmbeddedUserViews::generation(users.clone(), 0).prepare()?;
+    }
+    let generations: Arc<dyn GenerationStore> = Arc::new(EmbeddedGenerations::new(catalogue, rides, users));
     Ok((
         Arc::new(EmbeddedEventStore::open(&dir.join("events.sqlite"))?),
-        Arc::new(EmbeddedRideViews::open(&dir.join("rides.sqlite"))?),
-        Arc::new(EmbeddedUserViews::new(Db::open(&dir.join("users.sqlite"))?)?),
+        Arc::new(VersionedRideViews::new(generations.clone())),
+        Arc::new(VersionedUserViews::new(generations.clone())),
         Arc::new(EmbeddedTimers::new(Db::open(&dir.join("timers.sqlite"))?)?),
+        generations,
     ))
 }
 
@@ -79,8 +95,8 @@ pub fn open_hot_stores(data_dir: &Path) -> anyhow::Result<HotStores> {
 /// Opens (creating if needed) every embedded adapter under `data_dir`, with `partitions` partitions
 /// for each of Ridehail's topics.
 pub fn open(data_dir: &Path, partitions: u32, clock: Arc<dyn Clock>) -> anyhow::Result<Backend> {
-    let (events, rides, users, timers) = open_stores(data_dir)?;
+    let (events, rides, users, timers, projections) = open_stores(data_dir)?;
     let (drivers, commands, idempotency, limiter) = open_hot_stores(data_dir)?;
     let bus = Arc::new(open_bus(data_dir, partitions)?);
-    Ok(Backend { bus, events, rides, users, drivers, commands, idempotency, limiter, timers, clock })
+    Ok(Backend { bus, events, rides, users, drivers, commands, idempotency, limiter, timers, projections, clock })
 }

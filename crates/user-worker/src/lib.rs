@@ -6,10 +6,12 @@
 //! - [`handler`]: the user and e-mail claim aggregates' facts and effects, run by the runtime's
 //!   command executor.
 //! - [`projection`]: profile and credentials read models.
+//! - [`rebuild`]: the folds of live rebuilds (users; drivers in place).
 
 pub mod domain;
 pub mod handler;
 pub mod projection;
+pub mod rebuild;
 
 use std::sync::Arc;
 
@@ -38,5 +40,10 @@ impl Default for UserWorkerConfig {
 pub async fn run(backend: Backend, config: UserWorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let handler = Arc::new(command_handler(backend.clone()));
     let consumer_config = ConsumerConfig::new(config.group, &[ridehail_events::topics::USER_COMMANDS]);
-    consumer::run(backend.bus.clone(), handler, consumer_config, shutdown).await
+    use ridehail_runtime::rebuild::keep_current;
+    let users = keep_current(backend.clone(), rebuild::UserFold::default(), shutdown.clone());
+    let drivers = keep_current(backend.clone(), rebuild::DriverFold::default(), shutdown.clone());
+    let consumer = consumer::run(backend.bus.clone(), handler, consumer_config, shutdown);
+    tokio::try_join!(consumer, users, drivers)?;
+    Ok(())
 }

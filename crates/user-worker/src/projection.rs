@@ -28,62 +28,76 @@ pub async fn write_read_models(
     Ok(true)
 }
 
+/// The version of this projection's code (profiles and credentials): raise it when what is folded
+/// from the same events changes, and the deploy rebuilds the user views live (docs/projections.md).
+pub const VERSION: u32 = 1;
+
+/// The version of the drivers projection's code (positions and online flags in the geo index).
+pub const DRIVERS_VERSION: u32 = 1;
+
 pub fn project_profile(events: &[EventEnvelope<UserEvent>]) -> Option<UserProfile> {
-    let mut profile: Option<UserProfile> = None;
-    for envelope in events {
-        if let UserEvent::UserRegistered(e) = &envelope.event {
-            profile = Some(UserProfile {
-                user_id: UserId(envelope.aggregate_id),
-                email: e.email.clone(),
-                name: e.name.clone(),
-                role: e.role,
-                vehicle: e.vehicle.clone(),
-                online: false,
-                registered_at: envelope.occurred_at,
-                updated_at: envelope.occurred_at,
-                version: envelope.sequence,
-            });
-            continue;
-        }
-        let Some(p) = profile.as_mut() else { continue };
-        p.updated_at = envelope.occurred_at;
-        p.version = envelope.sequence;
-        match &envelope.event {
-            UserEvent::ProfileUpdated(e) => {
-                if let Some(name) = &e.name {
-                    p.name = name.clone();
-                }
-                if let Some(vehicle) = &e.vehicle {
-                    p.vehicle = Some(vehicle.clone());
-                }
-            }
-            UserEvent::DriverWentOnline(_) => p.online = true,
-            UserEvent::DriverWentOffline(_) => p.online = false,
-            UserEvent::UserRegistered(_) | UserEvent::PasswordSet(_) | UserEvent::DriverLocationUpdated(_) => {}
-        }
+    events.iter().fold(None, apply_profile)
+}
+
+/// The profile after one more event: `profile` is the fold of the stream's events before `envelope`.
+pub fn apply_profile(profile: Option<UserProfile>, envelope: &EventEnvelope<UserEvent>) -> Option<UserProfile> {
+    if let UserEvent::UserRegistered(e) = &envelope.event {
+        return Some(UserProfile {
+            user_id: UserId(envelope.aggregate_id),
+            email: e.email.clone(),
+            name: e.name.clone(),
+            role: e.role,
+            vehicle: e.vehicle.clone(),
+            online: false,
+            registered_at: envelope.occurred_at,
+            updated_at: envelope.occurred_at,
+            version: envelope.sequence,
+        });
     }
-    profile
+    let mut p = profile?;
+    p.updated_at = envelope.occurred_at;
+    p.version = envelope.sequence;
+    match &envelope.event {
+        UserEvent::ProfileUpdated(e) => {
+            if let Some(name) = &e.name {
+                p.name = name.clone();
+            }
+            if let Some(vehicle) = &e.vehicle {
+                p.vehicle = Some(vehicle.clone());
+            }
+        }
+        UserEvent::DriverWentOnline(_) => p.online = true,
+        UserEvent::DriverWentOffline(_) => p.online = false,
+        UserEvent::UserRegistered(_) | UserEvent::PasswordSet(_) | UserEvent::DriverLocationUpdated(_) => {}
+    }
+    Some(p)
 }
 
 pub fn project_credentials(events: &[EventEnvelope<UserEvent>]) -> Option<Credentials> {
-    let mut registered = None;
+    let mut profile = None;
     let mut credentials = None;
     for envelope in events {
-        match &envelope.event {
-            UserEvent::UserRegistered(e) => registered = Some((normalise_email(&e.email), e.role)),
-            UserEvent::PasswordSet(e) => {
-                if let Some((email, role)) = &registered {
-                    credentials = Some(Credentials {
-                        user_id: UserId(envelope.aggregate_id),
-                        email_normalised: email.clone(),
-                        role: *role,
-                        password_hash: e.password_hash.clone(),
-                        version: envelope.sequence,
-                    });
-                }
-            }
-            _ => {}
-        }
+        credentials = apply_credentials(credentials, profile.as_ref(), envelope);
+        profile = apply_profile(profile, envelope);
     }
     credentials
+}
+
+/// The credentials after one more event, given the profile as of the event before it (the
+/// registration names the e-mail and the role).
+pub fn apply_credentials(
+    credentials: Option<Credentials>,
+    profile: Option<&UserProfile>,
+    envelope: &EventEnvelope<UserEvent>,
+) -> Option<Credentials> {
+    match (&envelope.event, profile) {
+        (UserEvent::PasswordSet(e), Some(profile)) => Some(Credentials {
+            user_id: UserId(envelope.aggregate_id),
+            email_normalised: normalise_email(&profile.email),
+            role: profile.role,
+            password_hash: e.password_hash.clone(),
+            version: envelope.sequence,
+        }),
+        _ => credentials,
+    }
 }

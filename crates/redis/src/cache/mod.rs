@@ -267,6 +267,36 @@ impl ReadThrough {
 
     /// Whether to use Redis now: not within the pause after a failure, and any key that may hold a stale
     /// entry is deleted first.
+    /// Deletes every entry of this kind (SCAN, then DEL in batches). Returns how many.
+    pub(crate) async fn forget_all(&self) -> StoreResult<u64> {
+        let pattern = self.key(&"*");
+        let mut conn = self.redis.conn();
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(ridehail_ports::StoreError::unavailable)?;
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                // One DEL per key: cached entries live in different cluster slots.
+                pipe.cmd("DEL").arg(key).ignore();
+            }
+            pipe.exec_async(&mut conn).await.map_err(ridehail_ports::StoreError::unavailable)?;
+            deleted += keys.len() as u64;
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
     async fn usable(&self, now: Instant) -> bool {
         let skip_until = *self.skip_until.lock().unwrap_or_else(|e| e.into_inner());
         if skip_until.is_some_and(|until| now < until) {

@@ -69,6 +69,13 @@ impl RideViews for CachedRideViews {
         self.inner.waiting_since(before, limit).await
     }
 
+    async fn forget_cached(&self) -> StoreResult<()> {
+        self.inner.forget_cached().await?;
+        let deleted = self.cache.forget_all().await?;
+        tracing::info!(deleted, "cache emptied after a projection switch");
+        Ok(())
+    }
+
     /// The inner store's health: without Redis the views are still served, only slower.
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await

@@ -54,6 +54,13 @@ impl UserViews for CachedUserViews {
         self.inner.credentials_by_email(email_normalised).await
     }
 
+    async fn forget_cached(&self) -> StoreResult<()> {
+        self.inner.forget_cached().await?;
+        let deleted = self.cache.forget_all().await?;
+        tracing::info!(deleted, "cache emptied after a projection switch");
+        Ok(())
+    }
+
     /// The inner store's health: without Redis the views are still served, only slower.
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
