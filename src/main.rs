@@ -145,6 +145,12 @@ enum ProjectionsAction {
         /// Only if the served generation was built by an older code version.
         #[arg(long)]
         if_outdated: bool,
+        /// At most this many events per second (spares a store serving traffic).
+        #[arg(long)]
+        max_rate: Option<u32>,
+        /// Events read per page (and folded between two writes).
+        #[arg(long, default_value_t = 2000)]
+        page: usize,
     },
     /// Every projection's generations, rebuild in progress (position, lag, progress) and last
     /// rebuild, as JSON.
@@ -235,10 +241,12 @@ async fn execute(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Projections { action } => {
             let backend = backend::open(settings, "projections").await?;
             match action {
-                ProjectionsAction::Rebuild { projection, lease_seconds, if_outdated } => {
+                ProjectionsAction::Rebuild { projection, lease_seconds, if_outdated, max_rate, page } => {
                     let options = ridehail_runtime::rebuild::RebuildOptions {
                         lease: Duration::from_secs(lease_seconds.max(1)),
                         force: !if_outdated,
+                        max_rate,
+                        page: page.max(1),
                         ..ridehail_runtime::rebuild::RebuildOptions::new(ridehail_runtime::rebuild::owner_name())
                     };
                     projections::rebuild(&backend, projection, options).await

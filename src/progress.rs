@@ -19,7 +19,7 @@ pub struct Meter {
     started: Instant,
     /// Position when this run started (a resumed rebuild starts mid-way), and the last line written.
     first: Mutex<Option<u64>>,
-    last_line: Mutex<Instant>,
+    last_line: Mutex<Option<Instant>>,
 }
 
 impl Meter {
@@ -39,7 +39,7 @@ impl Meter {
         if let Some(bar) = &bar {
             bar.set_message(task.clone());
         }
-        Self { task, bar, started: Instant::now(), first: Mutex::new(None), last_line: Mutex::new(Instant::now()) }
+        Self { task, bar, started: Instant::now(), first: Mutex::new(None), last_line: Mutex::new(None) }
     }
 
     /// At `position` of `head`.
@@ -50,11 +50,12 @@ impl Meter {
             bar.set_position(position);
             return;
         }
+        // The first line at once, then one per interval, and the last one.
         let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
-        if last.elapsed() < LINE_INTERVAL && position < head {
+        if last.is_some_and(|at| at.elapsed() < LINE_INTERVAL) && position < head {
             return;
         }
-        *last = Instant::now();
+        *last = Some(Instant::now());
         let seconds = self.started.elapsed().as_secs_f64();
         let rate = if seconds > 0.0 { (position - first) as f64 / seconds } else { 0.0 };
         let eta = (rate > 0.0).then(|| (head.saturating_sub(position) as f64 / rate).ceil() as u64);

@@ -422,6 +422,107 @@ pub async fn user_views_store_profiles_and_credentials(views: &dyn UserViews) {
     assert_eq!(views.credentials_by_email("nobody@example.com").await.unwrap(), None);
 }
 
+// ------------------------------------------------------------------ projection generations
+
+use ridehail_ports::projections::{Generation, GenerationState, ProjectionRecord};
+
+fn record_of(generations: &[(u64, GenerationState)]) -> ProjectionRecord {
+    ProjectionRecord {
+        generations: generations
+            .iter()
+            .map(|(number, state)| Generation { number: *number, code_version: 1, state: *state, since: t(0) })
+            .collect(),
+        rebuild: None,
+        last_rebuild: None,
+    }
+}
+
+/// The catalogue replaces a record only from the revision it was read at, so two rebuilds (or a
+/// rebuild and a switch) never both win.
+pub async fn catalogue_swaps_only_from_the_revision_read(store: Arc<dyn GenerationStore>) {
+    let catalogue = store.catalogue();
+    assert_eq!(catalogue.load(Projection::Rides).await.unwrap(), (ProjectionRecord::initial(), 0));
+    let building = record_of(&[(0, GenerationState::Active), (1, GenerationState::Building)]);
+    assert!(catalogue.store(Projection::Rides, 0, &building).await.unwrap());
+    assert!(!catalogue.store(Projection::Rides, 0, &ProjectionRecord::initial()).await.unwrap(), "created twice");
+    assert_eq!(catalogue.load(Projection::Rides).await.unwrap(), (building.clone(), 1));
+    let switched = record_of(&[(0, GenerationState::Draining), (1, GenerationState::Active)]);
+    assert!(catalogue.store(Projection::Rides, 1, &switched).await.unwrap());
+    assert!(!catalogue.store(Projection::Rides, 1, &building).await.unwrap(), "a stale revision loses");
+    assert_eq!(catalogue.load(Projection::Rides).await.unwrap(), (switched, 2));
+    assert_eq!(catalogue.load(Projection::Users).await.unwrap().1, 0, "records are per projection");
+}
+
+/// Each generation holds its own documents, and dropping one empties it.
+pub async fn generations_keep_their_documents_apart(store: Arc<dyn GenerationStore>) {
+    store.prepare(Projection::Rides, 1).await.unwrap();
+    store.prepare(Projection::Users, 1).await.unwrap();
+    let view = ride_view(RideId::new(), UserId::new(), 3);
+    assert!(store.rides(1).upsert(&view).await.unwrap());
+    assert_eq!(store.rides(1).get(view.ride_id).await.unwrap(), Some(view.clone()));
+    assert_eq!(store.rides(0).get(view.ride_id).await.unwrap(), None, "generation 0 untouched");
+    let query = RideQuery { party: RideParty::Rider(view.rider_id), status: None, limit: 5, before: None };
+    let listed = store.rides(1).list(&query).await.unwrap();
+    assert_eq!(listed, vec![view.clone()], "the generation's indexes serve its lists");
+    let batch = [ride_view(view.ride_id, view.rider_id, 2), ride_view(RideId::new(), view.rider_id, 1)];
+    assert_eq!(store.rides(1).upsert_many(&batch).await.unwrap(), 1, "a batch writes only what is newer");
+    assert_eq!(store.rides(1).get(view.ride_id).await.unwrap(), Some(view.clone()));
+
+    let profile = UserProfile {
+        user_id: UserId::new(),
+        email: format!("{}@example.com", Uuid::new_v4()),
+        name: "Ana".into(),
+        role: Role::Rider,
+        vehicle: None,
+        online: false,
+        registered_at: t(0),
+        updated_at: t(0),
+        version: 1,
+    };
+    assert!(store.users(1).upsert_profile(&profile).await.unwrap());
+    assert_eq!(store.users(0).profile(profile.user_id).await.unwrap(), None);
+    assert_eq!(store.users(1).profile(profile.user_id).await.unwrap(), Some(profile.clone()));
+
+    store.drop_generation(Projection::Rides, 1).await.unwrap();
+    store.drop_generation(Projection::Users, 1).await.unwrap();
+    store.prepare(Projection::Rides, 1).await.unwrap();
+    store.prepare(Projection::Users, 1).await.unwrap();
+    assert_eq!(store.rides(1).get(view.ride_id).await.unwrap(), None, "dropped with its documents");
+    assert_eq!(store.users(1).profile(profile.user_id).await.unwrap(), None);
+}
+
+/// The versioned views read the active generation and write every written one, as the catalogue
+/// says (re-read at once here: a TTL of zero).
+pub async fn versioned_views_follow_the_catalogue(store: Arc<dyn GenerationStore>) {
+    let catalogue = store.catalogue();
+    store.prepare(Projection::Rides, 1).await.unwrap();
+    let views = VersionedRideViews::with_ttl(store.clone(), Duration::ZERO);
+    let (ride, rider) = (RideId::new(), UserId::new());
+    assert!(views.upsert(&ride_view(ride, rider, 1)).await.unwrap());
+    assert_eq!(store.rides(1).get(ride).await.unwrap(), None, "not yet known to writers");
+
+    let building = record_of(&[(0, GenerationState::Active), (1, GenerationState::Building)]);
+    assert!(catalogue.store(Projection::Rides, 0, &building).await.unwrap());
+    assert!(views.upsert(&ride_view(ride, rider, 2)).await.unwrap());
+    assert_eq!(store.rides(1).get(ride).await.unwrap().map(|v| v.version), Some(2), "written while building");
+    assert_eq!(store.rides(0).get(ride).await.unwrap().map(|v| v.version), Some(2));
+
+    let ahead = RideView { status: RideStatus::Cancelled, ..ride_view(ride, rider, 3) };
+    assert!(store.rides(1).upsert(&ahead).await.unwrap());
+    assert_eq!(views.get(ride).await.unwrap().map(|v| v.version), Some(2), "reads stay on the active one");
+    let switched = record_of(&[(0, GenerationState::Draining), (1, GenerationState::Active)]);
+    assert!(catalogue.store(Projection::Rides, 1, &switched).await.unwrap());
+    assert_eq!(views.get(ride).await.unwrap().map(|v| v.status), Some(RideStatus::Cancelled), "switched");
+    assert!(views.upsert(&ride_view(ride, rider, 4)).await.unwrap());
+    assert_eq!(store.rides(0).get(ride).await.unwrap().map(|v| v.version), Some(4), "draining is written");
+
+    let retired = record_of(&[(0, GenerationState::Retired), (1, GenerationState::Active)]);
+    assert!(catalogue.store(Projection::Rides, 2, &retired).await.unwrap());
+    assert!(views.upsert(&ride_view(ride, rider, 5)).await.unwrap());
+    assert_eq!(store.rides(0).get(ride).await.unwrap().map(|v| v.version), Some(4), "retired is not");
+    assert_eq!(views.get(ride).await.unwrap().map(|v| v.version), Some(5));
+}
+
 // ------------------------------------------------------------------ driver locator
 
 /// Places drivers at small offsets north of `origin` (about 111 m per 0.001 degree).
@@ -924,4 +1025,76 @@ pub async fn consumer_partitions_do_not_wait_for_each_other(bus: Arc<dyn Message
     assert!(handled[0].starts_with("ok:"), "other partitions waited for the stuck one: {handled:?}");
     shutdown.cancel();
     task.await.unwrap().unwrap();
+}
+
+// ------------------------------------------------------------------ histories
+
+/// `events` as one stream of aggregate `id` from sequence 1, 30 s apart from `at`, as the workers
+/// store them.
+pub fn stream_of<E: ridehail_events::Message>(id: Uuid, events: Vec<E>, at: DateTime<Utc>) -> Vec<WireEvent> {
+    use ridehail_events::{EventEnvelope, EventId};
+    let correlation = CorrelationId::new();
+    let envelope = |(event, sequence): (E, u64)| EventEnvelope {
+        event_id: EventId::new(),
+        aggregate_id: id,
+        sequence,
+        correlation_id: correlation,
+        causation_id: Uuid::now_v7(),
+        occurred_at: at + chrono::Duration::seconds(sequence as i64 * 30),
+        event,
+    };
+    events.into_iter().zip(1u64..).map(|e| envelope(e).to_wire()).collect()
+}
+
+/// The whole stream of a ride that went its full course (requested, offered, assigned, arrived,
+/// started, completed, rated by both): 8 events from `at`. For rebuild tests and benchmarks.
+pub fn completed_ride_history(ride_id: RideId, rider: UserId, driver: UserId, at: DateTime<Utc>) -> Vec<WireEvent> {
+    use ridehail_events::ride::*;
+    let pickup = GeoPoint { lat: 38.7, lon: -9.1 };
+    let events = vec![
+        RideEvent::RideRequested(RideRequested {
+            rider_id: rider,
+            pickup,
+            dropoff: GeoPoint { lat: 38.75, lon: -9.15 },
+            pickup_cell: pickup.cell(),
+            estimate: fare(),
+        }),
+        RideEvent::DriverOffered(DriverOffered {
+            driver_id: driver,
+            offer_number: 1,
+            distance_meters: 400,
+            search_radius_meters: 2000,
+            expires_at: at + chrono::Duration::seconds(20),
+        }),
+        RideEvent::DriverAssigned(DriverAssigned { driver_id: driver, offer_number: 1 }),
+        RideEvent::DriverArrived(DriverArrived { driver_id: driver }),
+        RideEvent::RideStarted(RideStarted { driver_id: driver }),
+        RideEvent::RideCompleted(RideCompleted { driver_id: driver, fare: fare() }),
+        RideEvent::RideRated(RideRated { by: RatingParty::Rider, rater_id: rider, stars: 5, comment: None }),
+        RideEvent::RideRated(RideRated { by: RatingParty::Driver, rater_id: driver, stars: 4, comment: None }),
+    ];
+    stream_of(ride_id.0, events, at)
+}
+
+/// A driver's stream: registered, password set, online near `at_point`, then `moves` location
+/// updates going north.
+pub fn driver_history(driver: UserId, at_point: GeoPoint, moves: usize, at: DateTime<Utc>) -> Vec<WireEvent> {
+    use ridehail_events::user::*;
+    let vehicle =
+        Vehicle { make: "Seat".into(), model: "Leon".into(), colour: "grey".into(), plate: "AA-00-BB".into() };
+    let mut events = vec![
+        UserEvent::UserRegistered(UserRegistered {
+            email: format!("driver-{}@example.com", driver.0.simple()),
+            name: "Rui".into(),
+            role: Role::Driver,
+            vehicle: Some(vehicle),
+        }),
+        UserEvent::PasswordSet(PasswordSet { password_hash: PasswordHash("$argon2id$v=19$hash".into()) }),
+        UserEvent::DriverWentOnline(DriverWentOnline { location: Some(at_point) }),
+    ];
+    for step in 1..=moves {
+        let location = GeoPoint { lat: at_point.lat + step as f64 * 0.0001, lon: at_point.lon };
+        events.push(UserEvent::DriverLocationUpdated(DriverLocationUpdated { location }));
+    }
+    stream_of(driver.0, events, at)
 }

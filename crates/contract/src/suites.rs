@@ -211,3 +211,21 @@ macro_rules! limiter_suite {
         });
     };
 }
+
+/// Projection generations: the catalogue's compare-and-swap, generations kept apart, and the
+/// versioned views routing reads and writes as the catalogue says. The fixture gives a
+/// [`GenerationStore`](ridehail_ports::GenerationStore) on a fresh database.
+#[macro_export]
+macro_rules! generations_suite {
+    ($fixture:path) => {
+        $crate::__contract_case!($fixture, catalogue_swaps_only_from_the_revision_read, [], |f| {
+            $crate::catalogue_swaps_only_from_the_revision_read(f.shared())
+        });
+        $crate::__contract_case!($fixture, generations_keep_their_documents_apart, [], |f| {
+            $crate::generations_keep_their_documents_apart(f.shared())
+        });
+        $crate::__contract_case!($fixture, versioned_views_follow_the_catalogue, [], |f| {
+            $crate::versioned_views_follow_the_catalogue(f.shared())
+        });
+    };
+}

@@ -61,8 +61,15 @@ impl ProjectionCatalogue for MongoGenerations {
         document.insert("revision", to_i64(expected + 1, "revision")?);
         let what = || format!("storing the {projection} catalogue record");
         if expected == 0 {
-            return match self.catalogue.insert_one(document).await {
-                Ok(_) => Ok(true),
+            // Created only if absent: an upsert that sets fields on insert alone (correct for
+            // sequential writers even where the unique index is not enforced).
+            let created = self
+                .catalogue
+                .update_one(doc! {"name": projection.as_str()}, doc! {"$setOnInsert": document})
+                .upsert(true)
+                .await;
+            return match created {
+                Ok(result) => Ok(result.upserted_id.is_some()),
                 Err(e) if is_duplicate_key(&e) => Ok(false),
                 Err(e) => Err(anyhow::Error::new(e).context(what()).into()),
             };

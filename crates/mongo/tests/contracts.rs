@@ -14,7 +14,9 @@ use ridehail_contract::{Capability, Fixture};
 use ridehail_events::ride::RideStatus;
 use ridehail_events::{AggregateType, RideId, UserId, WireEvent};
 use ridehail_mongo::migrations::{self, MigrationId};
-use ridehail_mongo::{MongoEventStore, MongoRideViews, MongoSettings, MongoTimers, MongoUserViews, Stores};
+use ridehail_mongo::{
+    MongoEventStore, MongoGenerations, MongoRideViews, MongoSettings, MongoTimers, MongoUserViews, Stores,
+};
 use ridehail_ports::{EventStore, RideViews, TimerStore};
 use uuid::Uuid;
 
@@ -127,6 +129,11 @@ async fn user_views() -> Option<Fixture<MongoUserViews>> {
     fixture(MongoUserViews::new).await
 }
 ridehail_contract::user_views_suite!(user_views);
+
+async fn generations() -> Option<Fixture<MongoGenerations>> {
+    fixture(MongoGenerations::new).await
+}
+ridehail_contract::generations_suite!(generations);
 
 async fn timers() -> Option<Fixture<MongoTimers>> {
     fixture(MongoTimers::new).await

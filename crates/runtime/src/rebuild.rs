@@ -97,6 +97,9 @@ pub struct RebuildOptions {
     pub catalogue_ttl: Duration,
     /// Rebuild even when the served generation was built by this code version.
     pub force: bool,
+    /// At most this many events per second, to spare a store that serves traffic (none: as fast as
+    /// it goes).
+    pub max_rate: Option<u32>,
 }
 
 impl RebuildOptions {
@@ -107,6 +110,7 @@ impl RebuildOptions {
             page: 2000,
             catalogue_ttl: CATALOGUE_TTL,
             force: true,
+            max_rate: None,
         }
     }
 }
@@ -150,6 +154,7 @@ pub async fn rebuild(
     info!(%projection, generation = state.generation, position = state.position, "rebuild started");
     let registered = catalogue.building_since(state.generation).await?;
     let mut checkpointed = tokio::time::Instant::now();
+    let (run_started, mut run_events) = (tokio::time::Instant::now(), 0u64);
     loop {
         if shutdown.is_cancelled() {
             state.lease_until = backend.clock.now();
@@ -169,9 +174,15 @@ pub async fn rebuild(
             tokio::time::sleep((seen_by_all - now).to_std().unwrap_or_default()).await;
             continue;
         };
-        state.events_read += page.events.len() as u64;
+        let count = page.events.len() as u64;
         state.documents_written += fold.apply(backend, state.generation, page.events).await?;
+        state.events_read += count;
         state.position = next.parse()?;
+        run_events += count;
+        if let Some(rate) = options.max_rate.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(run_events as f64 / f64::from(rate));
+            tokio::time::sleep_until(run_started + due).await;
+        }
         // The position only moves once the page's writes are durable (`apply` returned).
         if checkpointed.elapsed() >= Duration::from_millis(500) {
             state.lease_until = backend.clock.now() + chrono::Duration::from_std(options.lease)?;

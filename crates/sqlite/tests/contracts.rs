@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use ridehail_contract::Fixture;
 use ridehail_sqlite::{
-    Db, EmbeddedBus, EmbeddedCommandStatus, EmbeddedDriverLocator, EmbeddedEventStore, EmbeddedIdempotency,
-    EmbeddedRideViews, EmbeddedTimers, EmbeddedUserViews,
+    Db, EmbeddedBus, EmbeddedCatalogue, EmbeddedCommandStatus, EmbeddedDriverLocator, EmbeddedEventStore,
+    EmbeddedGenerations, EmbeddedIdempotency, EmbeddedRideViews, EmbeddedTimers, EmbeddedUserViews,
 };
 use tempfile::TempDir;
 
@@ -41,6 +41,21 @@ async fn user_views() -> Option<Fixture<EmbeddedUserViews>> {
     on_disk(|dir| EmbeddedUserViews::new(Db::open(&dir.path().join("users.sqlite")).unwrap()).unwrap())
 }
 ridehail_contract::user_views_suite!(user_views);
+
+async fn generations() -> Option<Fixture<EmbeddedGenerations>> {
+    on_disk(|dir| {
+        let db = |name: &str| Db::open(&dir.path().join(name)).unwrap();
+        let generations = EmbeddedGenerations::new(
+            EmbeddedCatalogue::new(db("projections.sqlite")).unwrap(),
+            db("rides.sqlite"),
+            db("users.sqlite"),
+        );
+        EmbeddedRideViews::generation(db("rides.sqlite"), 0).prepare().unwrap();
+        EmbeddedUserViews::new(db("users.sqlite")).unwrap();
+        generations
+    })
+}
+ridehail_contract::generations_suite!(generations);
 
 async fn locator() -> Option<Fixture<EmbeddedDriverLocator>> {
     on_disk(|dir| EmbeddedDriverLocator::open(&dir.path().join("drivers.sqlite")).unwrap())
