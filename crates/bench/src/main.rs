@@ -2,6 +2,8 @@
 //!
 //! - `ridehail-bench loadgen`: drives a running edge with ride requests and reports latency.
 //! - `ridehail-bench bench-reads`: `GET /v1/rides/{id}` on an edge, or a bare Redis `GET` (the ceiling).
+//! - `ridehail-bench bench-rebuild`: a live rebuild of the ride views against the raw read rate of
+//!   the same store.
 //! - `ridehail-bench bench-bus`: the raw ceiling of a bus, one producer and one consumer on a scratch
 //!   topic.
 //!
@@ -10,6 +12,7 @@
 
 mod bench_bus;
 mod bench_reads;
+mod bench_rebuild;
 mod bench_streams;
 mod loadgen;
 
@@ -34,6 +37,8 @@ enum Command {
     BenchReads(bench_reads::Args),
     /// Open live-update streams on one edge and report its memory per stream.
     BenchStreams(bench_streams::Args),
+    /// A live rebuild of the ride views, against the raw read rate of the same store.
+    BenchRebuild(bench_rebuild::Args),
     /// Raw ceiling of a bus: one producer and one consumer on a scratch topic.
     BenchBus {
         #[command(flatten)]
@@ -86,6 +91,7 @@ fn main() -> anyhow::Result<()> {
             Command::Loadgen(args) => loadgen::run(args).await,
             Command::BenchStreams(args) => bench_streams::run(args).await,
             Command::BenchReads(args) => bench_reads::run(args).await,
+            Command::BenchRebuild(args) => bench_rebuild::run(args).await,
             Command::BenchBus { bus, args } => {
                 let report = bench_bus::run(bus.open().await?, &args).await?;
                 println!("{}", serde_json::to_string(&report)?);

@@ -461,6 +461,8 @@ pub async fn generations_keep_their_documents_apart(store: Arc<dyn GenerationSto
     assert!(store.rides(1).upsert(&view).await.unwrap());
     assert_eq!(store.rides(1).get(view.ride_id).await.unwrap(), Some(view.clone()));
     assert_eq!(store.rides(0).get(view.ride_id).await.unwrap(), None, "generation 0 untouched");
+    store.complete(Projection::Rides, 1).await.unwrap();
+    store.complete(Projection::Rides, 1).await.unwrap(); // safe to repeat
     let query = RideQuery { party: RideParty::Rider(view.rider_id), status: None, limit: 5, before: None };
     let listed = store.rides(1).list(&query).await.unwrap();
     assert_eq!(listed, vec![view.clone()], "the generation's indexes serve its lists");

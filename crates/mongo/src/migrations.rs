@@ -125,11 +125,17 @@ pub fn all() -> Vec<Migration> {
 }
 
 /// Creates the indexes of one generation of a projection's collections: those the migrations give
-/// generation 0, on `<collection>_g<N>`, named `<name>_g<N>`. Safe to repeat.
-pub async fn prepare_generation(db: &Database, collections: &[&str], generation: u64) -> anyhow::Result<()> {
+/// generation 0, on `<collection>_g<N>`, named `<name>_g<N>`; the unique ones (`unique`) or the others.
+/// Safe to repeat.
+pub async fn prepare_generation(
+    db: &Database,
+    collections: &[&str],
+    generation: u64,
+    unique_ones: bool,
+) -> anyhow::Result<()> {
     for migration in all() {
         for Change::CreateIndex { collection, name, keys, unique } in migration.changes {
-            if !collections.contains(&collection) {
+            if !collections.contains(&collection) || unique != unique_ones {
                 continue;
             }
             let model = IndexModel::builder()

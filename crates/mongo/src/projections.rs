@@ -87,7 +87,13 @@ impl GenerationStore for MongoGenerations {
     }
 
     async fn prepare(&self, projection: Projection, generation: u64) -> StoreResult<()> {
-        crate::migrations::prepare_generation(&self.db, collections(projection), generation).await?;
+        // The unique key indexes: the conditional writes rely on them.
+        crate::migrations::prepare_generation(&self.db, collections(projection), generation, true).await?;
+        Ok(())
+    }
+
+    async fn complete(&self, projection: Projection, generation: u64) -> StoreResult<()> {
+        crate::migrations::prepare_generation(&self.db, collections(projection), generation, false).await?;
         Ok(())
     }
 

@@ -183,8 +183,13 @@ pub trait ProjectionCatalogue: Send + Sync + std::fmt::Debug {
 #[async_trait]
 pub trait GenerationStore: Send + Sync + std::fmt::Debug {
     fn catalogue(&self) -> Arc<dyn ProjectionCatalogue>;
-    /// Creates the generation's storage (tables, collections, indexes); safe to repeat.
+    /// Creates the generation's storage for its writers (tables, collections, the indexes writes rely
+    /// on); safe to repeat.
     async fn prepare(&self, projection: Projection, generation: u64) -> StoreResult<()>;
+    /// Completes the generation for its readers (the indexes only queries use, built once after the
+    /// bulk of its documents is written, which is faster than keeping them up to date); safe to
+    /// repeat. Called before the switch.
+    async fn complete(&self, projection: Projection, generation: u64) -> StoreResult<()>;
     /// Removes the generation's storage and everything in it. Never called for generation 0's
     /// storage while it is written.
     async fn drop_generation(&self, projection: Projection, generation: u64) -> StoreResult<()>;

@@ -155,6 +155,13 @@ pub async fn rebuild(
     let registered = catalogue.building_since(state.generation).await?;
     let mut checkpointed = tokio::time::Instant::now();
     let (run_started, mut run_events) = (tokio::time::Instant::now(), 0u64);
+    // The next page is read while this one is folded and written (the store's reads and the
+    // generation's writes overlap).
+    let read_page = |after: u64| {
+        let (events, page) = (backend.events.clone(), options.page);
+        tokio::spawn(async move { events.read_all(Some(&after.to_string()), page).await })
+    };
+    let mut prefetched = read_page(state.position);
     loop {
         if shutdown.is_cancelled() {
             state.lease_until = backend.clock.now();
@@ -162,7 +169,7 @@ pub async fn rebuild(
             info!(%projection, position = state.position, "rebuild stopped; a later run resumes it");
             return Ok(Outcome::Stopped(state));
         }
-        let page = backend.events.read_all(Some(&state.position.to_string()), options.page).await?;
+        let page = prefetched.await??;
         let Some(next) = page.next.as_deref() else {
             // At the head. Every process must have seen the generation before the switch, so that
             // what is appended from now on is written there too.
@@ -172,12 +179,15 @@ pub async fn rebuild(
                 break;
             }
             tokio::time::sleep((seen_by_all - now).to_std().unwrap_or_default()).await;
+            prefetched = read_page(state.position);
             continue;
         };
+        let next: u64 = next.parse()?;
+        prefetched = read_page(next);
         let count = page.events.len() as u64;
         state.documents_written += fold.apply(backend, state.generation, page.events).await?;
         state.events_read += count;
-        state.position = next.parse()?;
+        state.position = next;
         run_events += count;
         if let Some(rate) = options.max_rate.filter(|r| *r > 0) {
             let due = Duration::from_secs_f64(run_events as f64 / f64::from(rate));
@@ -190,6 +200,9 @@ pub async fn rebuild(
             checkpointed = tokio::time::Instant::now();
             progress.advanced(&state, backend.events.head().await?.max(state.position));
         }
+    }
+    if projection.has_generations() {
+        backend.projections.complete(projection, state.generation).await?;
     }
     let summary = switch(backend, projection, &state, &options.owner).await?;
     progress.advanced(&state, state.position);

@@ -105,9 +105,16 @@ impl GenerationStore for EmbeddedGenerations {
 
     async fn prepare(&self, projection: Projection, generation: u64) -> StoreResult<()> {
         match projection {
-            Projection::Rides => EmbeddedRideViews::generation(self.rides.clone(), generation).prepare()?,
+            Projection::Rides => EmbeddedRideViews::generation(self.rides.clone(), generation).prepare_table()?,
             Projection::Users => EmbeddedUserViews::generation(self.users.clone(), generation).prepare()?,
             Projection::Drivers => {}
+        }
+        Ok(())
+    }
+
+    async fn complete(&self, projection: Projection, generation: u64) -> StoreResult<()> {
+        if projection == Projection::Rides {
+            EmbeddedRideViews::generation(self.rides.clone(), generation).prepare_indexes()?;
         }
         Ok(())
     }

@@ -12,8 +12,8 @@ use crate::sqlite::{Db, exec};
 use ridehail_ports::{RideParty, RideQuery, RideView, RideViews};
 use ridehail_ports::{StoreError, StoreResult};
 
-/// The table of one generation and its indexes (generation 0 is `rides`, later ones `rides_g<N>`).
-fn schema(table: &str) -> String {
+/// The table of one generation (generation 0 is `rides`, later ones `rides_g<N>`).
+fn table_schema(table: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {table} (
             ride_id TEXT PRIMARY KEY,
@@ -24,8 +24,14 @@ fn schema(table: &str) -> String {
             pickup_cell TEXT NOT NULL,
             version INTEGER NOT NULL,
             body TEXT NOT NULL
-        ) WITHOUT ROWID;
-        CREATE INDEX IF NOT EXISTS {table}_by_rider ON {table} (rider_id, ride_id);
+        ) WITHOUT ROWID;"
+    )
+}
+
+/// The indexes the queries use (not the writes: a rebuild creates them once its scan is done).
+fn index_schema(table: &str) -> String {
+    format!(
+        "CREATE INDEX IF NOT EXISTS {table}_by_rider ON {table} (rider_id, ride_id);
         CREATE INDEX IF NOT EXISTS {table}_by_driver ON {table} (driver_id, ride_id);
         CREATE INDEX IF NOT EXISTS {table}_by_offered_driver ON {table} (offered_driver_id, ride_id);
         CREATE INDEX IF NOT EXISTS {table}_waiting_by_cell ON {table} (pickup_cell, status);
@@ -69,7 +75,18 @@ impl EmbeddedRideViews {
 
     /// Creates the table and its indexes unless they exist.
     pub fn prepare(&self) -> anyhow::Result<()> {
-        self.db.migrate(&schema(&self.table))
+        self.prepare_table()?;
+        self.prepare_indexes()
+    }
+
+    /// Creates the table alone: what writers need.
+    pub fn prepare_table(&self) -> anyhow::Result<()> {
+        self.db.migrate(&table_schema(&self.table))
+    }
+
+    /// Creates the indexes the queries need.
+    pub fn prepare_indexes(&self) -> anyhow::Result<()> {
+        self.db.migrate(&index_schema(&self.table))
     }
 
     fn write(&self, conn: &rusqlite::Connection, view: &RideView) -> anyhow::Result<bool> {
