@@ -287,3 +287,20 @@ async fn users_are_rebuilt_into_a_generation_and_drivers_in_place(setup: Setup) 
         .expect("a driver near the origin");
     assert_eq!(found.driver_id, drivers[0], "the driver who never moved is the nearest");
 }
+
+/// The embedded files: a deleted `rides.sqlite` after a rebuild comes back with the served
+/// generation's table, empty, and a rebuild (or `replay`) fills it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_read_model_file_comes_back_with_the_served_generation() {
+    let setup = setup(Store::Embedded).await.unwrap();
+    let ids = rides(&setup.backend, 3).await;
+    finished(run(&setup.backend, &mut RideFold::default(), options("t")).await).await;
+    drop(setup.backend);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(setup._dir.path().join(format!("rides.sqlite{suffix}")));
+    }
+    let backend = ridehail_sqlite::open(setup._dir.path(), 2, Arc::new(SystemClock)).unwrap();
+    assert_eq!(backend.rides.get(ids[0]).await.unwrap(), None, "served, empty");
+    finished(run(&backend, &mut RideFold::default(), options("t")).await).await;
+    assert_served_views_equal_the_fold(&backend, &ids).await;
+}

@@ -61,14 +61,11 @@ pub fn open_stores(data_dir: &Path) -> anyhow::Result<Stores> {
     let dir = create(data_dir)?;
     let (rides, users) = (Db::open(&dir.join("rides.sqlite"))?, Db::open(&dir.join("users.sqlite"))?);
     let catalogue = EmbeddedCatalogue::new(Db::open(&dir.join("projections.sqlite"))?)?;
-    // A projection never rebuilt is served from generation 0, created here; once rebuilt, the
-    // catalogue's generations exist already (and generation 0 may be gone).
-    if !catalogue.was_rebuilt(ridehail_ports::Projection::Rides)? {
-        EmbeddedRideViews::generation(rides.clone(), 0).prepare()?;
-    }
-    if !catalogue.was_rebuilt(ridehail_ports::Projection::Users)? {
-        EmbeddedUserViews::generation(users.clone(), 0).prepare()?;
-    }
+    // The served generation's tables (generation 0's for a projection never rebuilt), created if
+    // missing: a deleted `rides.sqlite` comes back empty, for `ridehail replay` to fill.
+    let active = |p| catalogue.active_generation(p);
+    EmbeddedRideViews::generation(rides.clone(), active(ridehail_ports::Projection::Rides)?).prepare()?;
+    EmbeddedUserViews::generation(users.clone(), active(ridehail_ports::Projection::Users)?).prepare()?;
     let generations: Arc<dyn GenerationStore> = Arc::new(EmbeddedGenerations::new(catalogue, rides, users));
     Ok((
         Arc::new(EmbeddedEventStore::open(&dir.join("events.sqlite"))?),

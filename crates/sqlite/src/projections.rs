@@ -31,15 +31,18 @@ impl EmbeddedCatalogue {
         Ok(Self { db })
     }
 
-    /// Whether the projection was ever rebuilt (else it is served from generation 0).
-    pub fn was_rebuilt(&self, projection: Projection) -> anyhow::Result<bool> {
-        Ok(self.db.with(|conn| {
+    /// The generation readers use (0 for a projection never rebuilt), read at start-up.
+    pub fn active_generation(&self, projection: Projection) -> anyhow::Result<u64> {
+        let body: Option<String> = self.db.with(|conn| {
             Ok(conn
-                .prepare_cached("SELECT 1 FROM projections WHERE name = ?1")?
-                .query_row(params![projection.as_str()], |_| Ok(()))
-                .optional()?
-                .is_some())
-        })?)
+                .prepare_cached("SELECT body FROM projections WHERE name = ?1")?
+                .query_row(params![projection.as_str()], |r| r.get(0))
+                .optional()?)
+        })?;
+        match body {
+            None => Ok(0),
+            Some(body) => Ok(serde_json::from_str::<ProjectionRecord>(&body)?.active()?.number),
+        }
     }
 }
 
