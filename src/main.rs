@@ -4,6 +4,8 @@
 //! - `ridehail edge | ride-worker | user-worker`: one service per process.
 //! - `ridehail replay`: rebuild the read models from the event history (stopped system).
 //! - `ridehail projections rebuild|status`: rebuild a read model live, and see how rebuilds stand.
+//! - `ridehail dlq list|show|redrive|purge`: the dead letters.
+//! - `ridehail admin token`: a token for the edge's admin endpoints.
 //! - `ridehail topics apply`: create the Kafka topics (safe to run twice).
 //! - `ridehail migrate up|down|status`: the MongoDB schema migrations.
 //! - `ridehail seed`: demo riders and drivers (development).
@@ -14,6 +16,7 @@
 //! (`ridehail-bench`, crates/bench).
 
 mod backend;
+mod dlq;
 mod keys;
 mod progress;
 mod projections;
@@ -67,6 +70,16 @@ enum Command {
     Projections {
         #[command(subcommand)]
         action: ProjectionsAction,
+    },
+    /// The dead letters on the bus: list, show, redrive to their source topic, purge.
+    Dlq {
+        #[command(subcommand)]
+        action: dlq::Action,
+    },
+    /// Operator access to the edge's admin endpoints.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
     },
     /// Kafka topics as code.
     Topics {
@@ -130,6 +143,16 @@ enum ConfigAction {
         /// `ridehail edge` does before it listens.
         #[arg(long)]
         edge: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminAction {
+    /// Prints a token for `/admin/…` signed with the edge's key (the same settings as `ridehail
+    /// edge`), named for the audit log. No login ever yields one.
+    Token {
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -257,6 +280,16 @@ async fn execute(settings: &Settings, command: Command) -> anyhow::Result<()> {
                     Ok(())
                 }
             }
+        }
+        Command::Dlq { action } => {
+            let bus = backend::open_bus(settings, "dlq")?;
+            dlq::run(&*bus, action).await
+        }
+        Command::Admin { action: AdminAction::Token { name } } => {
+            let keys = api_edge::auth::JwtKeys::new(&settings.token_keys()?, settings.edge.token_policy())?;
+            let (token, ttl) = keys.issue_admin(&name, chrono::Utc::now())?;
+            println!("{}", serde_json::json!({"token": token, "expires_in": ttl}));
+            Ok(())
         }
         Command::Topics { action: TopicsAction::Apply } => apply_topics(settings).await,
         Command::Migrate { action } => migrate(settings, action).await,

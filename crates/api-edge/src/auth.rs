@@ -37,12 +37,38 @@ pub const MIN_SECRET_BYTES: usize = 32;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Claims {
     sub: String,
-    role: Role,
+    role: TokenRole,
     iss: String,
     aud: String,
     iat: i64,
     nbf: i64,
     exp: i64,
+}
+
+/// Whom a token is for: a rider or a driver (issued at login), or an operator (issued by
+/// `ridehail admin token` only: no login ever yields one, since users are riders or drivers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum TokenRole {
+    Rider,
+    Driver,
+    Admin,
+}
+
+impl From<Role> for TokenRole {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Rider => Self::Rider,
+            Role::Driver => Self::Driver,
+        }
+    }
+}
+
+/// An operator, authenticated by an admin token (the admin endpoints' caller).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator {
+    /// The name the token was issued to, for the audit log.
+    pub name: String,
 }
 
 /// What the edge is given to sign and verify with (loaded from files or the environment by the
@@ -243,8 +269,19 @@ impl JwtKeys {
 
     /// A token for the user, valid from `now` for the configured time to live.
     pub fn issue(&self, user_id: UserId, role: Role, now: DateTime<Utc>) -> anyhow::Result<(String, i64)> {
+        self.sign(user_id.to_string(), role.into(), now)
+    }
+
+    /// An operator's token for the admin endpoints, named `name` (for the audit log), valid from
+    /// `now` for the configured time to live.
+    pub fn issue_admin(&self, name: &str, now: DateTime<Utc>) -> anyhow::Result<(String, i64)> {
+        anyhow::ensure!(!name.trim().is_empty(), "an operator token needs a name");
+        self.sign(format!("operator:{}", name.trim()), TokenRole::Admin, now)
+    }
+
+    fn sign(&self, sub: String, role: TokenRole, now: DateTime<Utc>) -> anyhow::Result<(String, i64)> {
         let claims = Claims {
-            sub: user_id.to_string(),
+            sub,
             role,
             iss: self.policy.issuer.clone(),
             aud: self.policy.audience.clone(),
@@ -261,6 +298,27 @@ impl JwtKeys {
     /// The caller a token names, if it is signed by a key of the ring, for this audience and issuer,
     /// and valid at `now`.
     pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<AuthUser, ApiError> {
+        let claims = self.claims(token, now)?;
+        let role = match claims.role {
+            TokenRole::Rider => Role::Rider,
+            TokenRole::Driver => Role::Driver,
+            TokenRole::Admin => return Err(ApiError::Unauthenticated("an operator token is for the admin endpoints")),
+        };
+        let user_id = claims.sub.parse().map_err(|_| ApiError::Unauthenticated("the token is invalid"))?;
+        Ok(AuthUser { user_id, role })
+    }
+
+    /// The operator an admin token names; a rider's or driver's token is refused (403).
+    pub fn verify_admin(&self, token: &str, now: DateTime<Utc>) -> Result<Operator, ApiError> {
+        let claims = self.claims(token, now)?;
+        match (claims.role, claims.sub.strip_prefix("operator:")) {
+            (TokenRole::Admin, Some(name)) => Ok(Operator { name: name.to_owned() }),
+            (TokenRole::Admin, None) => Err(ApiError::Unauthenticated("the token is invalid")),
+            _ => Err(ApiError::Forbidden("only operators can do this")),
+        }
+    }
+
+    fn claims(&self, token: &str, now: DateTime<Utc>) -> Result<Claims, ApiError> {
         const INVALID: ApiError = ApiError::Unauthenticated("the token is invalid");
         let header = decode_header(token).map_err(|_| INVALID)?;
         let verifier = header.kid.as_deref().and_then(|kid| self.verifiers.get(kid)).ok_or(INVALID)?;
@@ -285,8 +343,7 @@ impl JwtKeys {
         if claims.exp - claims.iat > self.policy.max_lifetime.num_seconds() || claims.exp < claims.iat {
             return Err(INVALID);
         }
-        let user_id = claims.sub.parse().map_err(|_| INVALID)?;
-        Ok(AuthUser { user_id, role: claims.role })
+        Ok(claims)
     }
 }
 
@@ -346,6 +403,20 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(AUTHORIZATION).ok_or(ApiError::Unauthenticated("a bearer token is required"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(bearer_token)
+            .ok_or(ApiError::Unauthenticated("the authorization scheme must be Bearer"))?;
+        state.keys.verify_admin(token, state.backend.clock.now())
+    }
+}
+
 /// Like [`AuthUser`] but absent instead of failing when no token is sent.
 #[derive(Debug, Clone, Copy)]
 pub struct MaybeAuthUser(pub Option<AuthUser>);
@@ -384,6 +455,22 @@ mod tests {
             assert_eq!(k.verify(&token, Utc::now()).unwrap(), AuthUser { user_id: user, role: Role::Driver });
             assert_eq!(decode_header(&token).unwrap().kid.as_deref(), Some(k.signing_kid()));
         }
+    }
+
+    #[test]
+    fn operator_tokens_open_the_admin_endpoints_only_and_user_tokens_never_do() {
+        let k = JwtKeys::new(&ed(&generate_signing_key().unwrap()), policy()).unwrap();
+        let now = Utc::now();
+        let (admin, _) = k.issue_admin("ana-oncall", now).unwrap();
+        assert_eq!(k.verify_admin(&admin, now).unwrap(), Operator { name: "ana-oncall".into() });
+        assert!(matches!(k.verify(&admin, now), Err(ApiError::Unauthenticated(_))), "not a user's token");
+        for role in [Role::Rider, Role::Driver] {
+            let (token, _) = k.issue(UserId::new(), role, now).unwrap();
+            assert!(matches!(k.verify_admin(&token, now), Err(ApiError::Forbidden(_))), "{role:?}");
+        }
+        let later = now + chrono::Duration::minutes(16);
+        assert!(matches!(k.verify_admin(&admin, later), Err(ApiError::Unauthenticated(_))), "expires like any");
+        assert!(k.issue_admin(" ", now).is_err(), "a name is required");
     }
 
     #[test]

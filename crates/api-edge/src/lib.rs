@@ -251,6 +251,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/drivers/me/availability", put(drivers::set_availability))
         .route("/v1/drivers/me/location", put(drivers::set_location))
         .route("/v1/commands/{id}", get(commands::get))
+        .route("/admin/dead-letters", get(dead_letters::list))
+        .route("/admin/dead-letters/{id}", get(dead_letters::get))
+        .route("/admin/dead-letters/redrive", post(dead_letters::redrive))
+        .route("/admin/dead-letters/purge", post(dead_letters::purge))
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(|| async {
             problem(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed", None, vec![])

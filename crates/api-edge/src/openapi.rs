@@ -50,6 +50,10 @@ use crate::routes;
         routes::drivers::set_availability,
         routes::drivers::set_location,
         routes::commands::get,
+        routes::dead_letters::list,
+        routes::dead_letters::get,
+        routes::dead_letters::redrive,
+        routes::dead_letters::purge,
         routes::health::live,
         routes::health::ready,
         crate::admin::metrics,
@@ -60,7 +64,7 @@ use crate::routes;
         (name = "rides", description = "Riders' rides, and what both parties read."),
         (name = "drivers", description = "What drivers do: availability, location, answering offers, driving."),
         (name = "commands", description = "What became of a submitted command."),
-        (name = "operations", description = "Probes, metrics and keys, for operators and other services."),
+        (name = "operations", description = "Probes, metrics and keys, for operators and other services; the dead letters, for operators (an admin token)."),
     )
 )]
 struct ApiDoc;
@@ -140,6 +144,7 @@ fn components() -> Value {
         g.subschema_for::<routes::rides::RatingRequest>();
         g.subschema_for::<routes::rides::CompleteRequest>();
         g.subschema_for::<routes::drivers::AvailabilityRequest>();
+        g.subschema_for::<routes::dead_letters::DeadLetterSelection>();
         g.subschema_for::<routes::Position>();
     });
     let answers = definitions(Contract::Serialize, |g| {
@@ -151,6 +156,9 @@ fn components() -> Value {
         g.subschema_for::<ridehail_ports::CommandStatus>();
         g.subschema_for::<routes::rides::RidePage>();
         g.subschema_for::<routes::rides::RideHistory>();
+        g.subschema_for::<routes::dead_letters::DeadLetterList>();
+        g.subschema_for::<routes::dead_letters::DeadLetterAction>();
+        g.subschema_for::<ridehail_runtime::dead_letters::DeadLetter>();
         g.subschema_for::<routes::health::Liveness>();
         g.subschema_for::<routes::health::Readiness>();
         g.subschema_for::<crate::error::Problem>();

@@ -1100,3 +1100,49 @@ pub fn driver_history(driver: UserId, at_point: GeoPoint, moves: usize, at: Date
     }
     stream_of(driver.0, events, at)
 }
+
+// ------------------------------------------------------------------ dead letters read back
+
+/// Dead letters are listed with their reason and source, redriven to their source topic (where the
+/// consumer now handles them), purged, and each action is remembered by the topic itself.
+pub async fn consumer_dead_letters_are_listed_redriven_and_purged(bus: Arc<dyn MessageBus>, topic: &str, dlq: &str) {
+    use ridehail_runtime::dead_letters::{self, DeadLetterFilter, DeadLetterState};
+    let handler = Arc::new(Recorder::default());
+    let (shutdown, task) = start_consumer(&bus, &handler, consumer_config(topic, dlq));
+    // `flaky:9` fails every retry of a first delivery (a dependency broken for a while), then works.
+    bus.publish(topic, vec![work("k", b"flaky:9"), work("k", b"poison"), work("k", b"ok:1")]).await.unwrap();
+    wait_for(|| handler.dead_lettered.lock().unwrap().len() == 2).await;
+    let open = dead_letters::list(&*bus, dlq, &DeadLetterFilter::default()).await.unwrap();
+    assert_eq!(open.len(), 2, "{open:?}");
+    assert!(open.iter().all(|l| l.state == DeadLetterState::Open && l.source_topic == topic));
+    assert_eq!(open[1].payload, serde_json::json!("poison"));
+    assert!(open[1].reason.starts_with("poison"), "{}", open[1].reason);
+    assert!(open[1].headers.iter().any(|h| h.name == "origin" && h.value == "test"), "original headers");
+
+    let only_flaky = DeadLetterFilter { reason: Some("failed".into()), ..DeadLetterFilter::default() };
+    let selected = dead_letters::list(&*bus, dlq, &only_flaky).await.unwrap();
+    assert_eq!(selected.len(), 1, "the reason filters: {selected:?}");
+    // Redriven until the dependency works again (each redrive is another round of retries).
+    let mut rounds = 0;
+    while !handler.handled.lock().unwrap().iter().any(|h| h == "flaky:9") {
+        rounds += 1;
+        assert!(rounds <= 4, "never handled after {rounds} redrives");
+        let redriven = dead_letters::redrive(&*bus, dlq, &only_flaky).await.unwrap();
+        assert_eq!(redriven.len(), 1);
+        wait_for(|| {
+            handler.handled.lock().unwrap().iter().any(|h| h == "flaky:9")
+                || handler.dead_lettered.lock().unwrap().len() > rounds + 1
+        })
+        .await;
+    }
+    let poison = DeadLetterFilter { reason: Some("poison".into()), ..DeadLetterFilter::default() };
+    assert_eq!(dead_letters::purge(&*bus, dlq, &poison).await.unwrap().len(), 1);
+    let open = dead_letters::list(&*bus, dlq, &DeadLetterFilter::default()).await.unwrap();
+    assert!(open.is_empty(), "nothing left open: {open:?}");
+    let everything = DeadLetterFilter { include_resolved: true, ..DeadLetterFilter::default() };
+    let all = dead_letters::list(&*bus, dlq, &everything).await.unwrap();
+    assert!(all.iter().any(|l| l.state == DeadLetterState::Purged), "{all:?}");
+    assert!(all.iter().any(|l| l.state == DeadLetterState::Redriven), "{all:?}");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

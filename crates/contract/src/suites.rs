@@ -65,6 +65,9 @@ macro_rules! consumer_suite {
                 f.dead_letters()
             )
         );
+        $crate::__contract_case!($fixture, consumer_dead_letters_are_listed_redriven_and_purged, [], |f| {
+            $crate::consumer_dead_letters_are_listed_redriven_and_purged(f.shared(), f.topic(), f.dead_letters())
+        });
         $crate::__contract_case!($fixture, consumer_retries_unfinished_records_and_never_dead_letters_them, [], |f| {
             $crate::consumer_retries_unfinished_records_and_never_dead_letters_them(
                 f.shared(),

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ridehail_events::{CommandEnvelope, EventEnvelope, EventId, Message, WireEvent};
 use ridehail_ports::{
-    AppendError, Backend, CommandStatus, Failure, Outcome, Rejection, Resource, StoreError, StoreResult,
+    AppendError, Backend, CommandState, CommandStatus, Failure, Outcome, Rejection, Resource, StoreError, StoreResult,
 };
 use tracing::{Instrument as _, debug, field, info_span};
 use uuid::Uuid;
@@ -357,7 +357,9 @@ impl<A: Aggregate> MessageHandler for CommandHandler<A> {
         self.executor.aggregate.accepts(&message.topic, &command).map_err(HandleError::Poison)?;
         let backend = &self.executor.backend;
         let seen = backend.commands.get(command.command_id).await.map_err(store_error)?;
-        if seen.is_some_and(|s| s.is_final()) {
+        // Done already (a redelivery), unless it failed: a failed command is one an operator redrove
+        // from the dead letters, and it runs again (its own events, if any, make that harmless).
+        if seen.is_some_and(|s| s.is_final() && s.state != CommandState::Failed) {
             return Ok(());
         }
         let outcome = self.process(&command).await?;

@@ -7,6 +7,7 @@
 //!   runs it under the consume loop and records outcomes.
 //! - [`consumer`]: the at-least-once consume loop (one in-order worker per partition, offsets
 //!   committed after the work, poison messages dead-lettered).
+//! - [`dead_letters`]: dead letters read back, redriven and purged (`ridehail dlq`, admin HTTP).
 //! - [`guard`]: a span and metrics around every port call, and a deadline and a circuit breaker
 //!   around every call to a production engine.
 //! - [`rebuild`]: live, resumable projection rebuilds into a new generation, and the switch to it.
@@ -16,6 +17,7 @@
 //!   context in record headers) and Prometheus metrics.
 
 pub mod consumer;
+pub mod dead_letters;
 pub mod executor;
 pub mod guard;
 pub mod logs;

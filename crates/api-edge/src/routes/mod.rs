@@ -1,6 +1,7 @@
 //! One file per resource.
 
 pub mod commands;
+pub mod dead_letters;
 pub mod drivers;
 pub mod health;
 pub mod rides;
