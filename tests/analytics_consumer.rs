@@ -36,6 +36,11 @@ const README_SESSION_EVENTS: [(&str, u64); 9] = [
     ("RideRated", 2),
 ];
 
+/// A ride the previous code published (`RideRequested` and `RideCompleted` at schema version 1):
+/// on the topic before the session, so the consumer reads both versions of those types.
+const PREVIOUS_CODE_RIDE: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/crates/events/tests/fixtures/ride-history.v1.json");
+
 /// Each broken copy the script publishes, with a fragment of the error that must reject it.
 const TAMPERED_CASES: [(&str, &str); 7] = [
     ("payload-unknown-field", "'unexpected_field' was unexpected"),
@@ -94,6 +99,16 @@ async fn an_independent_kafka_client_finds_every_published_event_valid_against_t
     let env = as_refs(&env);
     let dir = tempfile::TempDir::new().unwrap();
     support::prepare_servers(dir.path(), &env);
+    let previous: Vec<ridehail_events::WireEvent> =
+        serde_json::from_str(&std::fs::read_to_string(PREVIOUS_CODE_RIDE).unwrap()).unwrap();
+    let kafka = ridehail_kafka::KafkaSettings {
+        brokers: brokers.clone(),
+        namespace: namespace.clone(),
+        ..ridehail_kafka::KafkaSettings::default()
+    };
+    let bus = ridehail_kafka::KafkaBus::connect(&kafka, "previous-release").unwrap();
+    let records = previous.iter().map(ridehail_runtime::records::event_record).collect();
+    ridehail_ports::MessageBus::publish(&bus, topics::RIDE_EVENTS, records).await.unwrap();
     let edge = Server::start_service(dir.path(), "edge", &env);
     let _user_worker = start_worker_with(dir.path(), "user-worker", &env);
     let _ride_worker = start_worker_with(dir.path(), "ride-worker", &env);
@@ -101,7 +116,11 @@ async fn an_independent_kafka_client_finds_every_published_event_valid_against_t
 
     // Every public record of the session, read and checked from outside.
     let event_topics = [topics::RIDE_EVENTS, topics::USER_EVENTS].map(|t| format!("{namespace}{t}"));
-    let expected: BTreeMap<&str, u64> = README_SESSION_EVENTS.into_iter().collect();
+    let mut expected: BTreeMap<&str, u64> = README_SESSION_EVENTS.into_iter().collect();
+    for event in &previous {
+        *expected.get_mut(event.event_type.as_str()).unwrap() += 1;
+    }
+    assert!(previous.iter().any(|e| e.schema_version == 1 && e.event_type == "RideCompleted"));
     let total = expected.values().sum::<u64>() as usize;
     let (code, summary) = validate(&python, &brokers, &event_topics, total);
     eprintln!("analytics summary: {summary}");

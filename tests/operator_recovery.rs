@@ -117,6 +117,16 @@ async fn a_live_rebuild_under_load_killed_and_resumed_loses_nothing() {
             events.append(0, &ridehail_contract::completed_ride_history(ride, rider, driver, at)).await.unwrap();
         }
     }
+    // Views built by this code version already: the rebuild under test is the operator's, not the
+    // one a worker starts by itself when the ride projection's version rises.
+    {
+        use ridehail_ports::projections::{Projection, ProjectionCatalogue as _, ProjectionRecord};
+        let db = ridehail_sqlite::Db::open(&dir.path().join("projections.sqlite")).unwrap();
+        let catalogue = ridehail_sqlite::EmbeddedCatalogue::new(db).unwrap();
+        let mut current = ProjectionRecord::initial();
+        current.generations[0].code_version = ride_worker::projection::VERSION;
+        assert!(catalogue.store(Projection::Rides, 0, &current).await.unwrap());
+    }
     let mut env = load_test_limits();
     env.push((support::JWT_SECRET_VAR.into(), support::TEST_JWT_SECRET.into()));
     let server = Server::start(dir.path(), &as_refs(&env));

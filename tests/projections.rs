@@ -120,6 +120,9 @@ on_every_store!(
     a_live_lease_refuses_a_second_rebuild_and_a_stopped_one_resumes,
     a_code_version_bump_rebuilds_and_an_up_to_date_projection_does_not,
     users_are_rebuilt_into_a_generation_and_drivers_in_place,
+    a_new_deployment_without_history_is_current_at_once,
+    a_worker_rebuilds_views_of_an_older_code_version_by_itself,
+    version_1_events_of_the_previous_code_are_rebuilt_into_current_views,
 );
 
 async fn a_rebuild_builds_a_generation_equal_to_the_fold_and_switches_to_it(setup: Setup) {
@@ -249,6 +252,7 @@ async fn a_code_version_bump_rebuilds_and_an_up_to_date_projection_does_not(setu
     let backend = &setup.backend;
     let ids = rides(backend, 5).await;
     let if_outdated = || RebuildOptions { force: false, ..options("deploy") };
+    finished(run(backend, &mut RideFold::default(), options("operator")).await).await;
     assert_eq!(run(backend, &mut RideFold::default(), if_outdated()).await, Outcome::UpToDate);
     let summary = finished(run(backend, &mut Newer(RideFold::default()), if_outdated()).await).await;
     assert_eq!(summary.code_version, ride_worker::projection::VERSION + 1);
@@ -256,6 +260,49 @@ async fn a_code_version_bump_rebuilds_and_an_up_to_date_projection_does_not(setu
     assert_eq!(record.active().unwrap().code_version, ride_worker::projection::VERSION + 1);
     assert_served_views_equal_the_fold(backend, &ids).await;
     assert_eq!(run(backend, &mut Newer(RideFold::default()), if_outdated()).await, Outcome::UpToDate);
+}
+
+/// Events the previous code stored (schema version 1: fares without `total`) are rebuilt into views
+/// of this code's shape.
+async fn version_1_events_of_the_previous_code_are_rebuilt_into_current_views(setup: Setup) {
+    let backend = &setup.backend;
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/events/tests/fixtures/ride-history.v1.json");
+    let stored: Vec<WireEvent> = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    assert_eq!(stored[0].schema_version, 1);
+    backend.events.append(0, &stored).await.unwrap();
+    finished(run(backend, &mut RideFold::default(), options("t")).await).await;
+    let view = backend.rides.get(RideId(stored[0].aggregate_id)).await.unwrap().unwrap();
+    let fare = view.fare.expect("completed");
+    assert_eq!(
+        (fare.total.amount_minor, fare.total.currency.as_str(), fare.total.minor_units),
+        (fare.total_minor, "EUR", 2)
+    );
+    assert_eq!(view.fare_estimate.total.amount_minor, view.fare_estimate.total_minor);
+}
+
+/// A worker started on views built by an older code version rebuilds them by itself (`keep_current`,
+/// as `ride_worker::run` does), and one on current views does nothing.
+async fn a_worker_rebuilds_views_of_an_older_code_version_by_itself(setup: Setup) {
+    let backend = &setup.backend;
+    let ids = rides(backend, 4).await;
+    let never = CancellationToken::new();
+    ridehail_runtime::rebuild::keep_current(backend.clone(), RideFold::default(), never.clone()).await.unwrap();
+    let (record, _) = backend.projections.catalogue().load(Projection::Rides).await.unwrap();
+    assert_eq!(record.active().unwrap().code_version, ride_worker::projection::VERSION);
+    assert_eq!(record.last_rebuild.as_ref().map(|r| r.generation), Some(1), "rebuilt: {record:?}");
+    assert_served_views_equal_the_fold(backend, &ids).await;
+    ridehail_runtime::rebuild::keep_current(backend.clone(), RideFold::default(), never).await.unwrap();
+    let (again, _) = backend.projections.catalogue().load(Projection::Rides).await.unwrap();
+    assert_eq!(again.last_rebuild, record.last_rebuild, "current: nothing rebuilt");
+}
+
+async fn a_new_deployment_without_history_is_current_at_once(setup: Setup) {
+    let backend = &setup.backend;
+    let if_outdated = RebuildOptions { force: false, ..options("deploy") };
+    assert_eq!(run(backend, &mut Newer(RideFold::default()), if_outdated).await, Outcome::UpToDate);
+    let (record, _) = backend.projections.catalogue().load(Projection::Rides).await.unwrap();
+    let active = record.active().unwrap();
+    assert_eq!((active.number, active.code_version), (0, ride_worker::projection::VERSION + 1), "no rebuild needed");
 }
 
 async fn users_are_rebuilt_into_a_generation_and_drivers_in_place(setup: Setup) {

@@ -264,6 +264,7 @@ fn fare() -> Fare {
         total_minor: 650,
         distance_meters: 2000,
         duration_seconds: 300,
+        total: ridehail_events::ride::FareTotal::new(650, "EUR"),
     }
 }
 

@@ -79,14 +79,28 @@ pub trait Message: Sized + Clone + std::fmt::Debug + PartialEq + Send + Sync + '
 
 /// Rewrites a stored payload of an older schema version into the next version's shape.
 ///
-/// Every message is at version 1 today, so there is nothing to upcast yet; when a payload changes shape,
-/// its version is bumped in its `message_enum!` declaration and an arm `("Type", 1) => ...` goes here.
-pub fn upcast(type_name: &str, from_version: u16, _payload: Value) -> Result<Value, DecodeError> {
-    Err(DecodeError::UnsupportedVersion {
-        type_name: type_name.to_owned(),
-        version: from_version,
-        newest: from_version,
-    })
+/// When a payload changes shape, its version is bumped in its `message_enum!` declaration, an arm
+/// `("Type", old) => …` goes here, and the old version's schema file stays in `schemas/`
+/// (`schema::RETIRED`). Applied wherever a stored or published message is decoded.
+///
+/// - `RideRequested` and `RideCompleted` v1 → v2: the fare (`estimate`, `fare`) gains `total`,
+///   the amount with its currency and minor units, computed from `total_minor` and `currency`.
+pub fn upcast(type_name: &str, from_version: u16, mut payload: Value) -> Result<Value, DecodeError> {
+    let fare_field = match (type_name, from_version) {
+        ("RideRequested", 1) => "estimate",
+        ("RideCompleted", 1) => "fare",
+        _ => {
+            return Err(DecodeError::UnsupportedVersion {
+                type_name: type_name.to_owned(),
+                version: from_version,
+                newest: from_version,
+            });
+        }
+    };
+    if let Some(fare) = payload.get_mut(fare_field) {
+        crate::ride::Fare::upcast_v1(fare);
+    }
+    Ok(payload)
 }
 
 /// Declares a message enum whose variants each wrap a payload struct, with its [`Message`] impl.

@@ -71,6 +71,60 @@ pub struct Fare {
     pub total_minor: i64,
     pub distance_meters: u32,
     pub duration_seconds: u32,
+    /// The total, ready to show: `total_minor` with its currency and minor units (since schema
+    /// version 2 of the events that carry a fare; upcast from version 1 when read).
+    pub total: FareTotal,
+}
+
+/// What the rider pays, in a shape an app can format without a currency table: `amount_minor`
+/// hundredths (or thousandths, or units: `minor_units` says) of `currency`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FareTotal {
+    pub amount_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Decimal places of the minor unit (ISO 4217): 2 for EUR (1250 = 12.50), 0 for JPY, 3 for KWD.
+    pub minor_units: u8,
+}
+
+impl FareTotal {
+    pub fn new(amount_minor: i64, currency: &str) -> Self {
+        Self { amount_minor, currency: currency.to_owned(), minor_units: crate::money::minor_units(currency) }
+    }
+}
+
+impl Fare {
+    /// A fare stored before `total` existed (schema version 1), given it from `total_minor` and
+    /// `currency`; any other JSON is left as it is.
+    pub fn upcast_v1(fare: &mut serde_json::Value) {
+        let Some(object) = fare.as_object_mut() else { return };
+        if object.contains_key("total") {
+            return;
+        }
+        let (Some(amount), Some(currency)) =
+            (object.get("total_minor").and_then(|v| v.as_i64()), object.get("currency").and_then(|v| v.as_str()))
+        else {
+            return;
+        };
+        let total = FareTotal::new(amount, currency);
+        object.insert("total".into(), serde_json::to_value(total).unwrap_or_default());
+    }
+
+    /// Deserializes a fare of any schema version (for read models stored before version 2).
+    pub fn deserialize_any_version<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut value = serde_json::Value::deserialize(deserializer)?;
+        Self::upcast_v1(&mut value);
+        serde_json::from_value(value).map_err(serde::de::Error::custom)
+    }
+
+    /// [`Fare::deserialize_any_version`] of an optional fare.
+    pub fn deserialize_any_version_opt<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Self>, D::Error> {
+        let value = Option::<serde_json::Value>::deserialize(deserializer)?;
+        value.map(|v| Self::deserialize_any_version(v).map_err(serde::de::Error::custom)).transpose()
+    }
 }
 
 /// Who cancelled a ride.
@@ -314,7 +368,7 @@ pub struct RideRated {
 message_enum! {
     /// Everything that can happen to a ride.
     pub enum RideEvent: AggregateType::Ride {
-        RideRequested(RideRequested) = v 1;
+        RideRequested(RideRequested) = v 2;
         DriverOffered(DriverOffered) = v 1;
         DriverDeclined(DriverDeclined) = v 1;
         OfferExpired(OfferExpired) = v 1;
@@ -322,7 +376,7 @@ message_enum! {
         DriverAssigned(DriverAssigned) = v 1;
         DriverArrived(DriverArrived) = v 1;
         RideStarted(RideStarted) = v 1;
-        RideCompleted(RideCompleted) = v 1;
+        RideCompleted(RideCompleted) = v 2;
         RideCancelled(RideCancelled) = v 1;
         RideExpired(RideExpired) = v 1;
         RideRated(RideRated) = v 1;

@@ -35,6 +35,7 @@ fn fare() -> impl Strategy<Value = Fare> {
             total_minor: total,
             distance_meters: m,
             duration_seconds: secs,
+            total: ridehail_events::ride::FareTotal::new(total, "EUR"),
         },
     )
 }

@@ -41,7 +41,13 @@ fn schemas_on_disk_match_the_types() {
             Err(_) => drifted.push(format!("{} is missing", file.path)),
         }
     }
-    let expected: BTreeSet<String> = files.iter().map(|f| f.path.clone()).collect();
+    let mut expected: BTreeSet<String> = files.iter().map(|f| f.path.clone()).collect();
+    for retired in ridehail_events::schema::RETIRED {
+        if !dir.join(retired).is_file() {
+            drifted.push(format!("{retired} (a retired version, kept as committed) is missing"));
+        }
+        expected.insert(retired.to_owned());
+    }
     let mut on_disk = BTreeSet::new();
     json_files_under(&dir, &dir, &mut on_disk);
     for stale in on_disk.difference(&expected) {
@@ -107,4 +113,44 @@ fn every_public_event_is_a_message_of_its_topic_s_channel_and_refers_to_its_sche
         assert!(target.exists(), "{} exists", target.display());
     }
     assert_eq!(document["channels"]["deadLetters"]["address"], "ridehail.dead-letters");
+}
+
+/// Events the previous code stored (schema version 1, `tests/fixtures/ride-history.v1.json`, written
+/// by it) are read by this code: upcast to the current version, and valid against the retired
+/// schema files they were written to.
+#[test]
+fn version_1_events_written_by_the_previous_code_are_read_by_this_one() {
+    use ridehail_events::ride::{FareTotal, RideEvent};
+    use ridehail_events::{EventEnvelope, Message as _, WireEvent};
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ride-history.v1.json");
+    let stored: Vec<WireEvent> = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let versions: Vec<(String, u16)> = stored.iter().map(|e| (e.event_type.clone(), e.schema_version)).collect();
+    assert!(versions.contains(&("RideRequested".into(), 1)) && versions.contains(&("RideCompleted".into(), 1)));
+    for wire in &stored {
+        let path = format!("events/ride/{}.v{}.json", wire.event_type, wire.schema_version);
+        let schema: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(schemas_dir().join(&path)).unwrap()).unwrap();
+        assert_eq!(schema["properties"]["schema_version"]["const"], wire.schema_version, "{path}");
+        assert!(wire.payload.get("estimate").or(wire.payload.get("fare")).is_none_or(|f| f.get("total").is_none()));
+    }
+    let events: Vec<EventEnvelope<RideEvent>> =
+        stored.into_iter().map(|w| EventEnvelope::from_wire(w).expect("v1 decodes")).collect();
+    let fares: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            RideEvent::RideRequested(r) => Some(r.estimate.clone()),
+            RideEvent::RideCompleted(c) => Some(c.fare.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fares.len(), 2);
+    for fare in fares {
+        assert_eq!(
+            fare.total,
+            FareTotal { amount_minor: fare.total_minor, currency: fare.currency.clone(), minor_units: 2 }
+        );
+    }
+    // Re-encoded, they are the current version.
+    assert!(events.iter().all(|e| e.to_wire().schema_version == e.event.schema_version()));
+    assert_eq!(events[0].to_wire().schema_version, 2);
 }

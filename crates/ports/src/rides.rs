@@ -26,7 +26,11 @@ pub struct RideView {
     pub pickup: GeoPoint,
     pub dropoff: GeoPoint,
     pub pickup_cell: String,
+    /// Read from views stored before the fare had `total` too (they are rebuilt when the ride
+    /// projection's version rises, and until then are read like this).
+    #[serde(deserialize_with = "Fare::deserialize_any_version")]
     pub fare_estimate: Fare,
+    #[serde(default, deserialize_with = "Fare::deserialize_any_version_opt")]
     pub fare: Option<Fare>,
     pub cancellation: Option<Cancellation>,
     /// Stars the rider gave the driver.

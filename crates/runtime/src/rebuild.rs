@@ -283,6 +283,17 @@ async fn claim(
         if !options.force && active.code_version >= code_version {
             return Ok(Claim::UpToDate);
         }
+        if !options.force && backend.events.head().await? == 0 {
+            // No history, so nothing to fold: the served generation is this code's as it stands
+            // (a new deployment).
+            for g in record.generations.iter_mut().filter(|g| g.number == active.number) {
+                g.code_version = code_version;
+            }
+            if catalogue.store(projection, revision, &record).await? {
+                return Ok(Claim::UpToDate);
+            }
+            continue;
+        }
         let generation = if projection.has_generations() { record.next_generation() } else { active.number };
         if projection.has_generations() {
             // Storage first, then the catalogue entry: a writer that sees the entry finds the tables.

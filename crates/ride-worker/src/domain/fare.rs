@@ -1,7 +1,7 @@
 //! Fares in integer minor units: `max(minimum, base + per_km x km + per_minute x minutes) x surge`,
 //! each product rounded half up. Surge is in basis points (10000 = 1.0x).
 
-use ridehail_events::ride::Fare;
+use ridehail_events::ride::{Fare, FareTotal};
 use serde::{Deserialize, Serialize};
 
 /// One surge basis point scale: 10000 = 1.0x.
@@ -102,6 +102,7 @@ impl PricingPolicy {
             total_minor,
             distance_meters,
             duration_seconds,
+            total: FareTotal::new(total_minor, &self.currency),
         }
     }
 }
