@@ -34,7 +34,8 @@ fn the_asyncapi_document_is_valid_and_its_schema_references_resolve() {
     assert!(ok && !said.contains(" error "), "asyncapi validate: {said}");
 
     // The validator does look: a reference to a schema file that does not exist fails it.
-    let broken = text.replacen("RideRequested.v1.json", "NoSuchEvent.v1.json", 1);
+    let broken = text.replacen("DriverOffered.v1.json", "NoSuchEvent.v1.json", 1);
+    assert_ne!(broken, text, "the document refers to DriverOffered.v1.json");
     std::fs::write(&document, broken).unwrap();
     let (ok, said) = validate(&cli, &document);
     assert!(!ok, "a dangling reference must fail validation: {said}");
