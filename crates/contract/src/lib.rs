@@ -385,20 +385,25 @@ pub async fn ride_views_count_waiting_rides_per_cell(views: &dyn RideViews) {
 
 // ------------------------------------------------------------------ user views
 
-pub async fn user_views_store_profiles_and_credentials(views: &dyn UserViews) {
-    let user = UserId::new();
-    let email = format!("{}@example.com", Uuid::new_v4());
-    let profile = UserProfile {
-        user_id: user,
-        email: email.clone(),
+/// A rider's profile at `version`, with an e-mail address of its own.
+fn rider_profile(user_id: UserId, version: u64) -> UserProfile {
+    UserProfile {
+        user_id,
+        email: format!("{}@example.com", Uuid::new_v4()),
         name: "Ana".into(),
         role: Role::Rider,
         vehicle: None,
         online: false,
         registered_at: t(0),
         updated_at: t(0),
-        version: 2,
-    };
+        version,
+    }
+}
+
+pub async fn user_views_store_profiles_and_credentials(views: &dyn UserViews) {
+    let user = UserId::new();
+    let profile = rider_profile(user, 2);
+    let email = profile.email.clone();
     assert!(views.upsert_profile(&profile).await.unwrap());
     let mut stale = profile.clone();
     stale.name = "Old".into();
@@ -471,17 +476,7 @@ pub async fn generations_keep_their_documents_apart(store: Arc<dyn GenerationSto
     assert_eq!(store.rides(1).upsert_many(&batch).await.unwrap(), 1, "a batch writes only what is newer");
     assert_eq!(store.rides(1).get(view.ride_id).await.unwrap(), Some(view.clone()));
 
-    let profile = UserProfile {
-        user_id: UserId::new(),
-        email: format!("{}@example.com", Uuid::new_v4()),
-        name: "Ana".into(),
-        role: Role::Rider,
-        vehicle: None,
-        online: false,
-        registered_at: t(0),
-        updated_at: t(0),
-        version: 1,
-    };
+    let profile = rider_profile(UserId::new(), 1);
     assert!(store.users(1).upsert_profile(&profile).await.unwrap());
     assert_eq!(store.users(0).profile(profile.user_id).await.unwrap(), None);
     assert_eq!(store.users(1).profile(profile.user_id).await.unwrap(), Some(profile.clone()));

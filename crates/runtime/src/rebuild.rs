@@ -145,14 +145,13 @@ pub async fn rebuild(
     let projection = fold.projection();
     let catalogue = Catalogue { backend, projection };
     collect_retired(backend, projection, options.catalogue_ttl).await?;
-    let mut state = match claim(backend, projection, fold.code_version(), options).await? {
-        Claim::Claimed(state) => state,
+    let (mut state, registered) = match claim(backend, projection, fold.code_version(), options).await? {
+        Claim::Claimed { state, announced } => (state, announced),
         Claim::Busy { owner, lease_until } => return Ok(Outcome::Busy { owner, lease_until }),
         Claim::UpToDate => return Ok(Outcome::UpToDate),
     };
     progress.started(projection, &state);
     info!(%projection, generation = state.generation, position = state.position, "rebuild started");
-    let registered = catalogue.building_since(state.generation).await?;
     let mut checkpointed = tokio::time::Instant::now();
     let (run_started, mut run_events) = (tokio::time::Instant::now(), 0u64);
     // The next page is read while this one is folded and written (the store's reads and the
@@ -243,8 +242,16 @@ pub async fn keep_current(backend: Backend, mut fold: impl Fold, shutdown: Cance
 }
 
 enum Claim {
-    Claimed(RebuildState),
-    Busy { owner: String, lease_until: DateTime<Utc> },
+    /// `announced`: when writers were first told of the generation being built (never, in place:
+    /// they write the served one anyway).
+    Claimed {
+        state: RebuildState,
+        announced: DateTime<Utc>,
+    },
+    Busy {
+        owner: String,
+        lease_until: DateTime<Utc>,
+    },
     UpToDate,
 }
 
@@ -268,7 +275,7 @@ async fn claim(
                 let state = RebuildState { owner: options.owner.clone(), lease_until, updated_at: now, ..interrupted };
                 record.rebuild = Some(state.clone());
                 if catalogue.store(projection, revision, &record).await? {
-                    return Ok(Claim::Claimed(state));
+                    return Ok(Claim::Claimed { announced: building_since(&record, state.generation), state });
                 }
                 continue;
             }
@@ -319,9 +326,15 @@ async fn claim(
         };
         record.rebuild = Some(state.clone());
         if catalogue.store(projection, revision, &record).await? {
-            return Ok(Claim::Claimed(state));
+            return Ok(Claim::Claimed { announced: building_since(&record, state.generation), state });
         }
     }
+}
+
+/// When writers were first told of `generation` as building (never, for an in-place rebuild).
+fn building_since(record: &ProjectionRecord, generation: u64) -> DateTime<Utc> {
+    let building = record.generations.iter().find(|g| g.number == generation && g.state == GenerationState::Building);
+    building.map_or(DateTime::<Utc>::UNIX_EPOCH, |g| g.since)
 }
 
 fn retire(record: &mut ProjectionRecord, generation: u64, now: DateTime<Utc>) {
@@ -369,15 +382,6 @@ impl Catalogue<'_> {
             .await?;
         anyhow::ensure!(kept, "the {} rebuild's lease was taken over by another process; stopping", self.projection);
         Ok(())
-    }
-
-    /// When writers were first told about the generation being built (never, in place: they write
-    /// the served one anyway).
-    async fn building_since(&self, generation: u64) -> anyhow::Result<DateTime<Utc>> {
-        let (record, _) = self.backend.projections.catalogue().load(self.projection).await?;
-        let building =
-            record.generations.iter().find(|g| g.number == generation && g.state == GenerationState::Building);
-        Ok(building.map_or(DateTime::<Utc>::UNIX_EPOCH, |g| g.since))
     }
 }
 
@@ -482,13 +486,16 @@ async fn collect_retired(backend: &Backend, projection: Projection, ttl: Duratio
     drop_generations(backend, projection, &droppable).await?;
     Catalogue { backend, projection }
         .update(|record| {
-            let mut changed = false;
-            for g in record.generations.iter_mut().filter(|g| g.state == GenerationState::Draining && settled(g)) {
-                g.state = GenerationState::Retired;
-                g.since = now;
-                changed = true;
+            let draining: Vec<u64> = record
+                .generations
+                .iter()
+                .filter(|g| g.state == GenerationState::Draining && settled(g))
+                .map(|g| g.number)
+                .collect();
+            for generation in &draining {
+                retire(record, *generation, now);
             }
-            Ok(changed)
+            Ok(!draining.is_empty())
         })
         .await?;
     Ok(())
