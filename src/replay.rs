@@ -59,7 +59,8 @@ pub async fn run(backend: &Backend) -> anyhow::Result<()> {
         streams.iter().filter(|(_, s)| s.first().is_some_and(|e| e.aggregate_type == AggregateType::User))
     {
         let events = decode::<UserEvent>(stream.clone())?;
-        if user_worker::projection::write_read_models(backend, UserId(*id), &events).await? {
+        let user = user_worker::projection::UserStream::of(&events);
+        if user_worker::projection::write_read_models(backend, UserId(*id), &user, events.len() as u64).await? {
             users += 1;
         }
     }

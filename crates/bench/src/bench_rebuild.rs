@@ -43,19 +43,22 @@ struct Report {
     ratio: f64,
 }
 
-async fn backend(args: &Args) -> anyhow::Result<Backend> {
-    std::fs::create_dir_all(&args.data_dir)?;
-    let dir = tempfile_dir(&args.data_dir)?;
+/// A fresh embedded backend under `data_dir`; with `store` `mongodb`, its event store, ride views and
+/// catalogue on a fresh database of `RIDEHAIL__MONGODB__URI`.
+pub(crate) async fn fresh_backend(store: &str, data_dir: &std::path::Path) -> anyhow::Result<Backend> {
+    std::fs::create_dir_all(data_dir)?;
+    let dir = tempfile_dir(data_dir)?;
     let mut backend = ridehail_sqlite::open(&dir, 1, Arc::new(SystemClock))?;
-    if args.store == "mongodb" {
+    if store == "mongodb" {
         let uri = std::env::var("RIDEHAIL__MONGODB__URI")?;
-        let database = format!("bench-rebuild-{}", uuid::Uuid::new_v4().simple());
+        let database = format!("bench-{}", uuid::Uuid::new_v4().simple());
         let settings = ridehail_mongo::MongoSettings { uri, database, ..ridehail_mongo::MongoSettings::default() };
         let db = ridehail_mongo::connect(&settings).await?;
         ridehail_mongo::migrations::up(&db).await?;
         let stores = ridehail_mongo::Stores::new(&db, false);
         backend.events = stores.events;
         backend.rides = stores.rides;
+        backend.users = stores.users;
         backend.projections = stores.projections;
     }
     Ok(backend)
@@ -69,7 +72,7 @@ fn tempfile_dir(base: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let backend = backend(&args).await?;
+    let backend = fresh_backend(&args.store, &args.data_dir).await?;
     let rides = args.events.div_ceil(8);
     let started = Instant::now();
     let at = Utc::now();

@@ -11,6 +11,7 @@
 //! docs/benchmarks.md.
 
 mod bench_bus;
+mod bench_long_streams;
 mod bench_reads;
 mod bench_rebuild;
 mod bench_streams;
@@ -39,6 +40,8 @@ enum Command {
     BenchStreams(bench_streams::Args),
     /// A live rebuild of the ride views, against the raw read rate of the same store.
     BenchRebuild(bench_rebuild::Args),
+    /// What a command costs on a driver's stream as it grows (snapshots).
+    BenchLongStreams(bench_long_streams::Args),
     /// Raw ceiling of a bus: one producer and one consumer on a scratch topic.
     BenchBus {
         #[command(flatten)]
@@ -92,6 +95,7 @@ fn main() -> anyhow::Result<()> {
             Command::BenchStreams(args) => bench_streams::run(args).await,
             Command::BenchReads(args) => bench_reads::run(args).await,
             Command::BenchRebuild(args) => bench_rebuild::run(args).await,
+            Command::BenchLongStreams(args) => bench_long_streams::run(args).await,
             Command::BenchBus { bus, args } => {
                 let report = bench_bus::run(bus.open().await?, &args).await?;
                 println!("{}", serde_json::to_string(&report)?);

@@ -252,6 +252,48 @@ pub async fn event_store_reads_everything_in_a_stable_order(store: &dyn EventSto
     assert_eq!(again, order, "read_all must be deterministic");
 }
 
+pub async fn event_store_reads_a_stream_after_a_sequence(store: &dyn EventStore) {
+    let id = Uuid::now_v7();
+    let events: Vec<WireEvent> = (1..=5).map(|n| event(id, n)).collect();
+    store.append(0, &events).await.unwrap();
+    store.append(0, &[event(Uuid::now_v7(), 1)]).await.unwrap();
+    assert_eq!(store.read_stream_after(id, 0).await.unwrap(), events);
+    assert_eq!(store.read_stream_after(id, 3).await.unwrap(), events[3..]);
+    assert!(store.read_stream_after(id, 5).await.unwrap().is_empty());
+    assert!(store.read_stream_after(Uuid::now_v7(), 0).await.unwrap().is_empty());
+}
+
+fn snapshot(stream: Uuid, version: u64, state_version: u32) -> Snapshot {
+    Snapshot {
+        stream,
+        aggregate: "user".into(),
+        state_version,
+        version,
+        state: serde_json::json!({"folded": version, "nested": {"list": [1, 2], "none": null}}),
+        recent: vec![RecentCommand { causation_id: Uuid::now_v7(), first: version, last: version }],
+        taken_at: t(version as i64),
+    }
+}
+
+/// A stream keeps one snapshot: the newest of its code version; one of another code version is
+/// replaced by any (it is of no use); streams keep theirs apart.
+pub async fn event_store_keeps_the_newest_snapshot_of_a_stream(store: &dyn EventStore) {
+    let (id, other) = (Uuid::now_v7(), Uuid::now_v7());
+    assert_eq!(store.load_snapshot(id).await.unwrap(), None);
+    let at_10 = snapshot(id, 10, 1);
+    store.save_snapshot(&at_10).await.unwrap();
+    assert_eq!(store.load_snapshot(id).await.unwrap(), Some(at_10.clone()));
+    store.save_snapshot(&snapshot(id, 5, 1)).await.unwrap();
+    assert_eq!(store.load_snapshot(id).await.unwrap(), Some(at_10), "an older snapshot must not replace a newer one");
+    let at_20 = snapshot(id, 20, 1);
+    store.save_snapshot(&at_20).await.unwrap();
+    assert_eq!(store.load_snapshot(id).await.unwrap(), Some(at_20));
+    let new_code = snapshot(id, 3, 2);
+    store.save_snapshot(&new_code).await.unwrap();
+    assert_eq!(store.load_snapshot(id).await.unwrap(), Some(new_code));
+    assert_eq!(store.load_snapshot(other).await.unwrap(), None);
+}
+
 // ------------------------------------------------------------------ ride views
 
 fn fare() -> Fare {

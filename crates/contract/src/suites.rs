@@ -116,6 +116,12 @@ macro_rules! event_store_suite {
         $crate::__contract_case!($fixture, event_store_reads_everything_in_a_stable_order, [], |f| {
             $crate::event_store_reads_everything_in_a_stable_order(f.port())
         });
+        $crate::__contract_case!($fixture, event_store_reads_a_stream_after_a_sequence, [], |f| {
+            $crate::event_store_reads_a_stream_after_a_sequence(f.port())
+        });
+        $crate::__contract_case!($fixture, event_store_keeps_the_newest_snapshot_of_a_stream, [], |f| {
+            $crate::event_store_keeps_the_newest_snapshot_of_a_stream(f.port())
+        });
     };
 }
 

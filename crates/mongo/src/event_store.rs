@@ -40,7 +40,7 @@ use mongodb::bson::{DateTime as BsonDateTime, Document, doc};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 use ridehail_events::WireEvent;
-use ridehail_ports::{AppendError, EventStore, ReadAllPage, validate_batch};
+use ridehail_ports::{AppendError, EventStore, ReadAllPage, Snapshot, validate_batch};
 use ridehail_ports::{StoreError, StoreResult};
 use uuid::Uuid;
 
@@ -48,6 +48,8 @@ use crate::codec::{describe, duplicate_key_index, from_document, get_u64, is_dup
 
 pub(crate) const EVENTS: &str = "events";
 pub(crate) const COUNTERS: &str = "counters";
+/// One document per stream with a snapshot (its `stream`, unique).
+pub(crate) const SNAPSHOTS: &str = "snapshots";
 /// The counter document (in `counters`) that hands out global positions.
 const POSITION_COUNTER: &str = "events";
 /// Fields an event document holds beyond the [`WireEvent`] shape.
@@ -59,6 +61,7 @@ pub struct MongoEventStore {
     db: Database,
     events: Collection<Document>,
     counters: Collection<Document>,
+    snapshots: Collection<Document>,
     /// Multi-event batches are inserted in one transaction.
     transactions: bool,
 }
@@ -86,7 +89,13 @@ impl MongoEventStore {
     /// As [`MongoEventStore::new`], inserting batches of several events in one transaction when
     /// `transactions` (the server must run them: see [`supports_transactions`]).
     pub fn with_transactions(db: &Database, transactions: bool) -> Self {
-        Self { db: db.clone(), events: db.collection(EVENTS), counters: db.collection(COUNTERS), transactions }
+        Self {
+            db: db.clone(),
+            events: db.collection(EVENTS),
+            counters: db.collection(COUNTERS),
+            snapshots: db.collection(SNAPSHOTS),
+            transactions,
+        }
     }
 
     /// Whether batches of several events are inserted in one transaction.
@@ -230,9 +239,14 @@ impl EventStore for MongoEventStore {
     }
 
     async fn read_stream(&self, aggregate_id: Uuid) -> StoreResult<Vec<WireEvent>> {
+        self.read_stream_after(aggregate_id, 0).await
+    }
+
+    async fn read_stream_after(&self, aggregate_id: Uuid, after: u64) -> StoreResult<Vec<WireEvent>> {
+        let after = to_i64(after, "sequence")?;
         let docs: Vec<Document> = self
             .events
-            .find(doc! {"aggregate_id": aggregate_id.to_string()})
+            .find(doc! {"aggregate_id": aggregate_id.to_string(), "sequence": {"$gt": after}})
             .sort(doc! {"sequence": 1})
             .await
             .with_context(|| format!("reading stream {aggregate_id}"))?
@@ -240,6 +254,40 @@ impl EventStore for MongoEventStore {
             .await
             .with_context(|| format!("reading stream {aggregate_id}"))?;
         docs.into_iter().map(Self::decode).collect()
+    }
+
+    async fn load_snapshot(&self, stream: Uuid) -> StoreResult<Option<Snapshot>> {
+        let id = stream.to_string();
+        let found = (self.snapshots.find_one(doc! {"stream": &id}))
+            // Without unique-index enforcement (CongoDB) two first snapshots can both be stored.
+            .sort(doc! {"version": -1})
+            .await
+            .with_context(|| format!("reading the snapshot of {id}"))?;
+        found.map(|doc| from_document(doc, &[], SNAPSHOTS, &id)).transpose()
+    }
+
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> StoreResult<()> {
+        let id = snapshot.stream.to_string();
+        let body = to_document(snapshot).map_err(|e| StoreError::Corrupt(format!("{e:#}")))?;
+        let version = to_i64(snapshot.version, "version")?;
+        // Replaces an older snapshot, or one of another code version (of no use); keeps a newer one.
+        let replaceable = doc! {"stream": &id, "$or": [
+            {"version": {"$lt": version}},
+            {"state_version": {"$ne": i64::from(snapshot.state_version)}},
+        ]};
+        let context = || format!("writing the snapshot of {id}");
+        let replaced = self.snapshots.replace_one(replaceable, body.clone()).await.with_context(context)?;
+        if replaced.matched_count == 0 {
+            // None yet, or a newer one: stored only in the first case.
+            let inserted =
+                self.snapshots.update_one(doc! {"stream": &id}, doc! {"$setOnInsert": body}).upsert(true).await;
+            match inserted {
+                // A concurrent first snapshot of the stream won (the unique index on `stream`).
+                Err(e) if is_duplicate_key(&e) => {}
+                other => drop(other.with_context(context)?),
+            }
+        }
+        Ok(())
     }
 
     async fn read_all(&self, after: Option<&str>, limit: usize) -> StoreResult<ReadAllPage> {

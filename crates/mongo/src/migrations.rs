@@ -20,7 +20,7 @@ use mongodb::options::IndexOptions;
 use mongodb::{Database, IndexModel};
 
 use crate::codec::{get_u64, is_duplicate_key};
-use crate::event_store::{COUNTERS, EVENTS};
+use crate::event_store::{COUNTERS, EVENTS, SNAPSHOTS};
 use crate::projections::PROJECTIONS;
 use crate::rides::RIDES;
 use crate::timers::TIMERS;
@@ -120,6 +120,11 @@ pub fn all() -> Vec<Migration> {
             version: 5,
             name: "projection catalogue",
             changes: vec![index(PROJECTIONS, "projections_name", doc! {"name": 1}, true)],
+        },
+        Migration {
+            version: 6,
+            name: "snapshots",
+            changes: vec![index(SNAPSHOTS, "snapshots_stream", doc! {"stream": 1}, true)],
         },
     ]
 }

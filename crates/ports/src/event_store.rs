@@ -1,6 +1,8 @@
 use crate::error::StoreResult;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use ridehail_events::WireEvent;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,17 @@ pub trait EventStore: Send + Sync + std::fmt::Debug {
     /// The stream in sequence order (empty for an unknown aggregate).
     async fn read_stream(&self, aggregate_id: Uuid) -> StoreResult<Vec<WireEvent>>;
 
+    /// The stream's events after sequence `after`, in sequence order (the tail a snapshot at `after`
+    /// leaves to fold).
+    async fn read_stream_after(&self, aggregate_id: Uuid, after: u64) -> StoreResult<Vec<WireEvent>>;
+
+    /// The snapshot kept of a stream, if any.
+    async fn load_snapshot(&self, stream: Uuid) -> StoreResult<Option<Snapshot>>;
+
+    /// Keeps `snapshot` as the stream's, unless the one kept already is of a later version. A
+    /// snapshot is derived data: losing one, or keeping an older one, only costs a longer load.
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> StoreResult<()>;
+
     /// Everything, in one deterministic order that respects each stream's sequence, for replay.
     async fn read_all(&self, after: Option<&str>, limit: usize) -> StoreResult<ReadAllPage>;
 
@@ -51,6 +64,33 @@ pub trait EventStore: Send + Sync + std::fmt::Debug {
     async fn head(&self) -> StoreResult<u64>;
 
     async fn ping(&self) -> StoreResult<()>;
+}
+
+/// A stream's fold at one version, kept beside the stream so that loading it reads only the events
+/// that follow (docs/snapshots.md). Written by the executor, never by hand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub stream: Uuid,
+    /// The aggregate whose fold this is.
+    pub aggregate: String,
+    /// The version of the fold's code: a snapshot of another version is ignored and taken again.
+    pub state_version: u32,
+    /// The stream's last event folded in.
+    pub version: u64,
+    /// The fold, as the aggregate serialises it.
+    pub state: serde_json::Value,
+    /// The newest commands whose events are folded in, oldest first: a redelivered command is
+    /// recognised from them without reading the stream from its start.
+    pub recent: Vec<RecentCommand>,
+    pub taken_at: DateTime<Utc>,
+}
+
+/// The events one command appended to a stream: sequences `first..=last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentCommand {
+    pub causation_id: Uuid,
+    pub first: u64,
+    pub last: u64,
 }
 
 /// Checks what every adapter must refuse before touching storage; returns the stream id.

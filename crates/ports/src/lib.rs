@@ -31,7 +31,7 @@ pub use commands::{
 pub use drivers::{Candidate, DriverLocator};
 pub use error::{StoreError, StoreResult};
 pub use event_store::validate_batch;
-pub use event_store::{AppendError, EventStore, ReadAllPage};
+pub use event_store::{AppendError, EventStore, ReadAllPage, RecentCommand, Snapshot};
 pub use idempotency::{IdempotencyClaim, IdempotencyStore, StoredResponse};
 pub use limits::{Admission, Limiter, LockoutPolicy, Rate};
 pub use log_limiter::LogLimiter;

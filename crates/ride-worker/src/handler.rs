@@ -13,15 +13,15 @@ use ridehail_events::ride::{
     ActiveRideClaimed, ActiveRideReleased, ExpireOffer, RetryMatching, RideCommand, RideEvent, RiderSlotEvent,
 };
 use ridehail_events::{Actor, CommandEnvelope, CorrelationId, EventEnvelope, Message as _, RideId, UserId};
-use ridehail_ports::{Backend, Rejection, RejectionKind, Resource, StoreResult, Timer};
-use ridehail_runtime::executor::{Aggregate, CommandHandler, Executor, ProcessError};
+use ridehail_ports::{Backend, Rejection, RejectionKind, Resource, RideView, StoreResult, Timer};
+use ridehail_runtime::executor::{Aggregate, CommandHandler, Executor, Folded, ProcessError};
 use ridehail_runtime::records;
 use uuid::Uuid;
 
 use crate::domain::{
-    DriverCandidate, Facts, MatchingPolicy, PricingPolicy, RideRejection, RideState, decide, search_for, state_of,
+    DriverCandidate, Facts, MatchingPolicy, PricingPolicy, RideRejection, RideState, decide, evolve, search_for,
+    state_of,
 };
-use crate::projection::project;
 
 /// A driver stays held this long after their offer expires, so the expiry timer fires first.
 pub const HOLD_GRACE: Duration = Duration::seconds(10);
@@ -42,6 +42,13 @@ pub struct RideAggregate {
     matching: Arc<MatchingPolicy>,
     /// The riders' slots: a request claims its rider's, the ride's end frees it.
     slots: Arc<Executor<RiderSlot>>,
+}
+
+/// A ride stream as the executor folds it: the aggregate's state and the ride's view.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct RideStream {
+    pub state: Option<RideState>,
+    pub view: Option<RideView>,
 }
 
 /// What a ride command needs from outside its stream, looked up for one attempt.
@@ -173,20 +180,22 @@ impl RideAggregate {
 impl Aggregate for RideAggregate {
     type Command = RideCommand;
     type Event = RideEvent;
-    type State = Option<RideState>;
+    type State = RideStream;
     type Facts = LookedUp;
     type Rejection = RideRejection;
 
-    fn evolve(&self, history: &[EventEnvelope<RideEvent>]) -> Option<RideState> {
-        state_of(history)
+    fn evolve(&self, ride: &mut RideStream, event: &EventEnvelope<RideEvent>) {
+        ride.state = evolve(ride.state.take(), &event.event, event.occurred_at);
+        ride.view = crate::projection::apply(ride.view.take(), event);
     }
 
     async fn facts(
         &self,
-        state: &Option<RideState>,
+        ride: &RideStream,
         command: &CommandEnvelope<RideCommand>,
         now: DateTime<Utc>,
     ) -> Result<LookedUp, ProcessError> {
+        let state = &ride.state;
         let b = &self.backend;
         let ride_id = RideId(command.aggregate_id);
         let surge_bps = match &command.command {
@@ -218,7 +227,7 @@ impl Aggregate for RideAggregate {
 
     fn decide(
         &self,
-        state: &Option<RideState>,
+        ride: &RideStream,
         command: &RideCommand,
         facts: &LookedUp,
     ) -> Result<Vec<RideEvent>, RideRejection> {
@@ -229,15 +238,15 @@ impl Aggregate for RideAggregate {
             surge_bps: facts.surge_bps,
             candidate: facts.candidate,
         };
-        decide(state, command, &facts)
+        decide(&ride.state, command, &facts)
     }
 
     fn rejection(&self, rejection: RideRejection) -> Rejection {
         rejection.into()
     }
 
-    fn observe(&self, history: &[EventEnvelope<RideEvent>], new: &[EventEnvelope<RideEvent>]) {
-        observe(history, new);
+    fn observe(&self, ride: &Folded<RideStream>, new: &[EventEnvelope<RideEvent>]) {
+        observe(ride.state.view.as_ref().map(|v| v.requested_at), new);
     }
 
     /// A request takes its rider's slot (one ride under way per rider), unless the ride already
@@ -264,20 +273,19 @@ impl Aggregate for RideAggregate {
     async fn effects(
         &self,
         command: &CommandEnvelope<RideCommand>,
-        history: &[EventEnvelope<RideEvent>],
+        ride: &Folded<RideStream>,
         new: &[EventEnvelope<RideEvent>],
     ) -> Result<(), ProcessError> {
         let b = &self.backend;
-        let view = project(history)
+        let view = (ride.state.view.as_ref())
             .ok_or_else(|| ProcessError::Failed(anyhow::anyhow!("a ride stream without RideRequested")))?;
         let ride_id = view.ride_id;
-        b.rides.upsert(&view).await?;
+        b.rides.upsert(view).await?;
         if !matches!(command.command, RideCommand::RequestRide(_)) && new.iter().any(|e| ends_the_ride(&e.event)) {
             self.slots.execute_on(rider_slot_id(view.rider_id), command).await?;
         }
-        let state = state_of(history);
         for envelope in new {
-            self.driver_and_timer_effects(ride_id, state.as_ref(), envelope).await?;
+            self.driver_and_timer_effects(ride_id, ride.state.state.as_ref(), envelope).await?;
         }
         records::publish_events(&*b.bus, ridehail_events::topics::RIDE_EVENTS, new).await?;
         Ok(())
@@ -328,12 +336,12 @@ impl Aggregate for RiderSlot {
         }
     }
 
-    fn evolve(&self, history: &[EventEnvelope<RiderSlotEvent>]) -> Option<RideId> {
-        history.iter().fold(None, |held, e| match &e.event {
-            RiderSlotEvent::ActiveRideClaimed(c) => Some(c.ride_id),
-            RiderSlotEvent::ActiveRideReleased(r) if held == Some(r.ride_id) => None,
-            RiderSlotEvent::ActiveRideReleased(_) => held,
-        })
+    fn evolve(&self, held: &mut Option<RideId>, event: &EventEnvelope<RiderSlotEvent>) {
+        match &event.event {
+            RiderSlotEvent::ActiveRideClaimed(c) => *held = Some(c.ride_id),
+            RiderSlotEvent::ActiveRideReleased(r) if *held == Some(r.ride_id) => *held = None,
+            RiderSlotEvent::ActiveRideReleased(_) => {}
+        }
     }
 
     async fn facts(
@@ -372,7 +380,7 @@ impl Aggregate for RiderSlot {
     async fn effects(
         &self,
         _command: &CommandEnvelope<RideCommand>,
-        _history: &[EventEnvelope<RiderSlotEvent>],
+        _held: &Folded<Option<RideId>>,
         _new: &[EventEnvelope<RiderSlotEvent>],
     ) -> Result<(), ProcessError> {
         Ok(())
@@ -419,13 +427,9 @@ impl From<RideRejection> for Rejection {
     }
 }
 
-/// The business metrics of freshly appended ride events (`history`: the whole stream, them included).
-fn observe(history: &[EventEnvelope<RideEvent>], new: &[EventEnvelope<RideEvent>]) {
+/// The business metrics of freshly appended ride events (`requested_at`: when the ride was).
+fn observe(requested_at: Option<DateTime<Utc>>, new: &[EventEnvelope<RideEvent>]) {
     use ridehail_runtime::metrics::rides;
-    let requested_at = history.iter().find_map(|e| match &e.event {
-        RideEvent::RideRequested(_) => Some(e.occurred_at),
-        _ => None,
-    });
     for envelope in new {
         match &envelope.event {
             RideEvent::RideRequested(r) => rides::requested(r.estimate.surge_bps),

@@ -1,10 +1,12 @@
 //! The command executor: the one loop every command of every aggregate goes through.
 //!
-//! Per command: load the stream → if events caused by this command are already there (a redelivery),
-//! only finish their effects → fold the state → look up the outside facts → `decide` (pure) →
+//! Per command: load the stream (from its snapshot and the events after it, for an aggregate that
+//! keeps snapshots) and fold it → if events caused by this command are already there (a
+//! redelivery), only finish their effects → look up the outside facts → `decide` (pure) →
 //! claim what the decision needs beyond its own stream → append with optimistic concurrency (on a
 //! conflict: give back what the facts reserved, reload, decide again) → give back what the appended
-//! events do not use → the effects (read models, timers, publishing), each idempotent.
+//! events do not use → the effects (read models, timers, publishing), each idempotent → a snapshot,
+//! when the stream has grown enough since the last one.
 //!
 //! An aggregate plugs in through [`Aggregate`]; [`CommandHandler`] runs it under the consume loop
 //! and records each command's outcome. Spans, metrics, snapshots and retry policy of the command path
@@ -16,8 +18,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ridehail_events::{CommandEnvelope, EventEnvelope, EventId, Message, WireEvent};
 use ridehail_ports::{
-    AppendError, Backend, CommandState, CommandStatus, Failure, Outcome, Rejection, Resource, StoreError, StoreResult,
+    AppendError, Backend, CommandState, CommandStatus, Failure, Outcome, RecentCommand, Rejection, Resource, Snapshot,
+    StoreError, StoreResult,
 };
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tracing::{Instrument as _, debug, field, info_span};
 use uuid::Uuid;
 
@@ -92,13 +97,35 @@ impl From<anyhow::Error> for ProcessError {
     }
 }
 
+/// How an aggregate's streams are snapshotted (docs/snapshots.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// The aggregate's name in its snapshots: a snapshot under another name is not its.
+    pub aggregate: &'static str,
+    /// A snapshot is taken once the stream is this many events past the last one (or past its start).
+    pub every: u64,
+    /// The version of the state's code and serialised form: raise it when either changes, and
+    /// snapshots of the previous version are ignored, then taken again.
+    pub version: u32,
+}
+
+/// A stream folded up to `version` (its last event), as `effects` and `observe` see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Folded<S> {
+    pub stream: Uuid,
+    pub version: u64,
+    pub state: S,
+}
+
 /// One aggregate type, as the executor drives it: the domain parts of handling its commands.
 #[async_trait]
 pub trait Aggregate: Send + Sync + 'static {
     type Command: Message;
     type Event: Message;
-    /// What `decide` knows of the stream.
-    type State: Send + Sync;
+    /// What the executor folds a stream into: all that `decide`, `effects` and `observe` know of it.
+    /// The default is the state of an empty stream. With snapshots on, its serialised form is stored
+    /// ([`SnapshotPolicy::version`]).
+    type State: Default + Serialize + DeserializeOwned + Send + Sync;
     /// What `decide` needs from outside the stream, looked up (and possibly reserved) per attempt.
     type Facts: Send + Sync;
     /// The domain's typed reason for refusing a command.
@@ -109,8 +136,14 @@ pub trait Aggregate: Send + Sync + 'static {
         command.aggregate_id
     }
 
-    /// Folds a stream, oldest first, into the state `decide` works on.
-    fn evolve(&self, history: &[EventEnvelope<Self::Event>]) -> Self::State;
+    /// Folds one more event (the stream's next) into `state`.
+    fn evolve(&self, state: &mut Self::State, event: &EventEnvelope<Self::Event>);
+
+    /// Whether the executor keeps snapshots of this aggregate's streams, and how (by default, not:
+    /// every load folds the whole stream).
+    fn snapshots(&self) -> Option<SnapshotPolicy> {
+        None
+    }
 
     /// Looks up what `decide` needs from outside; may reserve things (a driver) that
     /// [`Aggregate::release`] gives back, or refuse the command at once ([`ProcessError::Rejected`]).
@@ -149,18 +182,18 @@ pub trait Aggregate: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Everything that follows an append, given the command, the whole stream and the command's
-    /// events. Re-run on redelivery, so each step must be idempotent.
+    /// Everything that follows an append, given the command, the stream folded up to its newest event
+    /// and the command's events. Re-run on redelivery, so each step must be idempotent.
     async fn effects(
         &self,
         command: &CommandEnvelope<Self::Command>,
-        history: &[EventEnvelope<Self::Event>],
+        stream: &Folded<Self::State>,
         new: &[EventEnvelope<Self::Event>],
     ) -> Result<(), ProcessError>;
 
-    /// The command's `new` events are appended and their effects done (`history`: the whole stream,
-    /// them included): report what they say to the business metrics ([`crate::metrics`]).
-    fn observe(&self, _history: &[EventEnvelope<Self::Event>], _new: &[EventEnvelope<Self::Event>]) {}
+    /// The command's `new` events are appended and their effects done (`stream`: folded with them):
+    /// report what they say to the business metrics ([`crate::metrics`]).
+    fn observe(&self, _stream: &Folded<Self::State>, _new: &[EventEnvelope<Self::Event>]) {}
 
     /// The event types the command's outcome reports (by default, all of them).
     fn reported(&self, events: &[EventEnvelope<Self::Event>]) -> Vec<String> {
@@ -175,6 +208,22 @@ pub trait Aggregate: Send + Sync + 'static {
     fn accepts(&self, _topic: &str, _command: &CommandEnvelope<Self::Command>) -> Result<(), String> {
         Ok(())
     }
+}
+
+/// How many commands a snapshot remembers ([`Snapshot::recent`]): a command redelivered after more
+/// than this many later commands on its stream (far beyond what a consumer keeps in flight) would
+/// no longer be recognised as one.
+pub const RECENT_COMMANDS: usize = 256;
+
+/// A stream as loaded for one attempt: folded from a snapshot (if one was usable) and the events after it.
+struct Loaded<S, E> {
+    state: S,
+    version: u64,
+    /// The events read: those after the snapshot, or the whole stream.
+    tail: Vec<EventEnvelope<E>>,
+    /// The snapshot's version and remembered commands (0 and none without one).
+    base: u64,
+    recent: Vec<RecentCommand>,
 }
 
 /// Runs commands of one aggregate type against the event store.
@@ -211,20 +260,22 @@ impl<A: Aggregate> Executor<A> {
     ) -> Result<Vec<EventEnvelope<A::Event>>, ProcessError> {
         let a = &self.aggregate;
         let mut claimed = false;
+        let mut trust_snapshot = true;
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let history = self.load(stream).instrument(info_span!("load", events = field::Empty)).await?;
-            let already: Vec<_> = history.iter().filter(|e| e.causation_id == command.command_id.0).cloned().collect();
+            let span = info_span!("load", events = field::Empty, snapshot = field::Empty);
+            let loaded = self.load(stream, trust_snapshot).instrument(span).await?;
+            let already = self.already(stream, &loaded, command).await?;
             if !already.is_empty() {
-                a.effects(command, &history, &already)
+                let folded = Folded { stream, version: loaded.version, state: loaded.state };
+                a.effects(command, &folded, &already)
                     .instrument(info_span!("effects", redelivery = true))
                     .await
                     .map_err(ProcessError::pending)?;
                 return Ok(already);
             }
-            let state = a.evolve(&history);
             let now = self.backend.clock.now();
-            let facts = a.facts(&state, command, now).instrument(info_span!("facts")).await?;
-            let decided = info_span!("decide").in_scope(|| a.decide(&state, &command.command, &facts));
+            let facts = a.facts(&loaded.state, command, now).instrument(info_span!("facts")).await?;
+            let decided = info_span!("decide").in_scope(|| a.decide(&loaded.state, &command.command, &facts));
             let decided = match decided {
                 Ok(events) => events,
                 Err(rejection) => {
@@ -239,26 +290,33 @@ impl<A: Aggregate> Executor<A> {
                     return Err(e);
                 }
             }
-            let version = history.len() as u64;
+            let version = loaded.version;
             let new = envelopes(command, stream, version, decided, now);
             let appended = self.append(version, &new).instrument(info_span!("append", events = new.len() as i64)).await;
             match appended {
                 Ok(()) => {
-                    let mut all = history;
-                    all.extend(new.iter().cloned());
+                    let Loaded { mut state, tail, base, recent, .. } = loaded;
+                    for event in &new {
+                        a.evolve(&mut state, event);
+                    }
+                    let folded = Folded { stream, version: version + new.len() as u64, state };
                     async {
                         a.release(&facts, &new).await?;
-                        a.effects(command, &all, &new).await
+                        a.effects(command, &folded, &new).await
                     }
                     .instrument(info_span!("effects", redelivery = false))
                     .await
                     .map_err(ProcessError::pending)?;
+                    self.snapshot(&folded, base, recent, tail.iter().chain(&new)).await;
                     // Counted once, by the process that appended them (a redelivery does not count again).
-                    a.observe(&all, &new);
+                    a.observe(&folded, &new);
                     return Ok(new);
                 }
-                Err(AppendError::Conflict { .. }) => {
+                Err(AppendError::Conflict { actual, .. }) => {
                     debug!(%stream, "append conflict; deciding again");
+                    // A stream behind its snapshot (restored from an older backup than the
+                    // snapshots): the events are the truth, so fold them all.
+                    trust_snapshot &= actual >= version;
                     a.release(&facts, &[]).await?;
                 }
                 Err(e) => {
@@ -274,18 +332,128 @@ impl<A: Aggregate> Executor<A> {
         Err(if claimed { error.pending() } else { error })
     }
 
-    /// Reads and decodes a whole stream; an event that does not decode is corrupt data.
-    async fn load(&self, stream: Uuid) -> StoreResult<Vec<EventEnvelope<A::Event>>> {
-        let wires = self.backend.events.read_stream(stream).await?;
-        tracing::Span::current().record("events", wires.len() as i64);
-        wires
-            .into_iter()
-            .map(|w| {
-                let (id, seq) = (w.aggregate_id, w.sequence);
-                EventEnvelope::from_wire(w)
-                    .map_err(|e| StoreError::Corrupt(format!("stored event {id}#{seq} does not decode: {e}")))
-            })
-            .collect()
+    /// The stream folded up to its newest event: from its snapshot and the events after it when a
+    /// usable snapshot is kept (and `trust_snapshot`), else from its start.
+    async fn load(&self, stream: Uuid, trust_snapshot: bool) -> StoreResult<Loaded<A::State, A::Event>> {
+        let a = &self.aggregate;
+        let events = &self.backend.events;
+        let snapshot = match a.snapshots() {
+            Some(policy) if trust_snapshot => self.usable_snapshot(stream, policy).await,
+            _ => None,
+        };
+        if let Some((snapshot, state)) = snapshot {
+            let tail = decode(events.read_stream_after(stream, snapshot.version).await?)?;
+            // The tail must continue the snapshot; anything else (a stream rewritten under it) is
+            // answered from the events alone.
+            if tail.first().is_none_or(|e| e.sequence == snapshot.version + 1) {
+                let span = tracing::Span::current();
+                span.record("events", tail.len() as i64);
+                span.record("snapshot", snapshot.version as i64);
+                return Ok(self.fold(state, snapshot.version, tail, snapshot.recent));
+            }
+            tracing::warn!(%stream, version = snapshot.version, "snapshot does not precede the stream's tail; ignored");
+        }
+        let all = decode(events.read_stream(stream).await?)?;
+        tracing::Span::current().record("events", all.len() as i64);
+        Ok(self.fold(A::State::default(), 0, all, Vec::new()))
+    }
+
+    fn fold(
+        &self,
+        mut state: A::State,
+        base: u64,
+        tail: Vec<EventEnvelope<A::Event>>,
+        recent: Vec<RecentCommand>,
+    ) -> Loaded<A::State, A::Event> {
+        for event in &tail {
+            self.aggregate.evolve(&mut state, event);
+        }
+        Loaded { state, version: base + tail.len() as u64, tail, base, recent }
+    }
+
+    /// The stream's snapshot and its state, if one is kept for this aggregate and code version. A
+    /// snapshot that cannot be read or decoded is only a slower load.
+    async fn usable_snapshot(&self, stream: Uuid, policy: SnapshotPolicy) -> Option<(Snapshot, A::State)> {
+        let snapshot = match self.backend.events.load_snapshot(stream).await {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "snapshot unreadable; folding the whole stream");
+                return None;
+            }
+        };
+        if snapshot.aggregate != policy.aggregate || snapshot.state_version != policy.version {
+            return None;
+        }
+        match serde_json::from_value(snapshot.state.clone()) {
+            Ok(state) => Some((snapshot, state)),
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "snapshot does not decode; folding the whole stream");
+                None
+            }
+        }
+    }
+
+    /// The events `command` appended to the stream before (it is redelivered), or none: looked for
+    /// among the events read, then among the commands the snapshot remembers.
+    async fn already(
+        &self,
+        stream: Uuid,
+        loaded: &Loaded<A::State, A::Event>,
+        command: &CommandEnvelope<A::Command>,
+    ) -> StoreResult<Vec<EventEnvelope<A::Event>>> {
+        let id = command.command_id.0;
+        let read: Vec<_> = loaded.tail.iter().filter(|e| e.causation_id == id).cloned().collect();
+        let Some(earlier) = loaded.recent.iter().find(|r| r.causation_id == id).filter(|_| read.is_empty()) else {
+            return Ok(read);
+        };
+        let events = decode(self.backend.events.read_stream_after(stream, earlier.first - 1).await?)?;
+        Ok(events.into_iter().take_while(|e| e.sequence <= earlier.last).filter(|e| e.causation_id == id).collect())
+    }
+
+    /// Keeps a snapshot of `folded` when the aggregate takes them and the stream has grown by
+    /// [`SnapshotPolicy::every`] events since the last one (`base`). Best effort: a failure is logged.
+    async fn snapshot<'e>(
+        &self,
+        folded: &Folded<A::State>,
+        base: u64,
+        mut recent: Vec<RecentCommand>,
+        since: impl Iterator<Item = &'e EventEnvelope<A::Event>>,
+    ) {
+        let Some(policy) = self.aggregate.snapshots() else { return };
+        if folded.version < base + policy.every {
+            return;
+        }
+        for event in since {
+            match recent.last_mut() {
+                Some(last) if last.causation_id == event.causation_id => last.last = event.sequence,
+                _ => recent.push(RecentCommand {
+                    causation_id: event.causation_id,
+                    first: event.sequence,
+                    last: event.sequence,
+                }),
+            }
+        }
+        let drop = recent.len().saturating_sub(RECENT_COMMANDS);
+        recent.drain(..drop);
+        let state = match serde_json::to_value(&folded.state) {
+            Ok(state) => state,
+            Err(e) => {
+                return tracing::warn!(stream = %folded.stream, error = %e, "state does not serialise; no snapshot");
+            }
+        };
+        let snapshot = Snapshot {
+            stream: folded.stream,
+            aggregate: policy.aggregate.to_owned(),
+            state_version: policy.version,
+            version: folded.version,
+            state,
+            recent,
+            taken_at: self.backend.clock.now(),
+        };
+        match self.backend.events.save_snapshot(&snapshot).instrument(info_span!("snapshot")).await {
+            Ok(()) => debug!(stream = %folded.stream, version = folded.version, "snapshot taken"),
+            Err(e) => tracing::warn!(stream = %folded.stream, error = %e, "snapshot not kept"),
+        }
     }
 
     async fn append(&self, version: u64, envelopes: &[EventEnvelope<A::Event>]) -> Result<(), AppendError> {
@@ -295,6 +463,18 @@ impl<A: Aggregate> Executor<A> {
         let wires: Vec<WireEvent> = envelopes.iter().map(EventEnvelope::to_wire).collect();
         self.backend.events.append(version, &wires).await
     }
+}
+
+/// Decodes stored events; one that does not decode is corrupt data.
+fn decode<E: Message>(wires: Vec<WireEvent>) -> StoreResult<Vec<EventEnvelope<E>>> {
+    wires
+        .into_iter()
+        .map(|w| {
+            let (id, seq) = (w.aggregate_id, w.sequence);
+            EventEnvelope::from_wire(w)
+                .map_err(|e| StoreError::Corrupt(format!("stored event {id}#{seq} does not decode: {e}")))
+        })
+        .collect()
 }
 
 /// Wraps freshly decided events for appending to `stream` after `version`, caused by `command`.

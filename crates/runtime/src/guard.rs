@@ -23,7 +23,7 @@ use ridehail_events::{CommandId, GeoPoint, RideId, UserId, WireEvent};
 use ridehail_ports::{
     Admission, AppendError, Backend, BusError, Candidate, CommandStatus, CommandStatusStore, Credentials,
     DriverLocator, EventStore, IdempotencyClaim, IdempotencyStore, Limiter, LockoutPolicy, MessageBus, OutgoingMessage,
-    Rate, ReadAllPage, RideQuery, RideView, RideViews, StartFrom, StoreError, StoreResult, StoredResponse,
+    Rate, ReadAllPage, RideQuery, RideView, RideViews, Snapshot, StartFrom, StoreError, StoreResult, StoredResponse,
     Subscription, Timer, TimerStore, UserProfile, UserViews,
 };
 use serde::Deserialize;
@@ -424,6 +424,16 @@ impl EventStore for GuardedEvents {
     }
     async fn read_stream(&self, aggregate_id: uuid::Uuid) -> StoreResult<Vec<WireEvent>> {
         through!(self, "read_stream", |store| store.read_stream(aggregate_id))
+    }
+    async fn read_stream_after(&self, aggregate_id: uuid::Uuid, after: u64) -> StoreResult<Vec<WireEvent>> {
+        through!(self, "read_stream_after", |store| store.read_stream_after(aggregate_id, after))
+    }
+    async fn load_snapshot(&self, stream: uuid::Uuid) -> StoreResult<Option<Snapshot>> {
+        through!(self, "load_snapshot", |store| store.load_snapshot(stream))
+    }
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> StoreResult<()> {
+        let snapshot = snapshot.clone();
+        through!(self, "save_snapshot", |store| store.save_snapshot(&snapshot))
     }
     async fn read_all(&self, after: Option<&str>, limit: usize) -> StoreResult<ReadAllPage> {
         let after = after.map(str::to_owned);

@@ -6,12 +6,12 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use ridehail_events::WireEvent;
-use rusqlite::{TransactionBehavior, params};
+use rusqlite::{OptionalExtension as _, TransactionBehavior, params};
 use uuid::Uuid;
 
 use crate::sqlite::{Db, one};
 use ridehail_ports::validate_batch;
-use ridehail_ports::{AppendError, EventStore, ReadAllPage};
+use ridehail_ports::{AppendError, EventStore, ReadAllPage, Snapshot};
 use ridehail_ports::{StoreError, StoreResult};
 
 const SCHEMA: &str = "
@@ -23,6 +23,12 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL,
     UNIQUE (aggregate_id, sequence)
 );
+CREATE TABLE IF NOT EXISTS snapshots (
+    stream TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    state_version INTEGER NOT NULL,
+    body TEXT NOT NULL
+) WITHOUT ROWID;
 ";
 
 #[derive(Debug, Clone)]
@@ -81,14 +87,48 @@ impl EventStore for EmbeddedEventStore {
     }
 
     async fn read_stream(&self, aggregate_id: Uuid) -> StoreResult<Vec<WireEvent>> {
+        self.read_stream_after(aggregate_id, 0).await
+    }
+
+    async fn read_stream_after(&self, aggregate_id: Uuid, after: u64) -> StoreResult<Vec<WireEvent>> {
         self.db.with(|conn| {
-            let mut stmt = conn.prepare_cached("SELECT body FROM events WHERE aggregate_id = ?1 ORDER BY sequence")?;
-            let rows = stmt.query_map(params![aggregate_id.to_string()], |r| r.get::<_, String>(0))?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT body FROM events WHERE aggregate_id = ?1 AND sequence > ?2 ORDER BY sequence",
+            )?;
+            let rows = stmt.query_map(params![aggregate_id.to_string(), after], |r| r.get::<_, String>(0))?;
             let mut out = Vec::new();
             for body in rows {
                 out.push(serde_json::from_str(&body?)?);
             }
             Ok(out)
+        })
+    }
+
+    async fn load_snapshot(&self, stream: Uuid) -> StoreResult<Option<Snapshot>> {
+        self.db.with(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT body FROM snapshots WHERE stream = ?1")?;
+            let body: Option<String> = stmt.query_row(params![stream.to_string()], |r| r.get(0)).optional()?;
+            Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+        })
+    }
+
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> StoreResult<()> {
+        let body = serde_json::to_string(snapshot).map_err(|e| StoreError::corrupt(e.to_string()))?;
+        self.db.with(|conn| {
+            // A snapshot of another code version is replaced whatever its version: it is of no use.
+            conn.prepare_cached(
+                "INSERT INTO snapshots (stream, version, state_version, body) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (stream) DO UPDATE SET
+                     version = excluded.version, state_version = excluded.state_version, body = excluded.body
+                 WHERE excluded.version > snapshots.version OR excluded.state_version != snapshots.state_version",
+            )?
+            .execute(params![
+                snapshot.stream.to_string(),
+                snapshot.version,
+                snapshot.state_version,
+                body
+            ])?;
+            Ok(())
         })
     }
 

@@ -10,12 +10,20 @@ use ridehail_events::ids::email_claim_id;
 use ridehail_events::user::{EmailClaimEvent, UserCommand, UserEvent};
 use ridehail_events::{CommandEnvelope, EventEnvelope, Message, UserId};
 use ridehail_ports::{Backend, Rejection, RejectionKind, Resource};
-use ridehail_runtime::executor::{Aggregate, CommandHandler, Executor, ProcessError};
+use ridehail_runtime::executor::{Aggregate, CommandHandler, Executor, Folded, ProcessError, SnapshotPolicy};
 use ridehail_runtime::records;
 use uuid::Uuid;
 
-use crate::domain::{EmailTaken, UserRejection, UserState, decide, decide_claim, evolve_claim, state_of};
-use crate::projection::write_read_models;
+use crate::domain::{EmailTaken, UserRejection, decide, decide_claim, evolve_claim};
+use crate::projection::{UserStream, write_read_models};
+
+/// A user's stream is snapshotted every this many events: a driver's grows with every change of
+/// availability (docs/snapshots.md).
+pub const SNAPSHOT_EVERY: u64 = 100;
+
+/// The version of [`UserStream`]'s fold and serialised form, as snapshots keep it: raise it when either
+/// changes.
+pub const SNAPSHOT_VERSION: u32 = 1;
 
 /// The user command handler: the user aggregate run by the executor under the consume loop.
 pub type UserCommandHandler = CommandHandler<UserAggregate>;
@@ -42,30 +50,29 @@ impl UserAggregate {
 impl Aggregate for UserAggregate {
     type Command = UserCommand;
     type Event = UserEvent;
-    type State = Option<UserState>;
+    type State = UserStream;
     type Facts = ();
     type Rejection = UserRejection;
 
-    fn evolve(&self, history: &[EventEnvelope<UserEvent>]) -> Option<UserState> {
-        state_of(history)
+    fn evolve(&self, user: &mut UserStream, event: &EventEnvelope<UserEvent>) {
+        user.apply(event);
+    }
+
+    fn snapshots(&self) -> Option<SnapshotPolicy> {
+        Some(SnapshotPolicy { aggregate: "user", every: SNAPSHOT_EVERY, version: SNAPSHOT_VERSION })
     }
 
     async fn facts(
         &self,
-        _state: &Option<UserState>,
+        _user: &UserStream,
         _command: &CommandEnvelope<UserCommand>,
         _now: DateTime<Utc>,
     ) -> Result<(), ProcessError> {
         Ok(())
     }
 
-    fn decide(
-        &self,
-        state: &Option<UserState>,
-        command: &UserCommand,
-        _: &(),
-    ) -> Result<Vec<UserEvent>, UserRejection> {
-        decide(state, command)
+    fn decide(&self, user: &UserStream, command: &UserCommand, _: &()) -> Result<Vec<UserEvent>, UserRejection> {
+        decide(&user.state, command)
     }
 
     fn rejection(&self, rejection: UserRejection) -> Rejection {
@@ -85,13 +92,10 @@ impl Aggregate for UserAggregate {
     async fn effects(
         &self,
         _command: &CommandEnvelope<UserCommand>,
-        history: &[EventEnvelope<UserEvent>],
+        user: &Folded<UserStream>,
         new: &[EventEnvelope<UserEvent>],
     ) -> Result<(), ProcessError> {
-        let user_id = history.first().map(|e| UserId(e.aggregate_id));
-        if let Some(user_id) = user_id {
-            write_read_models(&self.backend, user_id, history).await?;
-        }
+        write_read_models(&self.backend, UserId(user.stream), &user.state, user.version).await?;
         records::publish_events(&*self.backend.bus, ridehail_events::topics::USER_EVENTS, new).await?;
         Ok(())
     }
@@ -128,8 +132,8 @@ impl Aggregate for EmailClaim {
         }
     }
 
-    fn evolve(&self, history: &[EventEnvelope<EmailClaimEvent>]) -> Option<UserId> {
-        history.iter().fold(None, |owner, e| evolve_claim(owner, &e.event))
+    fn evolve(&self, owner: &mut Option<UserId>, event: &EventEnvelope<EmailClaimEvent>) {
+        *owner = evolve_claim(*owner, &event.event);
     }
 
     async fn facts(
@@ -157,7 +161,7 @@ impl Aggregate for EmailClaim {
     async fn effects(
         &self,
         _command: &CommandEnvelope<UserCommand>,
-        _history: &[EventEnvelope<EmailClaimEvent>],
+        _owner: &Folded<Option<UserId>>,
         _new: &[EventEnvelope<EmailClaimEvent>],
     ) -> Result<(), ProcessError> {
         Ok(())

@@ -1,5 +1,5 @@
-//! User read models folded from the user's whole stream: the profile (no credential), the
-//! credentials used by login, and (for drivers) the geo index entry.
+//! User read models folded from the user's stream: the profile (no credential), the credentials
+//! used by login, and (for drivers) the geo index entry.
 
 use ridehail_events::Role;
 use ridehail_events::ids::normalise_email;
@@ -8,22 +8,52 @@ use ridehail_events::{EventEnvelope, UserId};
 use ridehail_ports::Backend;
 use ridehail_ports::{Credentials, UserProfile};
 
-/// Writes every read model of one user from the user's whole stream; idempotent (views only move
-/// forward). Used after each command and by replay. Returns whether the user exists.
+use crate::domain::{UserState, evolve};
+
+/// A user's stream folded: the aggregate's state and the user's read models. What the executor
+/// keeps in the user aggregate's snapshots.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UserStream {
+    pub state: Option<UserState>,
+    pub profile: Option<UserProfile>,
+    pub credentials: Option<Credentials>,
+}
+
+impl UserStream {
+    /// The fold of a whole stream.
+    pub fn of(events: &[EventEnvelope<UserEvent>]) -> Self {
+        let mut stream = Self::default();
+        for envelope in events {
+            stream.apply(envelope);
+        }
+        stream
+    }
+
+    /// One more event.
+    pub fn apply(&mut self, envelope: &EventEnvelope<UserEvent>) {
+        self.credentials = apply_credentials(self.credentials.take(), self.profile.as_ref(), envelope);
+        self.profile = apply_profile(self.profile.take(), envelope);
+        self.state = evolve(self.state.take(), &envelope.event);
+    }
+}
+
+/// Writes every read model of one user from the user's stream folded up to `version`; idempotent
+/// (views only move forward). Used after each command and by replay. Returns whether the user exists.
 pub async fn write_read_models(
     backend: &Backend,
     user_id: UserId,
-    stream: &[EventEnvelope<UserEvent>],
+    user: &UserStream,
+    version: u64,
 ) -> ridehail_ports::StoreResult<bool> {
-    let Some(profile) = project_profile(stream) else { return Ok(false) };
-    backend.users.upsert_profile(&profile).await?;
-    if let Some(credentials) = project_credentials(stream) {
-        backend.users.upsert_credentials(&credentials).await?;
+    let Some(profile) = &user.profile else { return Ok(false) };
+    backend.users.upsert_profile(profile).await?;
+    if let Some(credentials) = &user.credentials {
+        backend.users.upsert_credentials(credentials).await?;
     }
     if profile.role == Role::Driver
-        && let Some(s) = crate::domain::state_of(stream)
+        && let Some(s) = &user.state
     {
-        backend.drivers.update_driver(user_id, s.location, s.online, stream.len() as u64).await?;
+        backend.drivers.update_driver(user_id, s.location, s.online, version).await?;
     }
     Ok(true)
 }

@@ -10,7 +10,7 @@ use super::matching::{DriverCandidate, MatchingPolicy, Search};
 pub use ridehail_events::validation::{MAX_COMMENT_CHARS, MAX_REASON_CHARS, MAX_TRIP_M, MIN_TRIP_M, STARS};
 
 /// The offer a driver has not answered yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Offer {
     pub driver_id: UserId,
     pub offer_number: u32,
@@ -18,7 +18,7 @@ pub struct Offer {
 }
 
 /// Everything `decide` needs to know about a ride that exists.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RideState {
     pub rider_id: UserId,
     pub pickup: GeoPoint,

@@ -5,7 +5,7 @@ use ridehail_events::{EventEnvelope, GeoPoint, Role};
 
 use ridehail_events::validation::{invalid_vehicle_field, valid_email, valid_name};
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UserState {
     pub role: Role,
     pub name: String,
