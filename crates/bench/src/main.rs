@@ -4,6 +4,7 @@
 //! - `ridehail-bench bench-reads`: `GET /v1/rides/{id}` on an edge, or a bare Redis `GET` (the ceiling).
 //! - `ridehail-bench bench-rebuild`: a live rebuild of the ride views against the raw read rate of
 //!   the same store.
+//! - `ridehail-bench bench-long-streams`: a command on a driver's stream as it grows (snapshots).
 //! - `ridehail-bench bench-bus`: the raw ceiling of a bus, one producer and one consumer on a scratch
 //!   topic.
 //!
@@ -16,6 +17,10 @@ mod bench_reads;
 mod bench_rebuild;
 mod bench_streams;
 mod loadgen;
+
+/// The same allocator as the product binary, so a benchmark measures what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::sync::Arc;
