@@ -572,3 +572,28 @@ fn waits_longer_than_the_request_timeout_are_refused_at_start_up() {
     let bad = EdgeConfig { max_wait_seconds: 14, request_timeout_seconds: 15, ..EdgeConfig::default() };
     assert!(bad.validate().is_err());
 }
+
+/// A location ping is telemetry: it moves the driver in the geo index at once (a ride requested there
+/// is offered to them), appends nothing to the driver's stream and publishes no command. A driver the
+/// index does not know yet gets 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_location_ping_moves_the_driver_without_touching_their_stream() {
+    let app = spawn_app(true);
+    let (driver_id, driver) = app.register("pinging-driver@example.com", "driver").await;
+    app.driver_online(&driver, 10.0, 10.0).await;
+    let driver_id: uuid::Uuid = driver_id.parse().unwrap();
+    let stream_before = app.backend.events.read_stream(driver_id).await.unwrap().len();
+    let commands_before = app.published(topics::USER_COMMANDS).await;
+
+    let ping = r#"{"lat":38.7224,"lon":-9.1394}"#;
+    let reply = app.call("PUT", "/v1/drivers/me/location", Some(&driver), Some(ping), &[]).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text);
+    assert_eq!(app.backend.events.read_stream(driver_id).await.unwrap().len(), stream_before);
+    assert_eq!(app.published(topics::USER_COMMANDS).await, commands_before);
+    let pickup = ridehail_events::GeoPoint { lat: 38.7223, lon: -9.1393 };
+    assert_eq!(app.backend.drivers.available_in_cell(&pickup.cell(), chrono::Utc::now()).await.unwrap(), 1);
+
+    let unknown = app.token_for(ridehail_events::Role::Driver);
+    let reply = app.call("PUT", "/v1/drivers/me/location", Some(&unknown), Some(ping), &[]).await;
+    assert_problem(&reply, StatusCode::NOT_FOUND);
+}

@@ -5,6 +5,7 @@
 //! - `ridehail-bench bench-rebuild`: a live rebuild of the ride views against the raw read rate of
 //!   the same store.
 //! - `ridehail-bench bench-long-streams`: a command on a driver's stream as it grows (snapshots).
+//! - `ridehail-bench bench-locations`: location pings into the driver geo index.
 //! - `ridehail-bench bench-bus`: the raw ceiling of a bus, one producer and one consumer on a scratch
 //!   topic.
 //!
@@ -12,6 +13,7 @@
 //! docs/benchmarks.md.
 
 mod bench_bus;
+mod bench_locations;
 mod bench_long_streams;
 mod bench_reads;
 mod bench_rebuild;
@@ -45,6 +47,8 @@ enum Command {
     BenchStreams(bench_streams::Args),
     /// A live rebuild of the ride views, against the raw read rate of the same store.
     BenchRebuild(bench_rebuild::Args),
+    /// Location pings into the driver geo index, in process.
+    BenchLocations(bench_locations::Args),
     /// What a command costs on a driver's stream as it grows (snapshots).
     BenchLongStreams(bench_long_streams::Args),
     /// Raw ceiling of a bus: one producer and one consumer on a scratch topic.
@@ -101,6 +105,7 @@ fn main() -> anyhow::Result<()> {
             Command::BenchReads(args) => bench_reads::run(args).await,
             Command::BenchRebuild(args) => bench_rebuild::run(args).await,
             Command::BenchLongStreams(args) => bench_long_streams::run(args).await,
+            Command::BenchLocations(args) => bench_locations::run(args).await,
             Command::BenchBus { bus, args } => {
                 let report = bench_bus::run(bus.open().await?, &args).await?;
                 println!("{}", serde_json::to_string(&report)?);

@@ -571,7 +571,7 @@ async fn place(locator: &dyn DriverLocator, origin: GeoPoint, offsets_milli_deg:
     for offset in offsets_milli_deg {
         let id = UserId::new();
         let at = GeoPoint { lat: origin.lat + f64::from(*offset) / 1000.0, lon: origin.lon };
-        locator.update_driver(id, Some(at), true, 1).await.unwrap();
+        locator.update_driver(id, Some(Fix { location: at, at: t(0) }), true, 1).await.unwrap();
         ids.push(id);
     }
     ids
@@ -658,6 +658,44 @@ pub async fn locator_counts_the_drivers_online(locator: &dyn DriverLocator) {
     assert_eq!(locator.online().await.unwrap(), before + 3);
     locator.update_driver(drivers[0], None, false, 5).await.unwrap();
     assert_eq!(locator.online().await.unwrap(), before + 2, "offline drivers are not counted");
+}
+
+/// A ping moves a known driver (only forward in time, whatever the order pings arrive in) and is
+/// refused for a driver the index does not know; a stream's older fix does not undo it.
+pub async fn locator_takes_location_pings_newest_first(locator: &dyn DriverLocator) {
+    let origin = unique_origin();
+    let drivers = place(locator, origin, &[0]).await;
+    let north = GeoPoint { lat: origin.lat + 0.02, lon: origin.lon };
+    assert_ne!(north.cell(), origin.cell());
+    let counts = || async {
+        let at_north = locator.available_in_cell(&north.cell(), t(30)).await.unwrap();
+        (at_north, locator.available_in_cell(&origin.cell(), t(30)).await.unwrap())
+    };
+    assert!(locator.report_location(drivers[0], Fix { location: north, at: t(20) }).await.unwrap());
+    assert_eq!(counts().await, (1, 0));
+    assert!(locator.report_location(drivers[0], Fix { location: origin, at: t(10) }).await.unwrap(), "known");
+    assert_eq!(counts().await, (1, 0), "an older ping does not move them back");
+    // A later availability change carrying the older fix of going online keeps the ping's position.
+    locator.update_driver(drivers[0], Some(Fix { location: origin, at: t(0) }), true, 2).await.unwrap();
+    assert_eq!(counts().await, (1, 0));
+    let found = locator.reserve_nearest(north, 100, &[], RideId::new(), t(60), t(30)).await.unwrap();
+    assert_eq!(found.map(|c| c.driver_id), Some(drivers[0]));
+    assert!(!locator.report_location(UserId::new(), Fix { location: origin, at: t(20) }).await.unwrap());
+}
+
+/// A driver whose last fix is older than the maximum age is neither offered rides nor counted as
+/// supply, until they report again.
+pub async fn locator_does_not_offer_drivers_whose_fix_is_stale(locator: &dyn DriverLocator) {
+    let origin = unique_origin();
+    let drivers = place(locator, origin, &[0]).await;
+    let max_age = chrono::Duration::from_std(LOCATION_MAX_AGE).unwrap();
+    let late = t(0) + max_age + chrono::Duration::seconds(1);
+    assert_eq!(locator.available_in_cell(&origin.cell(), late).await.unwrap(), 0);
+    assert_eq!(locator.reserve_nearest(origin, 500, &[], RideId::new(), late, late).await.unwrap(), None);
+    assert!(locator.report_location(drivers[0], Fix { location: origin, at: late }).await.unwrap());
+    assert_eq!(locator.available_in_cell(&origin.cell(), late).await.unwrap(), 1);
+    let found = locator.reserve_nearest(origin, 500, &[], RideId::new(), late, late).await.unwrap();
+    assert_eq!(found.map(|c| c.driver_id), Some(drivers[0]));
 }
 
 // ------------------------------------------------------------------ command status

@@ -170,6 +170,12 @@ macro_rules! locator_suite {
         $crate::__contract_case!($fixture, locator_counts_available_drivers_per_cell, [], |f| {
             $crate::locator_counts_available_drivers_per_cell(f.port())
         });
+        $crate::__contract_case!($fixture, locator_takes_location_pings_newest_first, [], |f| {
+            $crate::locator_takes_location_pings_newest_first(f.port())
+        });
+        $crate::__contract_case!($fixture, locator_does_not_offer_drivers_whose_fix_is_stale, [], |f| {
+            $crate::locator_does_not_offer_drivers_whose_fix_is_stale(f.port())
+        });
         $crate::__contract_case!($fixture, locator_counts_the_drivers_online, [], |f| {
             $crate::locator_counts_the_drivers_online(f.port())
         });

@@ -67,6 +67,8 @@ pub struct SetAvailability {
     pub location: Option<GeoPoint>,
 }
 
+/// A driver's new position, as a command. No longer sent: location pings are telemetry that the edge
+/// writes to the driver geo index (docs/locations.md). Still handled, for records already on the topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateLocation {
@@ -123,6 +125,9 @@ pub struct DriverWentOnline {
 #[serde(deny_unknown_fields)]
 pub struct DriverWentOffline {}
 
+/// An online driver's position as the stream knows it: given again with an availability change, or
+/// (in history written before location pings left the stream) from an `UpdateLocation` command. Pings
+/// are not events: they go to the driver geo index only (docs/locations.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DriverLocationUpdated {

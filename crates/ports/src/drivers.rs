@@ -10,21 +10,31 @@ pub struct Candidate {
     pub distance_m: f64,
 }
 
+/// Where a driver was, and when (a position fix).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fix {
+    pub location: GeoPoint,
+    pub at: DateTime<Utc>,
+}
+
+/// How long a driver's last position counts: a driver silent for longer is not offered rides, nor
+/// counted as supply, until they report again (docs/locations.md).
+pub const LOCATION_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The driver geo index: where online drivers are and which are free.
 ///
-/// A driver is *available* when online, located, and not held for a ride. A hold has a deadline while
+/// A driver is *available* when online, located by a fix younger than the index's maximum age
+/// ([`LOCATION_MAX_AGE`] unless configured), and not held for a ride. A hold has a deadline while
 /// the ride is only offered (so a hold left by a crash frees itself) and none once the driver accepted.
 #[async_trait]
 pub trait DriverLocator: Send + Sync + std::fmt::Debug {
-    /// Records a driver's position and online flag as of user-stream `version`; older versions are
-    /// ignored. `location: None` keeps the last known location.
-    async fn update_driver(
-        &self,
-        driver_id: UserId,
-        location: Option<GeoPoint>,
-        online: bool,
-        version: u64,
-    ) -> StoreResult<()>;
+    /// Records a driver's online flag as of user-stream `version` (older versions are ignored) and
+    /// the fix the stream knows, unless a newer fix is recorded. `fix: None` keeps the last one.
+    async fn update_driver(&self, driver_id: UserId, fix: Option<Fix>, online: bool, version: u64) -> StoreResult<()>;
+
+    /// Records a location ping (telemetry, not history), unless a newer fix is recorded. False when
+    /// the index does not know the driver (their registration is not projected yet).
+    async fn report_location(&self, driver_id: UserId, fix: Fix) -> StoreResult<bool>;
 
     /// Atomically picks the nearest available driver within `radius_m` of `at` (skipping `exclude`)
     /// and holds them for `ride_id` until `hold_until`.

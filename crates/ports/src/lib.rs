@@ -28,7 +28,7 @@ pub use commands::{
     CommandState, CommandStatus, CommandStatusStore, CompletionWaiters, Failure, Outcome, Rejection, RejectionKind,
     Resource,
 };
-pub use drivers::{Candidate, DriverLocator};
+pub use drivers::{Candidate, DriverLocator, Fix, LOCATION_MAX_AGE};
 pub use error::{StoreError, StoreResult};
 pub use event_store::validate_batch;
 pub use event_store::{AppendError, EventStore, ReadAllPage, RecentCommand, Snapshot};

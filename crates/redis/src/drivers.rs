@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use redis::Script;
 use ridehail_events::{GeoPoint, RideId, UserId};
 use ridehail_ports::StoreResult;
-use ridehail_ports::{Candidate, DriverLocator};
+use ridehail_ports::{Candidate, DriverLocator, Fix, LOCATION_MAX_AGE};
 
 use crate::client::RedisClient;
 
@@ -30,33 +30,67 @@ macro_rules! lua_available {
     };
 }
 
-/// KEYS: geo, driver. ARGV: driver id, version, online (1/0), lat, lon, cell (all three empty = keep the
-/// last location), indexable (1/0: within GEO's latitude range), cell key prefix.
+/// Lua: puts the driver (`driver`, id `id`, whose hash holds their state) where their hash says: in
+/// the GEO set and their cell's set when online and located, in neither otherwise. `old_cell` is the
+/// cell they were in before this write.
+macro_rules! lua_place {
+    () => {
+        "local function place(geo, driver, id, old_cell, cell_prefix)
+             local at = redis.call('HMGET', driver, 'lat', 'lon', 'cell', 'indexable', 'online')
+             if old_cell and old_cell ~= at[3] then redis.call('SREM', cell_prefix .. old_cell, id) end
+             if at[5] == '1' and at[1] then
+                 if at[4] == '1' then redis.call('GEOADD', geo, at[2], at[1], id) else redis.call('ZREM', geo, id) end
+                 redis.call('SADD', cell_prefix .. at[3], id)
+             else
+                 redis.call('ZREM', geo, id)
+                 if at[3] then redis.call('SREM', cell_prefix .. at[3], id) end
+             end
+         end
+         local function newer_fix(driver, located_at)
+             local stored = redis.call('HGET', driver, 'located_at')
+             return located_at ~= '' and (not stored or tonumber(stored) < tonumber(located_at))
+         end
+        "
+    };
+}
+
+/// KEYS: geo, driver. ARGV: driver id, version, online (1/0), lat, lon, cell, indexable (1/0: within
+/// GEO's latitude range), cell key prefix, fix time (ms; lat, lon, cell and it empty = no fix).
 static UPDATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        lua_place!(),
         "local geo, driver, id = KEYS[1], KEYS[2], ARGV[1]
          local stored = redis.call('HGET', driver, 'version')
          if stored and tonumber(stored) >= tonumber(ARGV[2]) then return 0 end
          local old_cell = redis.call('HGET', driver, 'cell')
-         if ARGV[4] ~= '' then
-             redis.call('HSET', driver, 'lat', ARGV[4], 'lon', ARGV[5], 'cell', ARGV[6], 'indexable', ARGV[7])
+         if newer_fix(driver, ARGV[9]) then
+             redis.call('HSET', driver, 'lat', ARGV[4], 'lon', ARGV[5], 'cell', ARGV[6], 'indexable', ARGV[7],
+                 'located_at', ARGV[9])
          end
          redis.call('HSET', driver, 'version', ARGV[2], 'online', ARGV[3])
-         local at = redis.call('HMGET', driver, 'lat', 'lon', 'cell', 'indexable')
-         if old_cell and old_cell ~= at[3] then redis.call('SREM', ARGV[8] .. old_cell, id) end
-         if ARGV[3] == '1' and at[1] then
-             if at[4] == '1' then redis.call('GEOADD', geo, at[2], at[1], id) else redis.call('ZREM', geo, id) end
-             redis.call('SADD', ARGV[8] .. at[3], id)
-         else
-             redis.call('ZREM', geo, id)
-             if at[3] then redis.call('SREM', ARGV[8] .. at[3], id) end
-         end
-         return 1",
-    )
+         place(geo, driver, id, old_cell, ARGV[8])
+         return 1"
+    ))
+});
+
+/// KEYS: geo, driver. ARGV: driver id, lat, lon, cell, indexable (1/0), fix time (ms), cell key
+/// prefix. Returns 0 for a driver the index does not know, else 1.
+static REPORT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        lua_place!(),
+        "local geo, driver, id = KEYS[1], KEYS[2], ARGV[1]
+         if redis.call('EXISTS', driver) == 0 then return 0 end
+         if not newer_fix(driver, ARGV[6]) then return 1 end
+         local old_cell = redis.call('HGET', driver, 'cell')
+         redis.call('HSET', driver, 'lat', ARGV[2], 'lon', ARGV[3], 'cell', ARGV[4], 'indexable', ARGV[5],
+             'located_at', ARGV[6])
+         place(geo, driver, id, old_cell, ARGV[7])
+         return 1"
+    ))
 });
 
 /// KEYS: geo. ARGV: lon, lat, radius (m), now (ms), hold until (ms), ride id, driver key prefix,
-/// excluded driver ids... Returns `{driver id, lat, lon}` of the driver now held, or nil.
+/// oldest fix offered (ms), excluded driver ids... Returns `{driver id, lat, lon}` of the driver now held, or nil.
 ///
 /// Looks at the nearest 16, then 64, 256... drivers, so a crowded area costs a short scan and an empty
 /// one a single search.
@@ -65,7 +99,8 @@ static RESERVE: LazyLock<Script> = LazyLock::new(|| {
         lua_available!(),
         "local now = tonumber(ARGV[4])
          local excluded = {}
-         for i = 8, #ARGV do excluded[ARGV[i]] = true end
+         local fresh_since = tonumber(ARGV[8])
+         for i = 9, #ARGV do excluded[ARGV[i]] = true end
          local count = 16
          while true do
              local found = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[1], ARGV[2],
@@ -73,8 +108,8 @@ static RESERVE: LazyLock<Script> = LazyLock::new(|| {
              for _, id in ipairs(found) do
                  if not excluded[id] then
                      local driver = ARGV[7] .. id
-                     local h = redis.call('HMGET', driver, 'online', 'ride', 'until', 'lat', 'lon')
-                     if available(h, now) then
+                     local h = redis.call('HMGET', driver, 'online', 'ride', 'until', 'lat', 'lon', 'located_at')
+                     if available(h, now) and tonumber(h[6] or 0) >= fresh_since then
                          redis.call('HSET', driver, 'ride', ARGV[6], 'until', ARGV[5])
                          return {id, h[4], h[5]}
                      end
@@ -110,13 +145,15 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// KEYS: cell set. ARGV: now (ms), driver key prefix. Returns how many of the cell's drivers are free.
+/// KEYS: cell set. ARGV: now (ms), driver key prefix, oldest fix counted (ms). Returns how many of the
+/// cell's drivers are free.
 static AVAILABLE_IN_CELL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         lua_available!(),
-        "local now, n = tonumber(ARGV[1]), 0
+        "local now, fresh_since, n = tonumber(ARGV[1]), tonumber(ARGV[3]), 0
          for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-             if available(redis.call('HMGET', ARGV[2] .. id, 'online', 'ride', 'until'), now) then n = n + 1 end
+             local h = redis.call('HMGET', ARGV[2] .. id, 'online', 'ride', 'until', 'located_at')
+             if available(h, now) and tonumber(h[4] or 0) >= fresh_since then n = n + 1 end
          end
          return n"
     ))
@@ -131,6 +168,7 @@ pub struct RedisDriverLocator {
     geo: String,
     driver_prefix: String,
     cell_prefix: String,
+    max_age: chrono::Duration,
 }
 
 impl RedisDriverLocator {
@@ -141,12 +179,29 @@ impl RedisDriverLocator {
             driver_prefix: format!("{tag}:driver:"),
             cell_prefix: format!("{tag}:cell:"),
             redis,
+            max_age: chrono::Duration::seconds(LOCATION_MAX_AGE.as_secs() as i64),
         }
+    }
+
+    /// Drivers whose last fix is older than `max_age` are not offered rides.
+    pub fn with_location_max_age(mut self, max_age: std::time::Duration) -> anyhow::Result<Self> {
+        self.max_age = chrono::Duration::from_std(max_age)?;
+        Ok(self)
     }
 
     fn driver_key(&self, driver_id: UserId) -> String {
         format!("{}{driver_id}", self.driver_prefix)
     }
+}
+
+/// A fix as script arguments: lat, lon, cell, whether GEO can index it, its time (ms).
+fn fix_args(fix: Fix) -> (String, String, String, bool, String) {
+    let at = fix.location;
+    let indexable = at.lat.abs() <= GEO_MAX_LATITUDE;
+    if !indexable {
+        tracing::warn!("driver position beyond the GEO index's latitude range: not searchable");
+    }
+    (at.lat.to_string(), at.lon.to_string(), at.cell(), indexable, fix.at.timestamp_millis().to_string())
 }
 
 /// Redis measures with a slightly larger Earth than [`GeoPoint::distance_m`]; scaling the search radius
@@ -159,22 +214,10 @@ fn redis_radius(radius_m: u32) -> f64 {
 
 #[async_trait]
 impl DriverLocator for RedisDriverLocator {
-    async fn update_driver(
-        &self,
-        driver_id: UserId,
-        location: Option<GeoPoint>,
-        online: bool,
-        version: u64,
-    ) -> StoreResult<()> {
-        let (lat, lon, cell, indexable) = match location {
-            Some(at) => {
-                let indexable = at.lat.abs() <= GEO_MAX_LATITUDE;
-                if !indexable {
-                    tracing::warn!("driver position beyond the GEO index's latitude range: not searchable");
-                }
-                (at.lat.to_string(), at.lon.to_string(), at.cell(), indexable)
-            }
-            None => (String::new(), String::new(), String::new(), false),
+    async fn update_driver(&self, driver_id: UserId, fix: Option<Fix>, online: bool, version: u64) -> StoreResult<()> {
+        let (lat, lon, cell, indexable, at) = match fix {
+            Some(fix) => fix_args(fix),
+            None => Default::default(),
         };
         UPDATE
             .key(&self.geo)
@@ -187,10 +230,29 @@ impl DriverLocator for RedisDriverLocator {
             .arg(cell)
             .arg(u8::from(indexable))
             .arg(&self.cell_prefix)
+            .arg(at)
             .invoke_async::<i64>(&mut self.redis.conn())
             .await
             .context("updating a driver in the Redis geo index")?;
         Ok(())
+    }
+
+    async fn report_location(&self, driver_id: UserId, fix: Fix) -> StoreResult<bool> {
+        let (lat, lon, cell, indexable, at) = fix_args(fix);
+        let known: i64 = REPORT
+            .key(&self.geo)
+            .key(self.driver_key(driver_id))
+            .arg(driver_id.to_string())
+            .arg(lat)
+            .arg(lon)
+            .arg(cell)
+            .arg(u8::from(indexable))
+            .arg(at)
+            .arg(&self.cell_prefix)
+            .invoke_async(&mut self.redis.conn())
+            .await
+            .context("reporting a driver's location to the Redis geo index")?;
+        Ok(known == 1)
     }
 
     async fn reserve_nearest(
@@ -214,7 +276,8 @@ impl DriverLocator for RedisDriverLocator {
             .arg(now.timestamp_millis())
             .arg(hold_until.timestamp_millis())
             .arg(ride_id.to_string())
-            .arg(&self.driver_prefix);
+            .arg(&self.driver_prefix)
+            .arg((now - self.max_age).timestamp_millis());
         for driver in exclude {
             script.arg(driver.to_string());
         }
@@ -260,6 +323,7 @@ impl DriverLocator for RedisDriverLocator {
             .key(format!("{}{cell}", self.cell_prefix))
             .arg(now.timestamp_millis())
             .arg(&self.driver_prefix)
+            .arg((now - self.max_age).timestamp_millis())
             .invoke_async(&mut self.redis.conn())
             .await
             .context("counting available drivers in a cell in Redis")?)

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use ridehail_contract::Fixture;
 use ridehail_events::{RideId, UserId};
 use ridehail_ports::StoreResult;
-use ridehail_ports::{DriverLocator, RideParty, RideQuery, RideView, RideViews, UserViews};
+use ridehail_ports::{DriverLocator, Fix, RideParty, RideQuery, RideView, RideViews, UserViews};
 use ridehail_redis::{
     CacheStats, CachedRideViews, CachedUserViews, RedisClient, RedisCommandStatus, RedisDriverLocator,
     RedisIdempotency, RedisSettings,
@@ -107,8 +107,10 @@ async fn a_driver_who_moves_is_counted_in_the_new_cell_only() {
     assert_ne!(from.cell(), to.cell());
     let now = chrono::Utc::now();
     let driver = UserId::new();
-    locator.update_driver(driver, Some(from), true, 1).await.unwrap();
-    locator.update_driver(driver, Some(to), true, 2).await.unwrap();
+    let fix = |location, seconds_ago| Fix { location, at: now - chrono::Duration::seconds(seconds_ago) };
+    locator.update_driver(driver, Some(fix(from, 3)), true, 1).await.unwrap();
+    assert_eq!(locator.available_in_cell(&from.cell(), now).await.unwrap(), 1);
+    assert!(locator.report_location(driver, fix(to, 2)).await.unwrap());
     assert_eq!(locator.available_in_cell(&from.cell(), now).await.unwrap(), 0);
     assert_eq!(locator.available_in_cell(&to.cell(), now).await.unwrap(), 1);
     // Offline keeps the position; back online without a new one, the driver is found there again.
@@ -126,7 +128,7 @@ async fn a_driver_beyond_the_geo_latitude_range_is_recorded_but_not_searchable()
     let locator = RedisDriverLocator::new(redis);
     let polar = ridehail_events::GeoPoint { lat: 89.5, lon: 0.0 };
     let now = chrono::Utc::now();
-    locator.update_driver(UserId::new(), Some(polar), true, 1).await.unwrap();
+    locator.update_driver(UserId::new(), Some(Fix { location: polar, at: now }), true, 1).await.unwrap();
     assert_eq!(locator.available_in_cell(&polar.cell(), now).await.unwrap(), 1);
     assert_eq!(locator.reserve_nearest(polar, 1_000, &[], RideId::new(), now, now).await.unwrap(), None);
 }

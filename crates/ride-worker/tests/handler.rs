@@ -34,7 +34,8 @@ impl World {
     async fn driver_at(&self, north_m: f64) -> UserId {
         let id = UserId::new();
         let at = GeoPoint { lat: PICKUP.lat + north_m / 111_320.0, lon: PICKUP.lon };
-        self.backend.drivers.update_driver(id, Some(at), true, 1).await.unwrap();
+        let fix = ridehail_ports::Fix { location: at, at: self.clock.now() };
+        self.backend.drivers.update_driver(id, Some(fix), true, 1).await.unwrap();
         id
     }
 

@@ -22,9 +22,9 @@ use futures::future::BoxFuture;
 use ridehail_events::{CommandId, GeoPoint, RideId, UserId, WireEvent};
 use ridehail_ports::{
     Admission, AppendError, Backend, BusError, Candidate, CommandStatus, CommandStatusStore, Credentials,
-    DriverLocator, EventStore, IdempotencyClaim, IdempotencyStore, Limiter, LockoutPolicy, MessageBus, OutgoingMessage,
-    Rate, ReadAllPage, RideQuery, RideView, RideViews, Snapshot, StartFrom, StoreError, StoreResult, StoredResponse,
-    Subscription, Timer, TimerStore, UserProfile, UserViews,
+    DriverLocator, EventStore, Fix, IdempotencyClaim, IdempotencyStore, Limiter, LockoutPolicy, MessageBus,
+    OutgoingMessage, Rate, ReadAllPage, RideQuery, RideView, RideViews, Snapshot, StartFrom, StoreError, StoreResult,
+    StoredResponse, Subscription, Timer, TimerStore, UserProfile, UserViews,
 };
 use serde::Deserialize;
 use tower::{Layer as _, ServiceExt as _};
@@ -547,14 +547,11 @@ struct GuardedDrivers {
 
 #[async_trait]
 impl DriverLocator for GuardedDrivers {
-    async fn update_driver(
-        &self,
-        driver_id: UserId,
-        location: Option<GeoPoint>,
-        online: bool,
-        version: u64,
-    ) -> StoreResult<()> {
-        through!(self, "update_driver", |drivers| drivers.update_driver(driver_id, location, online, version))
+    async fn update_driver(&self, driver_id: UserId, fix: Option<Fix>, online: bool, version: u64) -> StoreResult<()> {
+        through!(self, "update_driver", |drivers| drivers.update_driver(driver_id, fix, online, version))
+    }
+    async fn report_location(&self, driver_id: UserId, fix: Fix) -> StoreResult<bool> {
+        through!(self, "report_location", |drivers| drivers.report_location(driver_id, fix))
     }
     async fn reserve_nearest(
         &self,

@@ -32,9 +32,11 @@ pub const TIME_TO_MATCH: &str = "ridehail_time_to_match_seconds";
 pub const FARE: &str = "ridehail_fare_minor";
 pub const SURGE: &str = "ridehail_surge_bps";
 pub const DRIVERS_ONLINE: &str = "ridehail_drivers_online";
+pub const LOCATIONS_REPORTED: &str = "ridehail_driver_locations_reported_total";
 
 /// The `# HELP` lines (after the recorder is installed: before it they would go nowhere).
 pub(crate) fn describe() {
+    describe_counter!(LOCATIONS_REPORTED, "Driver location pings recorded in the geo index");
     describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by method, route template and status");
     describe_histogram!(HTTP_DURATION, Unit::Seconds, "Time to answer an HTTP request, by method and route template");
     describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being handled now");
@@ -133,6 +135,14 @@ pub(crate) fn lag(topic: &str, partition: u32, group: &str, lag: u64) {
 }
 
 /// What the ride domain reports as its events are appended (business metrics).
+pub mod locations {
+    use super::*;
+
+    pub fn reported() {
+        counter!(LOCATIONS_REPORTED).increment(1);
+    }
+}
+
 pub mod rides {
     use super::*;
 

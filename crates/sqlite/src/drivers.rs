@@ -11,12 +11,13 @@ use rusqlite::{TransactionBehavior, params};
 
 use crate::sqlite::{Db, exec, millis};
 use ridehail_ports::StoreResult;
-use ridehail_ports::{Candidate, DriverLocator};
+use ridehail_ports::{Candidate, DriverLocator, Fix, LOCATION_MAX_AGE};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS drivers (
     driver_id TEXT PRIMARY KEY,
     lat REAL, lon REAL, cell TEXT,
+    located_at INTEGER,
     online INTEGER NOT NULL,
     version INTEGER NOT NULL,
     held_for TEXT,
@@ -33,6 +34,13 @@ macro_rules! free {
     };
 }
 
+/// SQL condition: the driver's fix is not older than `:fresh_since` (ms), so they may be offered rides.
+macro_rules! fresh {
+    () => {
+        " AND located_at >= :fresh_since"
+    };
+}
+
 const METRES_PER_DEGREE: f64 = 111_320.0;
 
 /// Radius of the first, smallest box looked at by a nearest-driver search.
@@ -45,19 +53,21 @@ fn nearest_within(
     radius: f64,
     excluded: &[String],
     now: DateTime<Utc>,
+    fresh_since: DateTime<Utc>,
 ) -> anyhow::Result<Option<(String, f64)>> {
     let dlat = radius / METRES_PER_DEGREE;
     let dlon = radius / (METRES_PER_DEGREE * at.lat.to_radians().cos().max(0.01));
     let mut stmt = conn.prepare_cached(concat!(
         "SELECT driver_id, lat, lon FROM drivers
          WHERE online = 1 AND lat BETWEEN :lat_min AND :lat_max AND lon BETWEEN :lon_min AND :lon_max AND ",
-        free!()
+        free!(),
+        fresh!()
     ))?;
     let rows = stmt.query_map(
         rusqlite::named_params! {
             ":lat_min": at.lat - dlat, ":lat_max": at.lat + dlat,
             ":lon_min": at.lon - dlon, ":lon_max": at.lon + dlon,
-            ":now": millis(now),
+            ":now": millis(now), ":fresh_since": millis(fresh_since),
         },
         |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?, r.get::<_, f64>(2)?)),
     )?;
@@ -78,43 +88,76 @@ fn nearest_within(
 #[derive(Debug, Clone)]
 pub struct EmbeddedDriverLocator {
     db: Db,
+    max_age: chrono::Duration,
 }
 
 impl EmbeddedDriverLocator {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let db = Db::open(path)?;
         db.migrate(SCHEMA)?;
-        Ok(Self { db })
+        // Added with location pings: older files get the column, their drivers no fix time (so they
+        // are not offered rides until they report a position again).
+        db.with(|conn| {
+            let has =
+                conn.prepare("SELECT 1 FROM pragma_table_info('drivers') WHERE name = 'located_at'")?.exists([])?;
+            if !has {
+                conn.execute_batch("ALTER TABLE drivers ADD COLUMN located_at INTEGER")?;
+            }
+            Ok(())
+        })?;
+        Ok(Self { db, max_age: chrono::Duration::from_std(LOCATION_MAX_AGE)? })
+    }
+
+    /// Drivers whose last fix is older than `max_age` are not offered rides.
+    pub fn with_location_max_age(mut self, max_age: std::time::Duration) -> anyhow::Result<Self> {
+        self.max_age = chrono::Duration::from_std(max_age)?;
+        Ok(self)
     }
 }
 
 #[async_trait]
 impl DriverLocator for EmbeddedDriverLocator {
-    async fn update_driver(
-        &self,
-        driver_id: UserId,
-        location: Option<GeoPoint>,
-        online: bool,
-        version: u64,
-    ) -> StoreResult<()> {
+    async fn update_driver(&self, driver_id: UserId, fix: Option<Fix>, online: bool, version: u64) -> StoreResult<()> {
         self.db.with(|conn| {
+            // The fix is taken only when newer than the recorded one (a ping may have come since).
             exec(
                 conn,
-                "INSERT INTO drivers (driver_id, lat, lon, cell, online, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO drivers (driver_id, lat, lon, cell, located_at, online, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (driver_id) DO UPDATE SET
-                    lat = COALESCE(excluded.lat, drivers.lat), lon = COALESCE(excluded.lon, drivers.lon),
-                    cell = COALESCE(excluded.cell, drivers.cell), online = excluded.online, version = excluded.version
+                    lat = IIF(excluded.located_at > COALESCE(drivers.located_at, -1), excluded.lat, drivers.lat),
+                    lon = IIF(excluded.located_at > COALESCE(drivers.located_at, -1), excluded.lon, drivers.lon),
+                    cell = IIF(excluded.located_at > COALESCE(drivers.located_at, -1), excluded.cell, drivers.cell),
+                    located_at = MAX(COALESCE(excluded.located_at, -1), COALESCE(drivers.located_at, -1)),
+                    online = excluded.online, version = excluded.version
                  WHERE excluded.version > drivers.version",
                 params![
                     driver_id.to_string(),
-                    location.map(|l| l.lat),
-                    location.map(|l| l.lon),
-                    location.map(|l| l.cell()),
+                    fix.map(|f| f.location.lat),
+                    fix.map(|f| f.location.lon),
+                    fix.map(|f| f.location.cell()),
+                    fix.map(|f| millis(f.at)),
                     online,
                     version
                 ],
             )?;
             Ok(())
+        })
+    }
+
+    async fn report_location(&self, driver_id: UserId, fix: Fix) -> StoreResult<bool> {
+        let id = driver_id.to_string();
+        self.db.with(|conn| {
+            let changed = exec(
+                conn,
+                "UPDATE drivers SET lat = ?2, lon = ?3, cell = ?4, located_at = ?5
+                 WHERE driver_id = ?1 AND (located_at IS NULL OR located_at < ?5)",
+                params![id, fix.location.lat, fix.location.lon, fix.location.cell(), millis(fix.at)],
+            )?;
+            if changed > 0 {
+                return Ok(true);
+            }
+            Ok(conn.prepare_cached("SELECT 1 FROM drivers WHERE driver_id = ?1")?.exists(params![id])?)
         })
     }
 
@@ -134,7 +177,7 @@ impl DriverLocator for EmbeddedDriverLocator {
             // nearest one, and only its few rows are read.
             let mut search = FIRST_SEARCH_M.min(f64::from(radius_m));
             let best = loop {
-                if let Some(found) = nearest_within(&tx, at, search, &excluded, now)? {
+                if let Some(found) = nearest_within(&tx, at, search, &excluded, now, now - self.max_age)? {
                     break Some(found);
                 }
                 if search >= f64::from(radius_m) {
@@ -194,9 +237,15 @@ impl DriverLocator for EmbeddedDriverLocator {
             Ok(conn
                 .prepare_cached(concat!(
                     "SELECT COUNT(*) FROM drivers WHERE cell = :cell AND online = 1 AND ",
-                    free!()
+                    free!(),
+                    fresh!()
                 ))?
-                .query_row(rusqlite::named_params! {":cell": cell, ":now": millis(now)}, |r| r.get(0))?)
+                .query_row(
+                    rusqlite::named_params! {
+                        ":cell": cell, ":now": millis(now), ":fresh_since": millis(now - self.max_age),
+                    },
+                    |r| r.get(0),
+                )?)
         })
     }
 

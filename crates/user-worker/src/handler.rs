@@ -23,7 +23,7 @@ pub const SNAPSHOT_EVERY: u64 = 100;
 
 /// The version of [`UserStream`]'s fold and serialised form, as snapshots keep it: raise it when either
 /// changes.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 /// The user command handler: the user aggregate run by the executor under the consume loop.
 pub type UserCommandHandler = CommandHandler<UserAggregate>;

@@ -33,7 +33,7 @@ impl UserStream {
     pub fn apply(&mut self, envelope: &EventEnvelope<UserEvent>) {
         self.credentials = apply_credentials(self.credentials.take(), self.profile.as_ref(), envelope);
         self.profile = apply_profile(self.profile.take(), envelope);
-        self.state = evolve(self.state.take(), &envelope.event);
+        self.state = evolve(self.state.take(), &envelope.event, envelope.occurred_at);
     }
 }
 
@@ -53,7 +53,7 @@ pub async fn write_read_models(
     if profile.role == Role::Driver
         && let Some(s) = &user.state
     {
-        backend.drivers.update_driver(user_id, s.location, s.online, version).await?;
+        backend.drivers.update_driver(user_id, s.fix(), s.online, version).await?;
     }
     Ok(true)
 }
@@ -63,7 +63,7 @@ pub async fn write_read_models(
 pub const VERSION: u32 = 1;
 
 /// The version of the drivers projection's code (positions and online flags in the geo index).
-pub const DRIVERS_VERSION: u32 = 1;
+pub const DRIVERS_VERSION: u32 = 2;
 
 pub fn project_profile(events: &[EventEnvelope<UserEvent>]) -> Option<UserProfile> {
     events.iter().fold(None, apply_profile)

@@ -135,7 +135,7 @@ impl Fold for DriverFold {
                 Step::Skip => continue,
                 Step::Apply => {
                     let envelope = EventEnvelope::<UserEvent>::from_wire(wire)?;
-                    evolve(self.users.remove(&id).map(|(s, _)| s), &envelope.event)
+                    evolve(self.users.remove(&id).map(|(s, _)| s), &envelope.event, envelope.occurred_at)
                         .map(|state| (state, envelope.sequence))
                 }
                 // The geo index keeps no fold to resume from: a stream first met mid-way is read whole.
@@ -152,7 +152,7 @@ impl Fold for DriverFold {
         let mut written = 0;
         for id in &changed {
             if let Some((state, version)) = self.users.get(id).filter(|(s, _)| s.role == Role::Driver) {
-                backend.drivers.update_driver(UserId(*id), state.location, state.online, *version).await?;
+                backend.drivers.update_driver(UserId(*id), state.fix(), state.online, *version).await?;
                 written += 1;
             }
         }

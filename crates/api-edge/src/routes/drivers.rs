@@ -1,9 +1,10 @@
 //! Driver endpoints on the driver's own user: availability and location.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 use ridehail_events::Role;
-use ridehail_events::user::{SetAvailability, UpdateLocation, UserCommand};
+use ridehail_events::user::{SetAvailability, UserCommand};
 use ridehail_events::{Actor, topics};
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +14,7 @@ use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::extract::{CommandHeaders, ValidJson};
 use crate::submit::{Submission, fingerprint, submit};
-use ridehail_ports::Resource;
+use ridehail_ports::{Fix, Resource};
 
 /// Going online (optionally from a position) or offline.
 #[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
@@ -59,24 +60,28 @@ pub async fn set_availability(
     submit(&state, &headers, &user.user_id.to_string(), fp, driver_submission(user, command)).await
 }
 
-/// Where the driver is now (for matching).
+/// Where the driver is now (for matching): telemetry, not history. The position goes straight to the
+/// driver geo index (docs/locations.md); nothing is appended to the driver's stream, so there is no
+/// command to follow.
 #[utoipa::path(put, path = "/v1/drivers/me/location", tag = "drivers", operation_id = "setLocation",
     security(("bearer" = [])),
     request_body(content = ref("#/components/schemas/Position"), content_type = "application/json"),
     responses(
-        (status = 202, description = "Submitted: follow `status_url`.", body = ref("#/components/schemas/Accepted")),
-        (status = 200, description = "With `Prefer: wait`: the driver's profile.", body = ref("#/components/schemas/UserProfile")),
+        (status = 204, description = "Recorded (a position older than the one recorded is ignored)."),
         (status = 403, description = "`forbidden`: only drivers have a location."),
+        (status = 404, description = "`not_found`: the driver's registration is not processed yet."),
     ))]
 pub async fn set_location(
     State(state): State<AppState>,
     user: AuthUser,
-    headers: CommandHeaders,
     ValidJson(req): ValidJson<Position>,
-) -> Result<Response, ApiError> {
+) -> Result<StatusCode, ApiError> {
     user.require(Role::Driver)?;
     let location = req.check("location")?;
-    let fp = fingerprint("PUT /v1/drivers/me/location", &req);
-    let command = UserCommand::UpdateLocation(UpdateLocation { location });
-    submit(&state, &headers, &user.user_id.to_string(), fp, driver_submission(user, command)).await
+    let fix = Fix { location, at: state.backend.clock.now() };
+    if !state.backend.drivers.report_location(user.user_id, fix).await? {
+        return Err(ApiError::NotFound("driver"));
+    }
+    ridehail_runtime::metrics::locations::reported();
+    Ok(StatusCode::NO_CONTENT)
 }

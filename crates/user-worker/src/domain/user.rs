@@ -1,7 +1,9 @@
 //! The user aggregate: registration, profile, and (for drivers) availability and location.
 
+use chrono::{DateTime, Utc};
 use ridehail_events::user::*;
 use ridehail_events::{EventEnvelope, GeoPoint, Role};
+use ridehail_ports::Fix;
 
 use ridehail_events::validation::{invalid_vehicle_field, valid_email, valid_name};
 
@@ -11,7 +13,16 @@ pub struct UserState {
     pub name: String,
     pub vehicle: Option<Vehicle>,
     pub online: bool,
+    /// The last location the stream holds (given when going online), and when.
     pub location: Option<GeoPoint>,
+    pub located_at: Option<DateTime<Utc>>,
+}
+
+impl UserState {
+    /// The stream's last position fix, for the geo index.
+    pub fn fix(&self) -> Option<Fix> {
+        Some(Fix { location: self.location?, at: self.located_at? })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -146,10 +157,11 @@ pub fn decide(state: &Option<UserState>, command: &UserCommand) -> Result<Vec<Us
 
 /// The state after a whole stream.
 pub fn state_of(history: &[EventEnvelope<UserEvent>]) -> Option<UserState> {
-    history.iter().fold(None, |s, e| evolve(s, &e.event))
+    history.iter().fold(None, |s, e| evolve(s, &e.event, e.occurred_at))
 }
 
-pub fn evolve(state: Option<UserState>, event: &UserEvent) -> Option<UserState> {
+/// Applies one event. `at` is when it occurred (from its envelope).
+pub fn evolve(state: Option<UserState>, event: &UserEvent, at: DateTime<Utc>) -> Option<UserState> {
     if let UserEvent::UserRegistered(e) = event {
         return Some(UserState {
             role: e.role,
@@ -157,6 +169,7 @@ pub fn evolve(state: Option<UserState>, event: &UserEvent) -> Option<UserState> 
             vehicle: e.vehicle.clone(),
             online: false,
             location: None,
+            located_at: None,
         });
     }
     let mut s = state?;
@@ -172,10 +185,12 @@ pub fn evolve(state: Option<UserState>, event: &UserEvent) -> Option<UserState> 
         }
         UserEvent::DriverWentOnline(e) => {
             s.online = true;
-            s.location = e.location.or(s.location);
+            if let Some(location) = e.location {
+                (s.location, s.located_at) = (Some(location), Some(at));
+            }
         }
         UserEvent::DriverWentOffline(_) => s.online = false,
-        UserEvent::DriverLocationUpdated(e) => s.location = Some(e.location),
+        UserEvent::DriverLocationUpdated(e) => (s.location, s.located_at) = (Some(e.location), Some(at)),
     }
     Some(s)
 }
@@ -198,7 +213,7 @@ mod tests {
         })
     }
     fn given(events: &[UserEvent]) -> Option<UserState> {
-        events.iter().fold(None, evolve)
+        events.iter().fold(None, |s, e| evolve(s, e, chrono::DateTime::UNIX_EPOCH))
     }
     fn registered(role: Role) -> Vec<UserEvent> {
         decide(&None, &register(role, (role == Role::Driver).then(vehicle))).unwrap()
