@@ -33,13 +33,26 @@ impl Db {
 
     /// Runs `f` with the connection. A poisoned lock is recovered: SQLite rolls back any transaction
     /// a panicking holder left open when the `Transaction` guard dropped.
+    ///
+    /// SQLite blocks (on the disk, on the connection's lock), so on a multi-threaded Tokio runtime the
+    /// call runs under `block_in_place`: the runtime hands this thread's other tasks to another worker
+    /// first, and no task waits behind a commit. A current-thread runtime has no other worker to hand
+    /// them to (its tests and tools run it directly).
     pub fn with<T>(&self, f: impl FnOnce(&mut Connection) -> anyhow::Result<T>) -> StoreResult<T> {
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut conn).with_context(|| format!("sqlite {}", self.path.display())).map_err(|e| {
-            // A stored value that does not decode is corrupt data, not a dependency failure.
-            let corrupt = e.chain().any(|c| c.is::<serde_json::Error>() || c.is::<uuid::Error>());
-            if corrupt { StoreError::Corrupt(format!("{e:#}")) } else { StoreError::Unavailable(e) }
-        })
+        let run = || {
+            let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut conn).with_context(|| format!("sqlite {}", self.path.display())).map_err(|e| {
+                // A stored value that does not decode is corrupt data, not a dependency failure.
+                let corrupt = e.chain().any(|c| c.is::<serde_json::Error>() || c.is::<uuid::Error>());
+                if corrupt { StoreError::Corrupt(format!("{e:#}")) } else { StoreError::Unavailable(e) }
+            })
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(run)
+            }
+            _ => run(),
+        }
     }
 
     pub fn migrate(&self, schema: &str) -> anyhow::Result<()> {
