@@ -10,10 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use chrono::Utc;
 use ridehail_contract::{driver_history, test_server, unique_name};
-use ridehail_events::user::{SetAvailability, UserCommand, UserEvent};
-use ridehail_events::{
-    Actor, CommandEnvelope, CommandId, CorrelationId, EventEnvelope, GeoPoint, Role, UserId, WireEvent,
-};
+use ridehail_events::user::{UserCommand, UserEvent};
+use ridehail_events::{CommandEnvelope, EventEnvelope, GeoPoint, UserId, WireEvent};
 use ridehail_ports::{AppendError, Backend, EventStore, ReadAllPage, Snapshot, StoreResult, SystemClock};
 use ridehail_runtime::executor::{Executor, ProcessError};
 use tempfile::TempDir;
@@ -115,15 +113,7 @@ async fn driver(backend: &Backend, events: usize) -> UserId {
 }
 
 fn availability(driver: UserId, online: bool) -> CommandEnvelope<UserCommand> {
-    CommandEnvelope {
-        command_id: CommandId::new(),
-        aggregate_id: driver.0,
-        correlation_id: CorrelationId::new(),
-        causation_id: None,
-        actor: Actor::User { user_id: driver.0, role: Role::Driver },
-        issued_at: Utc::now(),
-        command: UserCommand::SetAvailability(SetAvailability { online, location: online.then_some(AT) }),
-    }
+    ridehail_contract::availability_command(driver, online, AT)
 }
 
 async fn stream(backend: &Backend, driver: UserId) -> Vec<EventEnvelope<UserEvent>> {

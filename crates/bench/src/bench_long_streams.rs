@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use ridehail_events::user::{SetAvailability, UserCommand};
-use ridehail_events::{Actor, CommandEnvelope, CommandId, CorrelationId, GeoPoint, Role, UserId};
+use ridehail_events::user::UserCommand;
+use ridehail_events::{CommandEnvelope, GeoPoint, UserId};
 use ridehail_runtime::executor::Executor;
 use serde::Serialize;
 use user_worker::handler::UserAggregate;
@@ -47,15 +47,7 @@ struct Row {
 const AT: GeoPoint = GeoPoint { lat: 38.72, lon: -9.14 };
 
 fn availability(driver: UserId, online: bool) -> CommandEnvelope<UserCommand> {
-    CommandEnvelope {
-        command_id: CommandId::new(),
-        aggregate_id: driver.0,
-        correlation_id: CorrelationId::new(),
-        causation_id: None,
-        actor: Actor::User { user_id: driver.0, role: Role::Driver },
-        issued_at: Utc::now(),
-        command: UserCommand::SetAvailability(SetAvailability { online, location: online.then_some(AT) }),
-    }
+    ridehail_contract::availability_command(driver, online, AT)
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {

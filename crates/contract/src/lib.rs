@@ -1177,6 +1177,25 @@ pub fn driver_history(driver: UserId, at_point: GeoPoint, moves: usize, at: Date
     stream_of(driver.0, events, at)
 }
 
+/// A driver's availability change (going online at `at`, or offline), as the edge submits it: for
+/// tests and benchmarks of the user aggregate.
+pub fn availability_command(
+    driver: UserId,
+    online: bool,
+    at: GeoPoint,
+) -> ridehail_events::CommandEnvelope<ridehail_events::user::UserCommand> {
+    use ridehail_events::user::{SetAvailability, UserCommand};
+    ridehail_events::CommandEnvelope {
+        command_id: CommandId::new(),
+        aggregate_id: driver.0,
+        correlation_id: CorrelationId::new(),
+        causation_id: None,
+        actor: ridehail_events::Actor::User { user_id: driver.0, role: Role::Driver },
+        issued_at: Utc::now(),
+        command: UserCommand::SetAvailability(SetAvailability { online, location: online.then_some(at) }),
+    }
+}
+
 // ------------------------------------------------------------------ dead letters read back
 
 /// Dead letters are listed with their reason and source, redriven to their source topic (where the
