@@ -19,6 +19,10 @@ use ridehail_runtime::rebuild::{Fold, Outcome, RebuildOptions, Silent, rebuild};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
+#[macro_use]
+#[path = "support/on_every_store.rs"]
+mod on_every_store;
+
 /// The stores under test: the embedded backend, and the same with MongoDB's stores when a test
 /// server runs (`None`: skipped with a line saying so).
 enum Store {
@@ -94,24 +98,6 @@ async fn finished(outcome: Outcome) -> ridehail_ports::projections::RebuildSumma
         Outcome::Finished(summary) => summary,
         other => panic!("expected the rebuild to finish, got {other:?}"),
     }
-}
-
-macro_rules! on_every_store {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                super::$name(super::setup(super::Store::Embedded).await.unwrap()).await
-            })*
-        }
-        mod mongodb {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let Some(setup) = super::setup(super::Store::Mongo).await else { return };
-                super::$name(setup).await
-            })*
-        }
-    };
 }
 
 on_every_store!(

@@ -69,6 +69,10 @@ impl EventStore for Counting {
     }
 }
 
+#[macro_use]
+#[path = "support/on_every_store.rs"]
+mod on_every_store;
+
 enum Store {
     Embedded,
     Mongo,
@@ -216,24 +220,6 @@ async fn a_command_redelivered_after_its_snapshot_appends_nothing(s: Setup) {
     assert_eq!(again, appended, "the redelivery answers with the events the command appended");
     assert_eq!(stream(&s.backend, driver).await.len(), SNAPSHOT_EVERY as usize + 2, "nothing appended again");
     assert_eq!(read, 5, "recognised from the snapshot: the 2 events after it, then the command's 3 from its own");
-}
-
-macro_rules! on_every_store {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                super::$name(super::setup(super::Store::Embedded).await.unwrap()).await
-            })*
-        }
-        mod mongodb {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let Some(setup) = super::setup(super::Store::Mongo).await else { return };
-                super::$name(setup).await
-            })*
-        }
-    };
 }
 
 on_every_store!(

@@ -93,7 +93,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let seconds = started.elapsed().as_secs_f64();
     all.sort_by_key(|(n, _)| *n);
-    let p99 = |slice: &[(usize, Duration)], q: f64| {
+    let quantile = |slice: &[(usize, Duration)], q: f64| {
         let mut d: Vec<Duration> = slice.iter().map(|(_, d)| *d).collect();
         d.sort();
         d.get(((d.len() as f64 * q) as usize).min(d.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1e3)
@@ -104,10 +104,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         drivers: args.drivers,
         pings: all.len(),
         pings_per_second: (all.len() as f64 / seconds) as u64,
-        p50_ms: p99(&all, 0.5),
-        p99_ms: p99(&all, 0.99),
-        first_window_p99_ms: p99(&all[..window], 0.99),
-        last_window_p99_ms: p99(&all[all.len() - window..], 0.99),
+        p50_ms: quantile(&all, 0.5),
+        p99_ms: quantile(&all, 0.99),
+        first_window_p99_ms: quantile(&all[..window], 0.99),
+        last_window_p99_ms: quantile(&all[all.len() - window..], 0.99),
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

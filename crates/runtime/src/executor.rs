@@ -374,7 +374,7 @@ impl<A: Aggregate> Executor<A> {
     /// The stream's snapshot and its state, if one is kept for this aggregate and code version. A
     /// snapshot that cannot be read or decoded is only a slower load.
     async fn usable_snapshot(&self, stream: Uuid, policy: SnapshotPolicy) -> Option<(Snapshot, A::State)> {
-        let snapshot = match self.backend.events.load_snapshot(stream).await {
+        let mut snapshot = match self.backend.events.load_snapshot(stream).await {
             Ok(found) => found?,
             Err(e) => {
                 tracing::warn!(%stream, error = %e, "snapshot unreadable; folding the whole stream");
@@ -384,7 +384,8 @@ impl<A: Aggregate> Executor<A> {
         if snapshot.aggregate != policy.aggregate || snapshot.state_version != policy.version {
             return None;
         }
-        match serde_json::from_value(snapshot.state.clone()) {
+        // Decoded once, into the state: the JSON is not needed again.
+        match serde_json::from_value(snapshot.state.take()) {
             Ok(state) => Some((snapshot, state)),
             Err(e) => {
                 tracing::warn!(%stream, error = %e, "snapshot does not decode; folding the whole stream");

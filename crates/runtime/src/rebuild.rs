@@ -471,27 +471,22 @@ async fn drop_generations(backend: &Backend, projection: Projection, generations
     Ok(())
 }
 
+/// The generations of `record` in `state` for which `settled` holds.
+fn settled_in(record: &ProjectionRecord, state: GenerationState, settled: impl Fn(&Generation) -> bool) -> Vec<u64> {
+    record.generations.iter().filter(|g| g.state == state && settled(g)).map(|g| g.number).collect()
+}
+
 /// Cleans up after an interrupted switch: drops generations retired more than a TTL ago, and
 /// retires those left draining.
 async fn collect_retired(backend: &Backend, projection: Projection, ttl: Duration) -> anyhow::Result<()> {
     let now = backend.clock.now();
     let settled = |g: &Generation| g.since + chrono::Duration::from_std(ttl * 2).unwrap_or_default() <= now;
     let (record, _) = backend.projections.catalogue().load(projection).await?;
-    let droppable: Vec<u64> = record
-        .generations
-        .iter()
-        .filter(|g| g.state == GenerationState::Retired && settled(g))
-        .map(|g| g.number)
-        .collect();
+    let droppable = settled_in(&record, GenerationState::Retired, settled);
     drop_generations(backend, projection, &droppable).await?;
     Catalogue { backend, projection }
         .update(|record| {
-            let draining: Vec<u64> = record
-                .generations
-                .iter()
-                .filter(|g| g.state == GenerationState::Draining && settled(g))
-                .map(|g| g.number)
-                .collect();
+            let draining = settled_in(record, GenerationState::Draining, settled);
             for generation in &draining {
                 retire(record, *generation, now);
             }
