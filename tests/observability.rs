@@ -231,7 +231,7 @@ async fn a_ride_request_is_one_trace_from_the_edge_through_kafka_to_every_effect
     assert_eq!(string_attribute(&call("event_store read_stream"), "db.system.name"), Some("mongodb"));
     assert_eq!(string_attribute(&call("driver_locator reserve_nearest"), "db.system.name"), Some("redis"));
     // The projection that serves the ride's read, and the published events.
-    assert_eq!(call("ride_views upsert")["kind"], 3, "client");
+    assert_eq!(call("ride_views upsert_many")["kind"], 3, "client");
     let events = spans
         .iter()
         .find(|s| s["name"].as_str().is_some_and(|n| n.starts_with("send ") && n.ends_with("ridehail.ride.events")))

@@ -22,6 +22,7 @@ use ridehail_events::ride::RideEvent;
 use ridehail_events::{Message as _, UserId, WireEvent};
 use ridehail_ports::{IncomingMessage, StartFrom};
 use ridehail_runtime::consumer::{ConsumerConfig, HandleError, MessageHandler};
+use ridehail_runtime::deferred::Deferred;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -137,7 +138,7 @@ struct Waker(Arc<RideFeed>);
 
 #[async_trait]
 impl MessageHandler for Waker {
-    async fn handle(&self, message: &IncomingMessage) -> Result<(), HandleError> {
+    async fn handle_deferred(&self, message: &IncomingMessage, _: &mut Deferred) -> Result<(), HandleError> {
         if let Ok(ride) = message.key.parse::<Uuid>() {
             self.0.changed(ride);
         }

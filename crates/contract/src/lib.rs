@@ -364,6 +364,21 @@ pub async fn ride_views_only_move_forward(views: &dyn RideViews) {
     assert_eq!(views.get(RideId::new()).await.unwrap(), None);
 }
 
+/// A batch is the upserts of its views in order: an older view after a newer one is refused.
+pub async fn ride_views_take_a_batch_as_upserts_in_order(views: &dyn RideViews) {
+    let (first, second, rider) = (RideId::new(), RideId::new(), UserId::new());
+    let mut newest = ride_view(first, rider, 3);
+    newest.status = RideStatus::DriverAssigned;
+    let mut stale = ride_view(first, rider, 2);
+    stale.status = RideStatus::Cancelled;
+    let batch = [ride_view(first, rider, 1), newest.clone(), stale, ride_view(second, rider, 1)];
+    assert_eq!(views.upsert_many(&batch).await.unwrap(), 3, "the stale view is not written");
+    assert_eq!(views.get(first).await.unwrap(), Some(newest));
+    assert_eq!(views.get(second).await.unwrap().map(|v| v.version), Some(1));
+    assert_eq!(views.upsert_many(&[]).await.unwrap(), 0);
+    assert_eq!(views.upsert_many(&batch).await.unwrap(), 0, "a batch again writes nothing");
+}
+
 pub async fn ride_views_page_a_party_s_rides_newest_first(views: &dyn RideViews) {
     let (rider, driver, other) = (UserId::new(), UserId::new(), UserId::new());
     let mut ids = Vec::new();
@@ -732,6 +747,31 @@ pub async fn command_status_never_goes_back_to_pending(store: &dyn CommandStatus
     assert_eq!(store.get(CommandId::new()).await.unwrap(), None);
 }
 
+/// A batch is the records of its statuses in order (a pending status after a final one is
+/// ignored), and its final statuses wake their waiters.
+pub async fn command_status_records_a_batch_in_order(store: Arc<dyn CommandStatusStore>) {
+    let (accepted, rejected, pending) = (CommandId::new(), CommandId::new(), CommandId::new());
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move { store.wait_final(accepted, Duration::from_secs(10)).await })
+    };
+    let rejection = status(rejected, CommandState::Rejected);
+    let outcome = status(accepted, CommandState::Accepted);
+    let batch = [
+        status(accepted, CommandState::Pending),
+        rejection.clone(),
+        outcome.clone(),
+        status(rejected, CommandState::Pending),
+        status(pending, CommandState::Pending),
+    ];
+    store.record_many(&batch).await.unwrap();
+    assert_eq!(store.get(accepted).await.unwrap(), Some(outcome.clone()));
+    assert_eq!(store.get(rejected).await.unwrap(), Some(rejection));
+    assert_eq!(store.get(pending).await.unwrap().map(|s| s.state), Some(CommandState::Pending));
+    assert_eq!(waiter.await.unwrap().unwrap(), Some(outcome));
+    store.record_many(&[]).await.unwrap();
+}
+
 pub async fn command_status_wait_returns_once_final(store: Arc<dyn CommandStatusStore>) {
     let id = CommandId::new();
     store.record(&status(id, CommandState::Pending)).await.unwrap();
@@ -887,7 +927,11 @@ impl Recorder {
 
 #[async_trait::async_trait]
 impl MessageHandler for Recorder {
-    async fn handle(&self, message: &IncomingMessage) -> Result<(), HandleError> {
+    async fn handle_deferred(
+        &self,
+        message: &IncomingMessage,
+        _: &mut ridehail_runtime::deferred::Deferred,
+    ) -> Result<(), HandleError> {
         let text = String::from_utf8(message.payload.clone()).map_err(|e| HandleError::Poison(e.to_string()))?;
         if text == "poison" {
             return Err(HandleError::Poison("not a command".into()));

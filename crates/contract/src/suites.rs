@@ -131,6 +131,9 @@ macro_rules! ride_views_suite {
         $crate::__contract_case!($fixture, ride_views_only_move_forward, [], |f| $crate::ride_views_only_move_forward(
             f.port()
         ));
+        $crate::__contract_case!($fixture, ride_views_take_a_batch_as_upserts_in_order, [], |f| {
+            $crate::ride_views_take_a_batch_as_upserts_in_order(f.port())
+        });
         $crate::__contract_case!($fixture, ride_views_page_a_party_s_rides_newest_first, [], |f| {
             $crate::ride_views_page_a_party_s_rides_newest_first(f.port())
         });
@@ -187,6 +190,9 @@ macro_rules! command_status_suite {
     ($fixture:path) => {
         $crate::__contract_case!($fixture, command_status_never_goes_back_to_pending, [], |f| {
             $crate::command_status_never_goes_back_to_pending(f.port())
+        });
+        $crate::__contract_case!($fixture, command_status_records_a_batch_in_order, [], |f| {
+            $crate::command_status_records_a_batch_in_order(f.shared())
         });
         $crate::__contract_case!($fixture, command_status_wait_returns_once_final, [], |f| {
             $crate::command_status_wait_returns_once_final(f.shared())

@@ -56,12 +56,18 @@ impl RideViews for MongoRideViews {
         .await?)
     }
 
+    /// Concurrent conditional writes, up to 32 at a time, each on a distinct ride: a ride's later
+    /// view waits for the wave holding its earlier one, so the batch is its upserts in order. (The
+    /// driver's `bulkWrite` is the client-level one of MongoDB 8, which the servers here lack.)
     async fn upsert_many(&self, views: &[RideView]) -> StoreResult<u64> {
-        // Concurrent conditional writes, 32 at a time: each is a round trip or two, on distinct rides.
         let mut written = 0;
-        for chunk in views.chunks(32) {
-            let writes: Vec<_> = chunk.iter().map(|view| self.upsert(view)).collect();
+        let mut rest = views;
+        while !rest.is_empty() {
+            let mut rides = std::collections::HashSet::new();
+            let wave = rest.iter().take(32).take_while(|v| rides.insert(v.ride_id)).count();
+            let writes: Vec<_> = rest[..wave].iter().map(|view| self.upsert(view)).collect();
             written += futures::future::try_join_all(writes).await?.into_iter().map(u64::from).sum::<u64>();
+            rest = &rest[wave..];
         }
         Ok(written)
     }

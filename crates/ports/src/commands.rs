@@ -166,6 +166,16 @@ pub trait CommandStatusStore: Send + Sync + std::fmt::Debug {
     /// status never replaces a final one.
     async fn record(&self, status: &CommandStatus) -> StoreResult<()>;
 
+    /// [`CommandStatusStore::record`] of each status in order, as one batch where the store can (a
+    /// worker records the outcomes of a consumer batch at once). When it fails, any prefix of the
+    /// statuses may be recorded: recording them again is harmless.
+    async fn record_many(&self, statuses: &[CommandStatus]) -> StoreResult<()> {
+        for status in statuses {
+            self.record(status).await?;
+        }
+        Ok(())
+    }
+
     async fn get(&self, command_id: CommandId) -> StoreResult<Option<CommandStatus>>;
 
     /// Waits up to `timeout` for the command to reach a final state; returns the latest status seen.

@@ -271,11 +271,11 @@ impl<T: ?Sized + Send + Sync> Router<T> {
 }
 
 /// Runs `write` on every written generation, the active one last; answers what the active one did.
-async fn write_all<T: ?Sized, F>(route: &Route<T>, write: impl Fn(Arc<T>) -> F) -> StoreResult<bool>
+async fn write_all<T: ?Sized, R: Default, F>(route: &Route<T>, write: impl Fn(Arc<T>) -> F) -> StoreResult<R>
 where
-    F: std::future::Future<Output = StoreResult<bool>>,
+    F: std::future::Future<Output = StoreResult<R>>,
 {
-    let mut wrote = false;
+    let mut wrote = R::default();
     for target in &route.write {
         wrote = write(target.clone()).await?;
     }
@@ -304,6 +304,9 @@ impl VersionedRideViews {
 impl RideViews for VersionedRideViews {
     async fn upsert(&self, view: &RideView) -> StoreResult<bool> {
         write_all(&*self.router.route().await?, |rides| async move { rides.upsert(view).await }).await
+    }
+    async fn upsert_many(&self, views: &[RideView]) -> StoreResult<u64> {
+        write_all(&*self.router.route().await?, |rides| async move { rides.upsert_many(views).await }).await
     }
     async fn get(&self, ride_id: RideId) -> StoreResult<Option<RideView>> {
         self.router.route().await?.read.get(ride_id).await

@@ -140,20 +140,44 @@ async fn listen(redis: RedisClient, channel: String, waiters: Arc<CompletionWait
     }
 }
 
-#[async_trait]
-impl CommandStatusStore for RedisCommandStatus {
-    async fn record(&self, status: &CommandStatus) -> StoreResult<()> {
+impl RedisCommandStatus {
+    /// The script call that records `status` (and announces it when it is final).
+    fn invocation(&self, status: &CommandStatus) -> StoreResult<redis::ScriptInvocation<'static>> {
         let is_final = status.state != CommandState::Pending;
-        RECORD
-            .key(self.key(status.command_id))
+        let mut invocation = RECORD.key(self.key(status.command_id));
+        invocation
             .arg(u8::from(is_final))
             .arg(serde_json::to_string(status)?)
             .arg(self.inner.redis.settings().command_status_ttl_seconds)
             .arg(&self.inner.channel)
-            .arg(status.command_id.to_string())
+            .arg(status.command_id.to_string());
+        Ok(invocation)
+    }
+}
+
+#[async_trait]
+impl CommandStatusStore for RedisCommandStatus {
+    async fn record(&self, status: &CommandStatus) -> StoreResult<()> {
+        self.invocation(status)?
             .invoke_async::<i64>(&mut self.inner.redis.conn())
             .await
             .context("recording a command status in Redis")?;
+        Ok(())
+    }
+
+    /// One pipeline (one round trip) for the batch. A pipeline runs scripts by hash only, so when
+    /// the server does not know the script yet (first use, a restart) it is loaded and the batch
+    /// sent again: recording a status twice is harmless.
+    async fn record_many(&self, statuses: &[CommandStatus]) -> StoreResult<()> {
+        let mut pipe = redis::pipe();
+        for status in statuses {
+            pipe.invoke_script(&self.invocation(status)?).ignore();
+        }
+        let mut conn = self.inner.redis.conn();
+        if pipe.query_async::<()>(&mut conn).await.is_err() {
+            RECORD.prepare_invoke().load_async(&mut conn).await.context("loading the status script into Redis")?;
+            pipe.query_async::<()>(&mut conn).await.context("recording command statuses in Redis")?;
+        }
         Ok(())
     }
 

@@ -14,6 +14,7 @@ use ridehail_events::ride::{
 };
 use ridehail_events::{Actor, CommandEnvelope, CorrelationId, EventEnvelope, Message as _, RideId, UserId};
 use ridehail_ports::{Backend, Rejection, RejectionKind, Resource, RideView, StoreResult, Timer};
+use ridehail_runtime::deferred::Deferred;
 use ridehail_runtime::executor::{Aggregate, CommandHandler, Executor, Folded, ProcessError};
 use ridehail_runtime::records;
 use uuid::Uuid;
@@ -275,19 +276,19 @@ impl Aggregate for RideAggregate {
         command: &CommandEnvelope<RideCommand>,
         ride: &Folded<RideStream>,
         new: &[EventEnvelope<RideEvent>],
+        deferred: &mut Deferred,
     ) -> Result<(), ProcessError> {
-        let b = &self.backend;
         let view = (ride.state.view.as_ref())
             .ok_or_else(|| ProcessError::Failed(anyhow::anyhow!("a ride stream without RideRequested")))?;
         let ride_id = view.ride_id;
-        b.rides.upsert(view).await?;
+        deferred.upsert_ride(view);
         if !matches!(command.command, RideCommand::RequestRide(_)) && new.iter().any(|e| ends_the_ride(&e.event)) {
-            self.slots.execute_on(rider_slot_id(view.rider_id), command).await?;
+            self.slots.execute_on(rider_slot_id(view.rider_id), command, deferred).await?;
         }
         for envelope in new {
             self.driver_and_timer_effects(ride_id, ride.state.state.as_ref(), envelope).await?;
         }
-        records::publish_events(&*b.bus, ridehail_events::topics::RIDE_EVENTS, new).await?;
+        deferred.publish_events(ridehail_events::topics::RIDE_EVENTS, new);
         Ok(())
     }
 
@@ -382,6 +383,7 @@ impl Aggregate for RiderSlot {
         _command: &CommandEnvelope<RideCommand>,
         _held: &Folded<Option<RideId>>,
         _new: &[EventEnvelope<RiderSlotEvent>],
+        _: &mut Deferred,
     ) -> Result<(), ProcessError> {
         Ok(())
     }

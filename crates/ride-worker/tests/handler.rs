@@ -109,7 +109,7 @@ async fn a_command_appended_before_a_crash_only_finishes_its_effects_on_redelive
         command: request(UserId::new()),
     };
     // Decided and appended, but the process died before recording the outcome.
-    w.handler.process(&envelope).await.unwrap();
+    w.handler.process(&envelope, &mut ridehail_runtime::deferred::Deferred::default()).await.unwrap();
     let appended = w.backend.events.read_stream(ride.0).await.unwrap();
     assert!(w.backend.commands.get(envelope.command_id).await.unwrap().is_none());
     w.handler.handle(&incoming(&envelope.to_wire())).await.unwrap();

@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 
 use ridehail_ports::{IncomingMessage, MessageBus, OutgoingMessage, PartitionOffset, StartFrom, Subscription};
 
+use crate::deferred::Deferred;
 use crate::metrics::RecordEnd;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,27 @@ pub enum HandleError {
 
 #[async_trait]
 pub trait MessageHandler: Send + Sync {
-    async fn handle(&self, message: &IncomingMessage) -> Result<(), HandleError>;
+    /// Handles one record of a run. What must be durable before the record is let go but can wait
+    /// for the end of the run may go to `deferred`: the consume loop flushes it
+    /// ([`MessageHandler::flush`]) before it commits any record of the run. An attempt that fails
+    /// leaves `deferred` as it found it (the loop puts it back).
+    async fn handle_deferred(&self, message: &IncomingMessage, deferred: &mut Deferred) -> Result<(), HandleError>;
+
+    /// Makes what the run's records deferred durable. A handler that defers nothing keeps the
+    /// default, which refuses to drop anything.
+    async fn flush(&self, deferred: &mut Deferred) -> Result<(), HandleError> {
+        if deferred.is_empty() {
+            return Ok(());
+        }
+        Err(HandleError::Unfinished(anyhow::anyhow!("this handler deferred effects it cannot flush")))
+    }
+
+    /// Handles one record on its own: its deferred effects are flushed before it returns.
+    async fn handle(&self, message: &IncomingMessage) -> Result<(), HandleError> {
+        let mut deferred = Deferred::default();
+        self.handle_deferred(message, &mut deferred).await?;
+        self.flush(&mut deferred).await
+    }
 
     /// The record was dead-lettered with `reason` (`poison`: it could never be processed): the
     /// handler records what clients should learn of it. A failure here is logged; the dead letter
@@ -73,6 +94,10 @@ pub struct ConsumerConfig {
     pub topics: Vec<String>,
     pub start: StartFrom,
     pub batch_size: usize,
+    /// At most this many records of a partition are handled before what they deferred is flushed
+    /// (the run; docs/throughput.md). A partition's run is what is queued for it, so under light
+    /// load it is one record and nothing waits.
+    pub max_run: usize,
     pub poll_wait: Duration,
     /// How a failing record is retried before it is dead-lettered (bounded).
     pub failed_retry: RetryPolicy,
@@ -92,6 +117,7 @@ impl ConsumerConfig {
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             start: StartFrom::Committed,
             batch_size: 256,
+            max_run: 32,
             poll_wait: Duration::from_millis(200),
             failed_retry: RetryPolicy::bounded(20, 2_000, 5),
             unavailable_retry: RetryPolicy::unbounded(50, 5_000),
@@ -194,33 +220,97 @@ fn spawn_worker(
         (bus.clone(), handler.clone(), config.clone(), shutdown.clone(), progress.clone());
     let task = tokio::spawn(async move {
         let system = bus.system();
-        while let Some(message) = records.recv().await {
-            // A process span per record (OpenTelemetry messaging conventions): a child of the
-            // context the record carries, linked to it.
-            let span = info_span!(
-                "process",
-                otel.name = %format!("process {}", message.topic),
-                otel.kind = "consumer",
-                messaging.system = system,
-                messaging.operation.type = "process",
-                messaging.operation.name = "process",
-                messaging.destination.name = %message.topic,
-                messaging.destination.partition.id = %message.partition,
-                messaging.kafka.offset = message.offset as i64,
-                messaging.consumer.group.name = %config.group,
-                message_type = message.header(headers::MESSAGE_TYPE).unwrap_or(""),
-                correlation_id = message.header(headers::CORRELATION_ID).unwrap_or(""),
-            );
-            crate::propagation::follow(&span, &message.headers);
-            let started = Instant::now();
-            let Some(end) = process_one(&*bus, &*handler, &config, &shutdown, &message).instrument(span).await else {
-                return; // Interrupted by shutdown: this record and the rest stay uncommitted.
-            };
-            crate::metrics::record_finished(&message.topic, &config.group, end, started.elapsed());
-            progress.lock().unwrap_or_else(|e| e.into_inner()).insert((topic.clone(), partition), message.offset + 1);
+        let mut run = Vec::with_capacity(config.max_run.max(1));
+        // The records of the run handled so far: their offset, how each ended, when it started.
+        let mut finished: Vec<(u64, RecordEnd, Instant, tracing::Span)> = Vec::with_capacity(run.capacity());
+        while records.recv_many(&mut run, config.max_run.max(1)).await > 0 {
+            let mut deferred = Deferred::default();
+            let mut interrupted = false;
+            for message in run.drain(..) {
+                let span = process_span(system, &config.group, &message);
+                let started = Instant::now();
+                let ended = process_one(&*bus, &*handler, &config, &shutdown, &message, &mut deferred)
+                    .instrument(span.clone())
+                    .await;
+                match ended {
+                    Some(end) => finished.push((message.offset, end, started, span)),
+                    None => {
+                        // Interrupted by shutdown: this record and the rest stay uncommitted.
+                        interrupted = true;
+                        break;
+                    }
+                }
+            }
+            let Some(last) = finished.last().map(|f| f.0) else { return };
+            // In the trace of the run's first record, linked to the others'.
+            let flush_span = info_span!(parent: &finished[0].3, "flush", records = finished.len() as i64);
+            for (.., span) in &finished[1..] {
+                flush_span.follows_from(span);
+            }
+            if !flush(&*handler, &config, &shutdown, &mut deferred).instrument(flush_span).await {
+                return; // Shutdown before the run's effects were durable: the whole run is redelivered.
+            }
+            for (_, end, started, _) in finished.drain(..) {
+                crate::metrics::record_finished(&topic, &config.group, end, started.elapsed());
+            }
+            progress.lock().unwrap_or_else(|e| e.into_inner()).insert((topic.clone(), partition), last + 1);
+            if interrupted {
+                return;
+            }
         }
     });
     PartitionWorker { queue, task }
+}
+
+/// A process span per record (OpenTelemetry messaging conventions): a child of the context the
+/// record carries, linked to it.
+fn process_span(system: &'static str, group: &str, message: &IncomingMessage) -> tracing::Span {
+    let span = info_span!(
+        "process",
+        otel.name = %format!("process {}", message.topic),
+        otel.kind = "consumer",
+        messaging.system = system,
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = %message.topic,
+        messaging.destination.partition.id = %message.partition,
+        messaging.kafka.offset = message.offset as i64,
+        messaging.consumer.group.name = %group,
+        message_type = message.header(headers::MESSAGE_TYPE).unwrap_or(""),
+        correlation_id = message.header(headers::CORRELATION_ID).unwrap_or(""),
+    );
+    crate::propagation::follow(&span, &message.headers);
+    span
+}
+
+/// Flushes what a run deferred, waiting out failures (the run's records are handled: their effects
+/// must become durable, never be dropped). False if shutdown came first.
+async fn flush(
+    handler: &dyn MessageHandler,
+    config: &ConsumerConfig,
+    shutdown: &CancellationToken,
+    deferred: &mut Deferred,
+) -> bool {
+    let mut waits = config.unavailable_retry.delays();
+    let mut logged: Option<Instant> = None;
+    loop {
+        let error = match handler.flush(deferred).await {
+            Ok(()) => return true,
+            Err(error) => error,
+        };
+        if shutdown.is_cancelled() {
+            return false;
+        }
+        let wait = waits.next().unwrap_or(Duration::from_millis(config.unavailable_retry.max_delay_ms));
+        if logged.is_none_or(|at| at.elapsed() >= config.wait_log_interval) {
+            logged = Some(Instant::now());
+            warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "a run's effects are not durable yet; retrying");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return false,
+        }
+    }
 }
 
 /// Commits the partitions that moved since the last commit.
@@ -294,22 +384,34 @@ async fn process_one(
     config: &ConsumerConfig,
     shutdown: &CancellationToken,
     message: &IncomingMessage,
+    deferred: &mut Deferred,
 ) -> Option<RecordEnd> {
     let mut failed_waits = config.failed_retry.delays();
     let mut unavailable_waits = config.unavailable_retry.delays();
     // When the record first failed, and when that was last logged.
     let mut waiting: Option<(Instant, Option<Instant>)> = None;
+    let mut mark = deferred.mark();
     let (reason, poison) = loop {
-        let error = match handler.handle(message).await {
+        let error = match handler.handle_deferred(message, deferred).await {
             Ok(()) => {
                 if let Some((since, Some(_))) = waiting {
                     info!(waited_ms = since.elapsed().as_millis() as u64, "record processed after waiting");
                 }
                 return Some(RecordEnd::Processed);
             }
-            Err(HandleError::Poison(reason)) => break (format!("poison: {reason}"), true),
-            Err(error) => error,
+            Err(error) => {
+                deferred.truncate(mark);
+                match error {
+                    HandleError::Poison(reason) => break (format!("poison: {reason}"), true),
+                    error => error,
+                }
+            }
         };
+        // The run's earlier records do not wait for this one: what they deferred is written now.
+        if !deferred.is_empty() && handler.flush(deferred).await.is_ok() {
+            debug!("flushed the run's effects before retrying a record");
+            mark = deferred.mark();
+        }
         let retried = if matches!(error, HandleError::Failed(_)) { "failed" } else { "unavailable" };
         crate::metrics::record_retried(&message.topic, &config.group, retried);
         let wait = match &error {
@@ -355,7 +457,7 @@ async fn dead_letter(
     reason: &str,
 ) -> bool {
     error!(reason, "dead-lettering message");
-    let mut dlq_headers = message.headers.clone();
+    let mut dlq_headers = crate::propagation::without_context(&message.headers);
     dlq_headers.extend([
         (headers::DLQ_REASON.to_owned(), reason.to_owned()),
         (headers::DLQ_SOURCE_TOPIC.to_owned(), message.topic.clone()),

@@ -207,7 +207,8 @@ pub async fn redrive(
     let selected = DeadLetterFilter { include_resolved: false, ..filter.clone() };
     let letters = list(bus, topic, &selected).await?;
     for letter in &letters {
-        let headers = letter.headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect();
+        let headers: Vec<_> = letter.headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect();
+        let headers = crate::propagation::without_context(&headers);
         let original = OutgoingMessage { key: letter.key.clone(), headers, payload: letter.raw.clone() };
         bus.publish(&letter.source_topic, vec![original]).await?;
         // Marked after: a crash in between leaves it open, and a second redrive is harmless.

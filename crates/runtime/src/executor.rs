@@ -27,6 +27,7 @@ use tracing::{Instrument as _, debug, field, info_span};
 use uuid::Uuid;
 
 use crate::consumer::{HandleError, MessageHandler};
+use crate::deferred::Deferred;
 use crate::records::decode_command;
 
 /// How many times a command is decided again after losing an append race.
@@ -183,12 +184,15 @@ pub trait Aggregate: Send + Sync + 'static {
     }
 
     /// Everything that follows an append, given the command, the stream folded up to its newest event
-    /// and the command's events. Re-run on redelivery, so each step must be idempotent.
+    /// and the command's events. Re-run on redelivery, so each step must be idempotent. What no later
+    /// command of the run reads back (views, published events) goes to `deferred`, written at the
+    /// end of the run.
     async fn effects(
         &self,
         command: &CommandEnvelope<Self::Command>,
         stream: &Folded<Self::State>,
         new: &[EventEnvelope<Self::Event>],
+        deferred: &mut Deferred,
     ) -> Result<(), ProcessError>;
 
     /// The command's `new` events are appended and their effects done (`stream`: folded with them):
@@ -248,15 +252,29 @@ impl<A: Aggregate> Executor<A> {
         &self,
         command: &CommandEnvelope<A::Command>,
     ) -> Result<Vec<EventEnvelope<A::Event>>, ProcessError> {
-        self.execute_on(self.aggregate.stream_id(command), command).await
+        let mut deferred = Deferred::default();
+        let events = self.execute_deferred(command, &mut deferred).await?;
+        deferred.flush(&self.backend).await.map_err(ProcessError::pending)?;
+        Ok(events)
     }
 
-    /// [`Executor::execute`] on a stream the caller names (when the command alone does not say
-    /// which, e.g. the slot of the rider whose ride this command ends).
+    /// [`Executor::execute`], leaving the effects the aggregate defers in `deferred` (for the caller
+    /// to flush): its events are appended when it returns.
+    pub async fn execute_deferred(
+        &self,
+        command: &CommandEnvelope<A::Command>,
+        deferred: &mut Deferred,
+    ) -> Result<Vec<EventEnvelope<A::Event>>, ProcessError> {
+        self.execute_on(self.aggregate.stream_id(command), command, deferred).await
+    }
+
+    /// [`Executor::execute_deferred`] on a stream the caller names (when the command alone does not
+    /// say which, e.g. the slot of the rider whose ride this command ends).
     pub async fn execute_on(
         &self,
         stream: Uuid,
         command: &CommandEnvelope<A::Command>,
+        deferred: &mut Deferred,
     ) -> Result<Vec<EventEnvelope<A::Event>>, ProcessError> {
         let a = &self.aggregate;
         let mut claimed = false;
@@ -267,7 +285,7 @@ impl<A: Aggregate> Executor<A> {
             let already = self.already(stream, &loaded, command).await?;
             if !already.is_empty() {
                 let folded = Folded { stream, version: loaded.version, state: loaded.state };
-                a.effects(command, &folded, &already)
+                a.effects(command, &folded, &already, deferred)
                     .instrument(info_span!("effects", redelivery = true))
                     .await
                     .map_err(ProcessError::pending)?;
@@ -302,7 +320,7 @@ impl<A: Aggregate> Executor<A> {
                     let folded = Folded { stream, version: version + new.len() as u64, state };
                     async {
                         a.release(&facts, &new).await?;
-                        a.effects(command, &folded, &new).await
+                        a.effects(command, &folded, &new, deferred).await
                     }
                     .instrument(info_span!("effects", redelivery = false))
                     .await
@@ -518,10 +536,14 @@ impl<A: Aggregate> CommandHandler<A> {
         &self.executor
     }
 
-    /// Executes the command and says what it came to, without recording the outcome; a failure is
-    /// classified for the consume loop.
-    pub async fn process(&self, command: &CommandEnvelope<A::Command>) -> Result<Outcome, HandleError> {
-        match self.executor.execute(command).await {
+    /// Executes the command and says what it came to, without recording the outcome (its deferred
+    /// effects are left in `deferred`); a failure is classified for the consume loop.
+    pub async fn process(
+        &self,
+        command: &CommandEnvelope<A::Command>,
+        deferred: &mut Deferred,
+    ) -> Result<Outcome, HandleError> {
+        match self.executor.execute_deferred(command, deferred).await {
             Ok(events) => Ok(Outcome::Accepted(self.executor.aggregate.reported(&events))),
             Err(ProcessError::Rejected(rejection)) => Ok(Outcome::Rejected(rejection)),
             Err(ProcessError::EffectsPending(e)) => Err(HandleError::Unfinished(e)),
@@ -533,7 +555,11 @@ impl<A: Aggregate> CommandHandler<A> {
 
 #[async_trait]
 impl<A: Aggregate> MessageHandler for CommandHandler<A> {
-    async fn handle(&self, message: &ridehail_ports::IncomingMessage) -> Result<(), HandleError> {
+    async fn handle_deferred(
+        &self,
+        message: &ridehail_ports::IncomingMessage,
+        deferred: &mut Deferred,
+    ) -> Result<(), HandleError> {
         let command = decode_command::<A::Command>(message)?;
         self.executor.aggregate.accepts(&message.topic, &command).map_err(HandleError::Poison)?;
         let backend = &self.executor.backend;
@@ -543,12 +569,15 @@ impl<A: Aggregate> MessageHandler for CommandHandler<A> {
         if seen.is_some_and(|s| s.is_final() && s.state != CommandState::Failed) {
             return Ok(());
         }
-        let outcome = self.process(&command).await?;
+        let outcome = self.process(&command, deferred).await?;
         let resource = self.executor.aggregate.resource(command.aggregate_id);
-        let status = CommandStatus::finished(&command, resource, outcome, backend.clock.now());
-        // The command's effects are done; its outcome must be recorded before the record is let go.
-        backend.commands.record(&status).await.map_err(|e| HandleError::Unfinished(e.into()))?;
+        // Recorded after the command's other effects, before the record is let go.
+        deferred.record(CommandStatus::finished(&command, resource, outcome, backend.clock.now()));
         Ok(())
+    }
+
+    async fn flush(&self, deferred: &mut Deferred) -> Result<(), HandleError> {
+        deferred.flush(&self.executor.backend).await.map_err(|e| HandleError::Unfinished(e.into()))
     }
 
     /// A dead-lettered command gets its final `failed` outcome, so a client following it learns so.

@@ -381,7 +381,8 @@ impl MessageBus for GuardedBus {
             messaging.operation.name = "send",
             messaging.batch.message_count = messages.len() as i64,
         );
-        for message in &mut messages {
+        // A record created in a span of its own (a deferred event: its command's) keeps that context.
+        for message in messages.iter_mut().filter(|m| !crate::propagation::carries_context(&m.headers)) {
             crate::propagation::inject(&span, &mut message.headers);
         }
         let (count, owned_topic, bus) = (messages.len(), topic.to_owned(), self.inner.clone());
@@ -458,6 +459,10 @@ impl RideViews for GuardedRides {
     async fn upsert(&self, view: &RideView) -> StoreResult<bool> {
         let view = view.clone();
         through!(self, "upsert", |rides| rides.upsert(&view))
+    }
+    async fn upsert_many(&self, views: &[RideView]) -> StoreResult<u64> {
+        let views = views.to_vec();
+        through!(self, "upsert_many", |rides| rides.upsert_many(&views))
     }
     async fn get(&self, ride_id: RideId) -> StoreResult<Option<RideView>> {
         through!(self, "get", |rides| rides.get(ride_id))
@@ -601,6 +606,10 @@ impl CommandStatusStore for GuardedCommands {
     async fn record(&self, status: &CommandStatus) -> StoreResult<()> {
         let status = status.clone();
         through!(self, "record", |commands| commands.record(&status))
+    }
+    async fn record_many(&self, statuses: &[CommandStatus]) -> StoreResult<()> {
+        let statuses = statuses.to_vec();
+        through!(self, "record_many", |commands| commands.record_many(&statuses))
     }
     async fn get(&self, command_id: CommandId) -> StoreResult<Option<CommandStatus>> {
         through!(self, "get", |commands| commands.get(command_id))

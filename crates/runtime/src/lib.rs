@@ -7,6 +7,7 @@
 //!   runs it under the consume loop and records outcomes.
 //! - [`consumer`]: the at-least-once consume loop (one in-order worker per partition, offsets
 //!   committed after the work, poison messages dead-lettered).
+//! - [`deferred`]: the effects of a run of records, written once per run (one batch call per port).
 //! - [`dead_letters`]: dead letters read back, redriven and purged (`ridehail dlq`, admin HTTP).
 //! - [`guard`]: a span and metrics around every port call, and a deadline and a circuit breaker
 //!   around every call to a production engine.
@@ -18,6 +19,7 @@
 
 pub mod consumer;
 pub mod dead_letters;
+pub mod deferred;
 pub mod executor;
 pub mod guard;
 pub mod logs;

@@ -44,6 +44,21 @@ pub fn inject(span: &tracing::Span, headers: &mut Vec<(String, String)>) {
     });
 }
 
+/// Whether `headers` carry a trace context: publishing keeps it instead of the send span's.
+pub fn carries_context(headers: &[(String, String)]) -> bool {
+    headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
+}
+
+/// `headers` without their trace context: for a record published again (a dead letter, a timer's
+/// command, a redriven record), which continues the trace of the span publishing it.
+pub fn without_context(headers: &[(String, String)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("traceparent") && !k.eq_ignore_ascii_case("tracestate"))
+        .cloned()
+        .collect()
+}
+
 /// The trace context `headers` carry (an empty context when they carry none).
 pub fn extract(headers: &[(String, String)]) -> opentelemetry::Context {
     opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)))

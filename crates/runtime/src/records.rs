@@ -2,8 +2,8 @@
 
 use chrono::Utc;
 use ridehail_events::topics::{JSON_CONTENT_TYPE, headers};
-use ridehail_events::{CommandEnvelope, EventEnvelope, Message, WireCommand, WireEvent};
-use ridehail_ports::{BusError, IncomingMessage, MessageBus, OutgoingMessage};
+use ridehail_events::{CommandEnvelope, Message, WireCommand, WireEvent};
+use ridehail_ports::{IncomingMessage, OutgoingMessage};
 use uuid::Uuid;
 
 use crate::consumer::HandleError;
@@ -61,20 +61,6 @@ pub fn command_message(topic: &str, wire: &WireCommand) -> IncomingMessage {
         payload: record.payload,
         timestamp: Utc::now(),
     }
-}
-
-/// Publishes the public ones among `events` on `topic`, in order.
-pub async fn publish_events<E: Message>(
-    bus: &dyn MessageBus,
-    topic: &str,
-    events: &[EventEnvelope<E>],
-) -> Result<(), BusError> {
-    let records: Vec<OutgoingMessage> =
-        events.iter().filter(|e| e.event.is_public()).map(|e| event_record(&e.to_wire())).collect();
-    if records.is_empty() {
-        return Ok(());
-    }
-    bus.publish(topic, records).await
 }
 
 /// The id of a command a timer publishes: derived from the timer's id, so a timer that fires twice

@@ -23,7 +23,7 @@ pub async fn fire_due(timers: &dyn TimerStore, bus: &dyn MessageBus, clock: &dyn
         for timer in due {
             let record = OutgoingMessage {
                 key: timer.key.clone(),
-                headers: timer.headers.clone(),
+                headers: crate::propagation::without_context(&timer.headers),
                 payload: timer.payload.clone(),
             };
             // In the trace of the command that set the timer.

@@ -37,20 +37,31 @@ impl EmbeddedCommandStatus {
 #[async_trait]
 impl CommandStatusStore for EmbeddedCommandStatus {
     async fn record(&self, status: &CommandStatus) -> StoreResult<()> {
-        let is_final = status.state != CommandState::Pending;
-        let body = serde_json::to_string(status)?;
+        self.record_many(std::slice::from_ref(status)).await
+    }
+
+    /// One transaction for the batch; the waiters of its final statuses are woken after the commit.
+    async fn record_many(&self, statuses: &[CommandStatus]) -> StoreResult<()> {
+        let rows = statuses
+            .iter()
+            .map(|s| Ok((s.command_id, s.state != CommandState::Pending, serde_json::to_string(s)?)))
+            .collect::<StoreResult<Vec<_>>>()?;
         self.db.with(|conn| {
-            exec(
-                conn,
-                "INSERT INTO command_status (command_id, final, body) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (command_id) DO UPDATE SET final = excluded.final, body = excluded.body
-                 WHERE excluded.final = 1",
-                params![status.command_id.to_string(), is_final, body],
-            )?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for (command_id, is_final, body) in &rows {
+                exec(
+                    &tx,
+                    "INSERT INTO command_status (command_id, final, body) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (command_id) DO UPDATE SET final = excluded.final, body = excluded.body
+                     WHERE excluded.final = 1",
+                    params![command_id.to_string(), is_final, body],
+                )?;
+            }
+            tx.commit()?;
             Ok(())
         })?;
-        if is_final {
-            self.waiters.wake(status.command_id);
+        for (command_id, ..) in rows.iter().filter(|(_, is_final, _)| *is_final) {
+            self.waiters.wake(*command_id);
         }
         Ok(())
     }

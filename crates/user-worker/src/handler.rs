@@ -10,8 +10,8 @@ use ridehail_events::ids::email_claim_id;
 use ridehail_events::user::{EmailClaimEvent, UserCommand, UserEvent};
 use ridehail_events::{CommandEnvelope, EventEnvelope, Message, UserId};
 use ridehail_ports::{Backend, Rejection, RejectionKind, Resource};
+use ridehail_runtime::deferred::Deferred;
 use ridehail_runtime::executor::{Aggregate, CommandHandler, Executor, Folded, ProcessError, SnapshotPolicy};
-use ridehail_runtime::records;
 use uuid::Uuid;
 
 use crate::domain::{EmailTaken, UserRejection, decide, decide_claim, evolve_claim};
@@ -94,9 +94,10 @@ impl Aggregate for UserAggregate {
         _command: &CommandEnvelope<UserCommand>,
         user: &Folded<UserStream>,
         new: &[EventEnvelope<UserEvent>],
+        deferred: &mut Deferred,
     ) -> Result<(), ProcessError> {
         write_read_models(&self.backend, UserId(user.stream), &user.state, user.version).await?;
-        records::publish_events(&*self.backend.bus, ridehail_events::topics::USER_EVENTS, new).await?;
+        deferred.publish_events(ridehail_events::topics::USER_EVENTS, new);
         Ok(())
     }
 
@@ -163,6 +164,7 @@ impl Aggregate for EmailClaim {
         _command: &CommandEnvelope<UserCommand>,
         _owner: &Folded<Option<UserId>>,
         _new: &[EventEnvelope<EmailClaimEvent>],
+        _: &mut Deferred,
     ) -> Result<(), ProcessError> {
         Ok(())
     }

@@ -49,6 +49,15 @@ impl RideViews for CachedRideViews {
         Ok(wrote)
     }
 
+    /// The cache is brought up to each view the batch held (an entry never moves back a version).
+    async fn upsert_many(&self, views: &[RideView]) -> StoreResult<u64> {
+        let wrote = self.inner.upsert_many(views).await?;
+        for view in views {
+            self.cache.written(self.cache.key(&view.ride_id), view).await;
+        }
+        Ok(wrote)
+    }
+
     async fn get(&self, ride_id: RideId) -> StoreResult<Option<RideView>> {
         self.cache.read(self.cache.key(&ride_id), self.inner.get(ride_id)).await
     }
