@@ -169,6 +169,9 @@ impl CommandStatusStore for RedisCommandStatus {
     /// the server does not know the script yet (first use, a restart) it is loaded and the batch
     /// sent again: recording a status twice is harmless.
     async fn record_many(&self, statuses: &[CommandStatus]) -> StoreResult<()> {
+        if statuses.is_empty() {
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         for status in statuses {
             pipe.invoke_script(&self.invocation(status)?).ignore();
