@@ -4,8 +4,8 @@
 //! committed, is retried, and after a restart every command still comes to its outcome.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -116,7 +116,7 @@ async fn all_final(backend: &Backend, ids: &[CommandId]) {
 
 /// Offsets the group committed on the command topic, summed over its partitions.
 async fn committed(backend: &Backend) -> u64 {
-    let mut subscription = backend.bus.subscribe(GROUP, &[USER_COMMANDS], StartFrom::Committed).await.unwrap();
+    let subscription = backend.bus.subscribe(GROUP, &[USER_COMMANDS], StartFrom::Committed).await.unwrap();
     subscription.committed().await.unwrap().iter().map(|p| p.offset).sum()
 }
 

@@ -34,25 +34,17 @@ impl Db {
     /// Runs `f` with the connection. A poisoned lock is recovered: SQLite rolls back any transaction
     /// a panicking holder left open when the `Transaction` guard dropped.
     ///
-    /// SQLite blocks (on the disk, on the connection's lock), so on a multi-threaded Tokio runtime the
-    /// call runs under `block_in_place`: the runtime hands this thread's other tasks to another worker
-    /// first, and no task waits behind a commit. A current-thread runtime has no other worker to hand
-    /// them to (its tests and tools run it directly).
+    /// In place, on the calling task's thread: statements are short (a commit is a WAL append, no
+    /// `fsync`). Running them under `block_in_place` was measured (docs/throughput.md): it made the
+    /// location pings faster but the ride path ten times slower (200 rides/s: p50 5 → 48 ms), since
+    /// every one of a command's dozen statements handed the thread's other tasks to the other worker.
     pub fn with<T>(&self, f: impl FnOnce(&mut Connection) -> anyhow::Result<T>) -> StoreResult<T> {
-        let run = || {
-            let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut conn).with_context(|| format!("sqlite {}", self.path.display())).map_err(|e| {
-                // A stored value that does not decode is corrupt data, not a dependency failure.
-                let corrupt = e.chain().any(|c| c.is::<serde_json::Error>() || c.is::<uuid::Error>());
-                if corrupt { StoreError::Corrupt(format!("{e:#}")) } else { StoreError::Unavailable(e) }
-            })
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(run)
-            }
-            _ => run(),
-        }
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut conn).with_context(|| format!("sqlite {}", self.path.display())).map_err(|e| {
+            // A stored value that does not decode is corrupt data, not a dependency failure.
+            let corrupt = e.chain().any(|c| c.is::<serde_json::Error>() || c.is::<uuid::Error>());
+            if corrupt { StoreError::Corrupt(format!("{e:#}")) } else { StoreError::Unavailable(e) }
+        })
     }
 
     pub fn migrate(&self, schema: &str) -> anyhow::Result<()> {
