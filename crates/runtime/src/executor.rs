@@ -6,7 +6,9 @@
 //! claim what the decision needs beyond its own stream → append with optimistic concurrency (on a
 //! conflict: give back what the facts reserved, reload, decide again) → give back what the appended
 //! events do not use → the effects (read models, timers, publishing), each idempotent → a snapshot,
-//! when the stream has grown enough since the last one.
+//! when the stream has grown enough since the last one. The effects nothing later reads back (ride
+//! views, published events, the outcome) go to a [`Deferred`], written at the end of the consumer's
+//! run of records ([`crate::deferred`]).
 //!
 //! An aggregate plugs in through [`Aggregate`]; [`CommandHandler`] runs it under the consume loop
 //! and records each command's outcome. Spans, metrics, snapshots and retry policy of the command path
