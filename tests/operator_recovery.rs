@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ridehail_ports::{EventStore, MessageBus, StartFrom};
+use ridehail_ports::EventStore;
 use serde_json::Value;
 use support::load::{self, Submitted};
 use support::{Api, Server, as_refs, load_test_limits, run_command};
@@ -212,21 +212,14 @@ async fn a_live_rebuild_under_load_killed_and_resumed_loses_nothing() {
 
     // Nothing published twice: every event id on the ride events topic once.
     let bus = ridehail_sqlite::open_bus(dir.path(), 4).unwrap();
-    let mut records =
-        bus.subscribe("audit", &[ridehail_events::topics::RIDE_EVENTS], StartFrom::Earliest).await.unwrap();
+    let records =
+        ridehail_contract::records_on(&bus, ridehail_events::topics::RIDE_EVENTS, Duration::from_millis(500)).await;
     let mut ids = HashSet::new();
-    let mut published = 0;
-    loop {
-        let batch = records.poll(1000, Duration::from_millis(500)).await.unwrap();
-        if batch.is_empty() {
-            break;
-        }
-        for record in batch {
-            let event: Value = serde_json::from_slice(&record.payload).unwrap();
-            assert!(ids.insert(event["event_id"].as_str().unwrap().to_owned()), "published twice: {event}");
-            published += 1;
-        }
+    for record in &records {
+        let event: Value = serde_json::from_slice(&record.payload).unwrap();
+        assert!(ids.insert(event["event_id"].as_str().unwrap().to_owned()), "published twice: {event}");
     }
+    let published = records.len();
     let stored =
         ridehail_sqlite::EmbeddedEventStore::open(&dir.path().join("events.sqlite")).unwrap().head().await.unwrap();
     assert!(published > 0 && (published as u64) < stored, "only live events are published ({published} of {stored})");

@@ -121,16 +121,7 @@ async fn committed(backend: &Backend) -> u64 {
 }
 
 async fn events_published(backend: &Backend) -> usize {
-    let mut subscription =
-        backend.bus.subscribe("runs-test-reader", &[USER_EVENTS], StartFrom::Earliest).await.unwrap();
-    let mut seen = 0;
-    loop {
-        let batch = subscription.poll(1000, Duration::from_millis(200)).await.unwrap();
-        if batch.is_empty() {
-            return seen;
-        }
-        seen += batch.len();
-    }
+    ridehail_contract::records_on(&*backend.bus, USER_EVENTS, Duration::from_millis(200)).await.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,6 +70,20 @@ async fn drain(sub: &mut Box<dyn Subscription>, want: usize) -> Vec<IncomingMess
     got
 }
 
+/// Every record on `topic` so far, read from the start by a fresh group until a poll of `quiet`
+/// brings nothing more.
+pub async fn records_on(bus: &dyn MessageBus, topic: &str, quiet: Duration) -> Vec<IncomingMessage> {
+    let mut sub = bus.subscribe(&Uuid::new_v4().to_string(), &[topic], StartFrom::Earliest).await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        let batch = sub.poll(1000, quiet).await.unwrap();
+        if batch.is_empty() {
+            return got;
+        }
+        got.extend(batch);
+    }
+}
+
 /// `topic` must exist with at least two partitions; `group` must be unused.
 pub async fn bus_delivers_each_key_in_order_with_headers(bus: &dyn MessageBus, topic: &str, group: &str) {
     let mut sub = bus.subscribe(group, &[topic], StartFrom::Earliest).await.unwrap();

@@ -93,16 +93,13 @@ impl Deferred {
             backend.rides.upsert_many(&views).await?;
             self.rides.clear();
         }
+        // One publish per topic, in the order the topics were first deferred to.
         while let Some((topic, _)) = self.records.first() {
             let topic = topic.clone();
-            let (batch, rest): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut self.records).into_iter().partition(|(t, _)| *t == topic);
-            let records: Vec<OutgoingMessage> = batch.iter().map(|(_, r)| r.clone()).collect();
-            if let Err(e) = backend.bus.publish(&topic, records).await {
-                self.records = batch.into_iter().chain(rest).collect();
-                return Err(e.into());
-            }
-            self.records = rest;
+            let records: Vec<OutgoingMessage> =
+                self.records.iter().filter(|(t, _)| *t == topic).map(|(_, r)| r.clone()).collect();
+            backend.bus.publish(&topic, records).await?;
+            self.records.retain(|(t, _)| *t != topic);
         }
         if !self.statuses.is_empty() {
             backend.commands.record_many(&self.statuses).await?;
