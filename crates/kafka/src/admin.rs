@@ -10,28 +10,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::metadata::Metadata;
 use rdkafka::types::RDKafkaErrorCode;
 
+use ridehail_ports::{TopicReport, TopicState};
+
 use crate::KafkaSettings;
-
-/// What `apply_topics` found or did for one topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TopicState {
-    Created,
-    /// Already there with the configured partition count.
-    Unchanged,
-    /// Already there with another partition count. Left alone: adding partitions remaps keys to
-    /// partitions and would break per-aggregate ordering for records in flight; do it deliberately.
-    PartitionMismatch {
-        actual: u32,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicReport {
-    /// The broker-side name (with the namespace).
-    pub topic: String,
-    pub partitions: u32,
-    pub state: TopicState,
-}
 
 pub(crate) fn partition_count(metadata: &Metadata, physical: &str) -> Option<u32> {
     metadata

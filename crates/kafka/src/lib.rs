@@ -41,7 +41,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use ridehail_ports::{BusError, MessageBus, OutgoingMessage, RetryPolicy, StartFrom, Subscription};
 use tracing::debug;
 
-pub use admin::{TopicReport, TopicState, apply_topics};
+pub use admin::apply_topics;
+pub use ridehail_ports::{TopicReport, TopicState};
 pub use settings::KafkaSettings;
 
 /// How long metadata requests may take before the bus reports itself unavailable.

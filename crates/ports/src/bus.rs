@@ -52,6 +52,40 @@ pub enum StartFrom {
     Offsets(Vec<PartitionOffset>),
 }
 
+/// The partition of `key` in a topic of `partitions` partitions (FNV-1a of the key's bytes, modulo the
+/// count): stable across runs and processes, so every producer of an adapter that partitions on the
+/// client (the embedded bus, RabbitMQ) puts a key in the same partition. A producer in another
+/// language computes it the same way (docs/rabbitmq.md).
+pub fn partition_for_key(key: &str, partitions: u32) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in key.as_bytes() {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % partitions.max(1)
+}
+
+/// What `ridehail topics apply` found or did for one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicState {
+    Created,
+    /// Already there with the configured partition count.
+    Unchanged,
+    /// Already there with another partition count. Left alone: adding partitions remaps keys to
+    /// partitions and would break per-aggregate ordering for records in flight; do it deliberately.
+    PartitionMismatch {
+        actual: u32,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicReport {
+    /// The broker-side name (with the namespace).
+    pub topic: String,
+    pub partitions: u32,
+    pub state: TopicState,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("topic {0:?} does not exist")]
@@ -107,4 +141,22 @@ pub trait Subscription: Send + std::fmt::Debug {
     /// Per assigned partition, the end of its log: the offset the next record published there will
     /// get (Kafka's high watermark). Less what the group finished, it is the group's lag.
     async fn end_offsets(&self) -> Result<Vec<PartitionOffset>, BusError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_for_key;
+
+    #[test]
+    fn a_key_always_maps_to_the_same_partition() {
+        // FNV-1a 32 of "a" is 0xe40c292c: a producer in another language can check its own against it.
+        assert_eq!(partition_for_key("a", u32::MAX), 0xe40c_292c % u32::MAX);
+        let p = partition_for_key("ride-42", 8);
+        assert!(p < 8);
+        assert_eq!(partition_for_key("ride-42", 8), p);
+        let spread: std::collections::HashSet<u32> =
+            (0..100).map(|i| partition_for_key(&format!("k{i}"), 8)).collect();
+        assert!(spread.len() > 4, "keys should spread over partitions: {spread:?}");
+        assert_eq!(partition_for_key("anything", 0), 0, "no partitions count as one");
+    }
 }

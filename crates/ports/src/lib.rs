@@ -22,7 +22,10 @@ mod timers;
 mod users;
 
 pub use backend::{Backend, DependencyHealth};
-pub use bus::{BusError, IncomingMessage, MessageBus, OutgoingMessage, PartitionOffset, StartFrom, Subscription};
+pub use bus::{
+    BusError, IncomingMessage, MessageBus, OutgoingMessage, PartitionOffset, StartFrom, Subscription, TopicReport,
+    TopicState, partition_for_key,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use commands::{
     CommandState, CommandStatus, CommandStatusStore, CompletionWaiters, Failure, Outcome, Rejection, RejectionKind,

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use crate::sqlite::{Db, exec, from_millis, millis, one};
 use ridehail_ports::{
     BusError, IncomingMessage, MessageBus, OutgoingMessage, PartitionOffset, StartFrom, Subscription,
+    partition_for_key,
 };
 
 const SCHEMA: &str = "
@@ -75,16 +76,6 @@ pub struct EmbeddedBus {
     inner: Arc<Inner>,
 }
 
-/// FNV-1a: a stable hash, so a key maps to the same partition in every run.
-fn partition_for(key: &str, partitions: u32) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in key.as_bytes() {
-        hash ^= u32::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    hash % partitions.max(1)
-}
-
 impl EmbeddedBus {
     /// Opens the logs under directory `dir`, creating the listed topics; an existing topic keeps its
     /// partition count.
@@ -129,7 +120,7 @@ impl MessageBus for EmbeddedBus {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut next: HashMap<u32, u64> = HashMap::new();
             for message in &messages {
-                let partition = partition_for(&message.key, partitions);
+                let partition = partition_for_key(&message.key, partitions);
                 let offset = match next.get(&partition) {
                     Some(offset) => *offset,
                     None => one(&tx, NEXT_OFFSET, params![topic, partition], next_offset)?,
@@ -350,19 +341,5 @@ impl Subscription for EmbeddedSubscription {
             out.push(PartitionOffset { topic: topic.clone(), partition: *partition, offset });
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::partition_for;
-
-    #[test]
-    fn a_key_always_maps_to_the_same_partition() {
-        let p = partition_for("ride-42", 8);
-        assert!(p < 8);
-        assert_eq!(partition_for("ride-42", 8), p);
-        let spread: std::collections::HashSet<u32> = (0..100).map(|i| partition_for(&format!("k{i}"), 8)).collect();
-        assert!(spread.len() > 4, "keys should spread over partitions: {spread:?}");
     }
 }
