@@ -1,5 +1,5 @@
 //! Wires the ports to adapters as the settings say: everything embedded (the default), or the
-//! production engines — Kafka for the bus, MongoDB for the event store, read models and timers, Redis
+//! production engines — Kafka or RabbitMQ for the bus, MongoDB for the event store, read models and timers, Redis
 //! for the hot state (driver geo index, command status, idempotency keys) and the read-through cache.
 
 use std::sync::Arc;
@@ -15,6 +15,7 @@ pub fn open_bus(settings: &Settings, role: &str) -> anyhow::Result<Arc<dyn Messa
     Ok(match settings.backend.bus {
         BusKind::Embedded => Arc::new(embedded::open_bus(&settings.data_dir, settings.partitions)?),
         BusKind::Kafka => Arc::new(ridehail_kafka::KafkaBus::connect(&settings.kafka, role)?),
+        BusKind::Rabbitmq => Arc::new(ridehail_rabbitmq::RabbitMqBus::connect(&settings.rabbitmq, role)?),
     })
 }
 
@@ -64,12 +65,16 @@ pub async fn open(settings: &Settings, role: &str) -> anyhow::Result<Backend> {
     };
     // Deadlines and circuit breakers around the production engines (the embedded files need none).
     let wrap = Wrap {
-        bus: settings.backend.bus == BusKind::Kafka,
+        bus: settings.backend.bus != BusKind::Embedded,
         store: settings.backend.store == StoreKind::Mongodb,
         hot: settings.backend.hot_store == HotStoreKind::Redis,
     };
     let engines = Engines {
-        bus: if wrap.bus { "kafka" } else { "sqlite" },
+        bus: match settings.backend.bus {
+            BusKind::Embedded => "sqlite",
+            BusKind::Kafka => "kafka",
+            BusKind::Rabbitmq => "rabbitmq",
+        },
         store: if wrap.store { "mongodb" } else { "sqlite" },
         hot: if wrap.hot { "redis" } else { "sqlite" },
     };

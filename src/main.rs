@@ -6,7 +6,8 @@
 //! - `ridehail projections rebuild|status`: rebuild a read model live, and see how rebuilds stand.
 //! - `ridehail dlq list|show|redrive|purge`: the dead letters.
 //! - `ridehail admin token`: a token for the edge's admin endpoints.
-//! - `ridehail topics apply`: create the Kafka topics (safe to run twice).
+//! - `ridehail topics apply`: create the Kafka topics or the RabbitMQ exchanges and streams (safe to
+//!   run twice).
 //! - `ridehail migrate up|down|status`: the MongoDB schema migrations.
 //! - `ridehail seed`: demo riders and drivers (development).
 //! - `ridehail config check`: load the settings and say whether they hold.
@@ -86,7 +87,7 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
-    /// Kafka topics as code.
+    /// Kafka topics (or RabbitMQ exchanges and streams) as code.
     Topics {
         #[command(subcommand)]
         action: TopicsAction,
@@ -443,18 +444,21 @@ async fn migrate(settings: &Settings, action: MigrateAction) -> anyhow::Result<(
 }
 
 async fn apply_topics(settings: &Settings) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        settings.backend.bus == settings::BusKind::Kafka,
-        "topics apply is for backend.bus = \"kafka\" (the embedded bus creates its topics itself)"
-    );
-    let reports = ridehail_kafka::apply_topics(&settings.kafka, &ridehail_events::topics::ALL).await?;
+    let topics = &ridehail_events::topics::ALL;
+    let reports = match settings.backend.bus {
+        settings::BusKind::Kafka => ridehail_kafka::apply_topics(&settings.kafka, topics).await?,
+        settings::BusKind::Rabbitmq => ridehail_rabbitmq::apply_topics(&settings.rabbitmq, topics).await?,
+        settings::BusKind::Embedded => {
+            anyhow::bail!("topics apply is for backend.bus = \"kafka\" or \"rabbitmq\" (the embedded bus creates its topics itself)")
+        }
+    };
     let mut stdout = std::io::stdout();
     use std::io::Write as _;
     for report in reports {
         let state = match report.state {
-            ridehail_kafka::TopicState::Created => "created".to_owned(),
-            ridehail_kafka::TopicState::Unchanged => "exists".to_owned(),
-            ridehail_kafka::TopicState::PartitionMismatch { actual } => {
+            ridehail_ports::TopicState::Created => "created".to_owned(),
+            ridehail_ports::TopicState::Unchanged => "exists".to_owned(),
+            ridehail_ports::TopicState::PartitionMismatch { actual } => {
                 format!("exists with {actual} partitions (left unchanged: adding partitions remaps keys)")
             }
         };

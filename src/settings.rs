@@ -4,7 +4,7 @@
 //! the working directory, if present) → environment variables `RIDEHAIL__SECTION__KEY` (e.g.
 //! `RIDEHAIL__HTTP__BIND=0.0.0.0:8080`, `RIDEHAIL__EDGE__CORS_ALLOWED_ORIGINS=https://a,https://b`).
 //! The settings that carry credentials ([`SECRET_SETTINGS`]: the MongoDB URI, the Redis URL, the Kafka
-//! SASL password) can come from a file instead: `RIDEHAIL__MONGODB__URI_FILE=/path` reads the value
+//! SASL password, the RabbitMQ URL) can come from a file instead: `RIDEHAIL__MONGODB__URI_FILE=/path` reads the value
 //! from the file (trailing newline trimmed), the way Kubernetes Secrets and Vault Agent deliver them.
 //! Keys and secrets are never settings with a default (see [`crate::keys`]).
 
@@ -15,6 +15,7 @@ use api_edge::EdgeConfig;
 use ride_worker::RideWorkerConfig;
 use ridehail_kafka::KafkaSettings;
 use ridehail_mongo::MongoSettings;
+use ridehail_rabbitmq::RabbitMqSettings;
 use ridehail_redis::RedisSettings;
 use ridehail_runtime::telemetry::LogFormat;
 use secrecy::SecretString;
@@ -35,6 +36,8 @@ pub enum BusKind {
     #[default]
     Embedded,
     Kafka,
+    /// RabbitMQ streams (docs/rabbitmq.md says when to pick it over Kafka).
+    Rabbitmq,
 }
 
 /// Which adapter keeps the event store, the read models and the timers.
@@ -97,13 +100,14 @@ pub struct Settings {
     pub log_format: Option<LogFormat>,
     /// How long shutdown waits for work in flight before giving up, in seconds.
     pub shutdown_grace_seconds: u64,
-    /// Production only: allow plaintext connections to Kafka, MongoDB or Redis on other hosts
+    /// Production only: allow plaintext connections to Kafka, RabbitMQ, MongoDB or Redis on other hosts
     /// (refused by default; see [`Settings::check_transport_security`]).
     pub allow_plaintext: bool,
     pub http: HttpSettings,
     /// Which adapters carry the ports (all embedded by default).
     pub backend: BackendSettings,
     pub kafka: KafkaSettings,
+    pub rabbitmq: RabbitMqSettings,
     pub mongodb: MongoSettings,
     pub redis: RedisSettings,
     /// Deadlines and circuit breakers of the calls to Kafka, MongoDB and Redis.
@@ -127,6 +131,7 @@ impl Default for Settings {
             http: HttpSettings::default(),
             backend: BackendSettings::default(),
             kafka: KafkaSettings::default(),
+            rabbitmq: RabbitMqSettings::default(),
             mongodb: MongoSettings::default(),
             redis: RedisSettings::default(),
             resilience: Default::default(),
@@ -162,6 +167,9 @@ impl Settings {
         if settings.backend.bus == BusKind::Kafka {
             settings.kafka.validate()?;
         }
+        if settings.backend.bus == BusKind::Rabbitmq {
+            settings.rabbitmq.validate()?;
+        }
         if settings.backend.store == StoreKind::Mongodb {
             settings.mongodb.validate()?;
         }
@@ -185,6 +193,12 @@ impl Settings {
         let mut plaintext = Vec::new();
         if self.backend.bus == BusKind::Kafka && !self.kafka.uses_tls() && !all_loopback(&self.kafka.hosts()) {
             plaintext.push("kafka (set kafka.tls or security.protocol=ssl|sasl_ssl)");
+        }
+        if self.backend.bus == BusKind::Rabbitmq
+            && !self.rabbitmq.uses_tls()
+            && !all_loopback(&self.rabbitmq.hosts())
+        {
+            plaintext.push("rabbitmq (use an amqps:// URL)");
         }
         if self.backend.store == StoreKind::Mongodb && !self.mongodb.uses_tls() && !all_loopback(&self.mongodb.hosts())
         {
@@ -239,8 +253,12 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 /// The settings that carry credentials: each can come from a file instead, named by the variable
 /// with `_FILE` appended (`RIDEHAIL__MONGODB__URI_FILE=/run/secrets/mongodb-uri`), the way Kubernetes
 /// Secrets and Vault Agent deliver them.
-pub const SECRET_SETTINGS: [&str; 3] =
-    ["RIDEHAIL__MONGODB__URI", "RIDEHAIL__REDIS__URL", "RIDEHAIL__KAFKA__SASL_PASSWORD"];
+pub const SECRET_SETTINGS: [&str; 4] = [
+    "RIDEHAIL__MONGODB__URI",
+    "RIDEHAIL__REDIS__URL",
+    "RIDEHAIL__KAFKA__SASL_PASSWORD",
+    "RIDEHAIL__RABBITMQ__URL",
+];
 
 /// The `RIDEHAIL__…` variables, with each secret setting's `…_FILE` variable replaced by the file's
 /// contents (trailing newline trimmed).

@@ -6,7 +6,7 @@
 //! - MongoDB slow (the same proxy adds 200 ms to everything): breakers open, the edge stays
 //!   responsive, and they close when it heals;
 //! - a ride worker stopped with SIGTERM mid-load;
-//! - (a ride worker `kill -9`ed mid-load: `tests/services_over_kafka.rs`; the Kafka broker restarted:
+//! - (a ride worker `kill -9`ed mid-load: `tests/services_over_brokers.rs`; the Kafka broker restarted:
 //!   `broker_restart`, which needs the durable tansu of `scripts/install-durable-tansu`).
 //!
 //! After each: every `202` reached exactly one outcome, no command's effects were applied twice,

@@ -247,6 +247,21 @@ pub fn server_env() -> Option<Vec<(String, String)>> {
     )
 }
 
+/// [`server_env`] with RabbitMQ as the bus instead of Kafka (`None` without a RabbitMQ test server).
+pub fn rabbitmq_server_env() -> Option<Vec<(String, String)>> {
+    let url = ridehail_contract::test_server("RIDEHAIL_TEST_RABBITMQ_URL")?;
+    let mut env = server_env()?;
+    let namespace = env.iter().find(|(k, _)| k == "RIDEHAIL__KAFKA__NAMESPACE")?.1.clone();
+    env.retain(|(k, _)| !k.starts_with("RIDEHAIL__KAFKA__") && k != "RIDEHAIL__BACKEND__BUS");
+    env.extend([
+        ("RIDEHAIL__BACKEND__BUS".into(), "rabbitmq".into()),
+        ("RIDEHAIL__RABBITMQ__URL".into(), url),
+        ("RIDEHAIL__RABBITMQ__NAMESPACE".into(), namespace),
+        ("RIDEHAIL__RABBITMQ__PARTITIONS".into(), "6".into()),
+    ]);
+    Some(env)
+}
+
 /// The HS256 secret the end-to-end tests give the edge, so that they can mint tokens themselves.
 pub const TEST_JWT_SECRET: &str = "end-to-end-test-secret-end-to-end-test-secret";
 pub const JWT_SECRET_VAR: &str = "RIDEHAIL_JWT_SECRET";

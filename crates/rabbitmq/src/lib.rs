@@ -40,7 +40,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions};
+use futures::StreamExt as _;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueDeclareOptions,
+};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
@@ -57,8 +61,8 @@ pub(crate) const KEY_HEADER: &str = "x-ridehail-key";
 pub(crate) const PUBLISHED_HEADER: &str = "x-ridehail-published-ms";
 /// Set by the broker on every stream delivery: the record's offset in its stream.
 pub(crate) const OFFSET_HEADER: &str = "x-stream-offset";
-/// The most partitions a topic is probed for.
-const MAX_PARTITIONS: u32 = 1024;
+/// How long a topic's partition count may take to arrive.
+const META_WAIT: Duration = Duration::from_secs(3);
 
 /// A partition's stream.
 pub(crate) fn stream_name(settings: &RabbitMqSettings, topic: &str, partition: u32) -> String {
@@ -96,33 +100,44 @@ pub(crate) fn long_string(value: impl Into<Vec<u8>>) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.into()))
 }
 
-/// How many partition streams `topic` has (0: the topic does not exist), probing with passive
-/// declares on a channel of its own (the first missing one closes it).
+/// The stream holding a topic's partition count (one record, written by `topics apply`): how
+/// producers and consumers learn it without probing for streams that do not exist.
+pub(crate) fn meta_name(settings: &RabbitMqSettings, topic: &str) -> String {
+    format!("{}.partitions", settings.physical(topic))
+}
+
+/// How many partition streams `topic` has (0: the topic does not exist), read from its meta stream.
 pub(crate) async fn count_partitions(
     connection: &Connection,
     settings: &RabbitMqSettings,
     topic: &str,
 ) -> Result<u32, BusError> {
     let channel = connection.create_channel().await.map_err(unavailable("opening a channel"))?;
-    let mut count = 0;
-    while count < MAX_PARTITIONS {
-        let declared = channel
-            .queue_declare(
-                stream_name(settings, topic, count).as_str().into(),
-                QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
-                FieldTable::default(),
-            )
-            .await;
-        match declared {
-            Ok(_) => count += 1,
-            Err(e) if not_found(&e) => break,
-            Err(e) => return Err(unavailable("looking up a partition stream")(e)),
-        }
+    let meta = meta_name(settings, topic);
+    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+    match channel.queue_declare(meta.as_str().into(), passive, FieldTable::default()).await {
+        Ok(_) => {}
+        Err(e) if not_found(&e) => return Ok(0),
+        Err(e) => return Err(unavailable("looking up a topic")(e)),
     }
-    if channel.status().connected() {
-        let _ = channel.close(200, "done".into()).await;
+    channel.basic_qos(1, BasicQosOptions::default()).await.map_err(unavailable("setting a prefetch"))?;
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-stream-offset".into(), long_string("first"));
+    let mut consumer = channel
+        .basic_consume(meta.as_str().into(), "".into(), BasicConsumeOptions::default(), arguments)
+        .await
+        .map_err(unavailable("reading a topic's partition count"))?;
+    let first = tokio::time::timeout(META_WAIT, consumer.next()).await;
+    let _ = channel.close(200, "read".into()).await;
+    match first {
+        Ok(Some(Ok(delivery))) => std::str::from_utf8(&delivery.data)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .ok_or_else(|| BusError::Unavailable(anyhow::anyhow!("{meta} holds no partition count"))),
+        Ok(Some(Err(e))) => Err(unavailable("reading a topic's partition count")(e)),
+        // Declared but never finished (`topics apply` stopped half-way): not a topic yet.
+        Ok(None) | Err(_) => Ok(0),
     }
-    Ok(count)
 }
 
 /// See the crate documentation.

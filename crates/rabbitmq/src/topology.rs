@@ -1,13 +1,16 @@
-//! Topology as code: `ridehail topics apply` declares each topic's exchange and partition streams and
-//! binds them; running it again changes nothing. Consumer groups declare their own lease queues when
+//! Topology as code: `ridehail topics apply` declares each topic's exchange and partition streams,
+//! binds them, and writes the partition count to the topic's meta stream (`{topic}.partitions`);
+//! running it again changes nothing. Consumer groups declare their own lease queues when
 //! they subscribe (see the crate documentation).
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
-use lapin::{Connection, ExchangeKind};
+use lapin::{BasicProperties, Confirmation, Connection, ExchangeKind};
 use ridehail_ports::{TopicReport, TopicState};
 
-use crate::{RabbitMqSettings, count_partitions, long_string, stream_name, unavailable};
+use crate::{RabbitMqSettings, count_partitions, long_string, meta_name, stream_name, unavailable};
 
 /// How long a stream keeps its records (RabbitMQ deletes whole segments older than this): a week,
 /// as Kafka's default retention.
@@ -42,19 +45,15 @@ async fn apply_topic(connection: &Connection, settings: &RabbitMqSettings, topic
     let mut arguments = FieldTable::default();
     arguments.insert("x-queue-type".into(), long_string("stream"));
     arguments.insert("x-max-age".into(), long_string(RETENTION));
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    // Declaring a stream again with the same arguments is a no-op, and binding again too (that also
+    // mends a binding deleted by hand).
     for partition in 0..partitions {
         let stream = stream_name(settings, topic, partition);
-        if existing == 0 {
-            channel
-                .queue_declare(
-                    stream.as_str().into(),
-                    QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() },
-                    arguments.clone(),
-                )
-                .await
-                .map_err(unavailable("declaring a partition stream"))?;
-        }
-        // Binding again is a no-op: it also mends a binding deleted by hand.
+        channel
+            .queue_declare(stream.as_str().into(), durable, arguments.clone())
+            .await
+            .map_err(unavailable("declaring a partition stream"))?;
         channel
             .queue_bind(
                 stream.as_str().into(),
@@ -65,6 +64,30 @@ async fn apply_topic(connection: &Connection, settings: &RabbitMqSettings, topic
             )
             .await
             .map_err(unavailable("binding a partition stream"))?;
+    }
+    if existing == 0 {
+        // Last: the count makes the topic visible to producers and consumers once it is all there.
+        let meta = meta_name(settings, topic);
+        let mut meta_arguments = FieldTable::default();
+        meta_arguments.insert("x-queue-type".into(), long_string("stream"));
+        channel
+            .queue_declare(meta.as_str().into(), durable, meta_arguments)
+            .await
+            .map_err(unavailable("declaring a topic's meta stream"))?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable("enabling confirms"))?;
+        let confirmation = channel
+            .basic_publish(
+                "".into(),
+                meta.as_str().into(),
+                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                partitions.to_string().as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .map_err(unavailable("writing a topic's partition count"))?
+            .await
+            .map_err(unavailable("writing a topic's partition count"))?;
+        anyhow::ensure!(matches!(confirmation, Confirmation::Ack(None)), "the broker refused {meta}'s partition count");
     }
     let _ = channel.close(200, "declared".into()).await;
     Ok(report(if existing == 0 { TopicState::Created } else { TopicState::Unchanged }))

@@ -1,5 +1,5 @@
 //! Ridehail as it runs in production: the edge, the user worker and two ride workers as separate OS
-//! processes talking over a real Kafka-protocol broker. The README session, then 1,000 concurrent ride
+//! processes talking over a real broker, once over Kafka (tansu) and once over RabbitMQ. The README session, then 1,000 concurrent ride
 //! requests against online drivers who accept and drive, with one ride worker killed (`kill -9`)
 //! halfway. Then the invariants: every accepted command has exactly one outcome, no command's effects
 //! were applied twice, no driver ever had two rides at once, and every read model equals a replay of
@@ -142,7 +142,19 @@ fn time_of(event: &Value) -> chrono::DateTime<chrono::Utc> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn separate_processes_over_kafka_lose_nothing_when_a_ride_worker_is_killed() {
-    let Some(mut env) = server_env() else { return };
+    let Some(env) = server_env() else { return };
+    lose_nothing_when_a_ride_worker_is_killed(env, "kafka").await;
+}
+
+/// The same over RabbitMQ: the killed worker's partitions go to the standby member of each lease
+/// queue, which resumes from the committed offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn separate_processes_over_rabbitmq_lose_nothing_when_a_ride_worker_is_killed() {
+    let Some(env) = support::rabbitmq_server_env() else { return };
+    lose_nothing_when_a_ride_worker_is_killed(env, "rabbitmq").await;
+}
+
+async fn lose_nothing_when_a_ride_worker_is_killed(mut env: Vec<(String, String)>, bus: &str) {
     env.push(("RIDEHAIL__EDGE__MAX_IN_FLIGHT".into(), "4096".into()));
     let env = as_refs(&env);
     let dir = tempfile::TempDir::new().unwrap();
@@ -244,7 +256,7 @@ async fn separate_processes_over_kafka_lose_nothing_when_a_ride_worker_is_killed
     assert_eq!(completed, driven, "every ride a driver completed is completed in the history");
     assert!(completed > 0, "drivers completed rides");
     eprintln!(
-        "services over kafka: {RIDES} requests, {completed} completed, the rest expired; readme ride {readme_ride}"
+        "services over {bus}: {RIDES} requests, {completed} completed, the rest expired; readme ride {readme_ride}"
     );
 
     // The read models equal a replay of the history.
