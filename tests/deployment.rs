@@ -73,7 +73,8 @@ fn the_image_runs_as_a_non_root_user_with_a_health_check_and_no_secret() {
 #[test]
 fn the_compose_file_follows_the_compose_specification() {
     let Some(check) = tool("RIDEHAIL_TEST_CHECK_JSONSCHEMA") else { return };
-    let (ok, said) = run(&check, &["--builtin-schema", "vendor.compose-spec", "docker-compose.yml"], root());
+    let files = ["docker-compose.yml", "deploy/compose/rabbitmq.yml"];
+    let (ok, said) = run(&check, &[&["--builtin-schema", "vendor.compose-spec"][..], &files].concat(), root());
     assert!(ok, "compose-spec: {said}");
 
     let scratch = tempfile::TempDir::new().unwrap();
@@ -91,6 +92,9 @@ fn render(kubectl: &str, overlay: &str) -> String {
 
 const KUBERNETES_VERSION: &str = "1.32.0";
 
+/// Every overlay: a small cluster, production, and production on RabbitMQ (the rabbitmq component).
+const OVERLAYS: [&str; 3] = ["dev", "prod", "prod-rabbitmq"];
+
 /// Kinds whose schemas come with their operators (CRDs), not with Kubernetes: kubernetes-validate
 /// cannot check them; `the_manifests_hold_together` checks what matters in them.
 const CUSTOM_KINDS: [&str; 5] =
@@ -103,7 +107,7 @@ fn every_rendered_manifest_passes_the_kubernetes_schemas() {
         return;
     };
     let scratch = tempfile::TempDir::new().unwrap();
-    for overlay in ["dev", "prod"] {
+    for overlay in OVERLAYS {
         let file = scratch.path().join(format!("{overlay}.yaml"));
         std::fs::write(&file, render(&kubectl, overlay)).unwrap();
         let (ok, said) =
@@ -132,11 +136,14 @@ fn the_manifests_hold_together() {
     let (Some(kubectl), Some(python)) = (tool("RIDEHAIL_TEST_KUBECTL"), tool("RIDEHAIL_TEST_DEPLOY_PYTHON")) else {
         return;
     };
-    for overlay in ["dev", "prod"] {
+    for overlay in OVERLAYS {
         let documents = yaml_documents(&python, &render(&kubectl, overlay));
         let settings = &by_kind(&documents, "ConfigMap")[0]["data"];
         let grace: u64 = settings["RIDEHAIL__SHUTDOWN_GRACE_SECONDS"].as_str().unwrap().parse().unwrap();
-        let partitions: u64 = settings["RIDEHAIL__KAFKA__PARTITIONS"].as_str().unwrap().parse().unwrap();
+        let on_rabbitmq = settings["RIDEHAIL__BACKEND__BUS"] == "rabbitmq";
+        assert_eq!(on_rabbitmq, overlay.ends_with("rabbitmq"), "{overlay}: {settings}");
+        let partitions = if on_rabbitmq { "RIDEHAIL__RABBITMQ__PARTITIONS" } else { "RIDEHAIL__KAFKA__PARTITIONS" };
+        let partitions: u64 = settings[partitions].as_str().unwrap().parse().unwrap();
         for deployment in by_kind(&documents, "Deployment") {
             let name = deployment["metadata"]["name"].as_str().unwrap();
             let pod = &deployment["spec"]["template"]["spec"];
@@ -160,6 +167,14 @@ fn the_manifests_hold_together() {
             ("user-worker", user_worker::UserWorkerConfig::default().group),
         ];
         for (worker, group) in groups {
+            if on_rabbitmq {
+                // One active member per partition and standbys: fixed replicas, no lag autoscaling.
+                assert!(by_kind(&documents, "ScaledObject").is_empty(), "{overlay}: a ScaledObject on RabbitMQ");
+                let deployment = by_kind(&documents, "Deployment");
+                let deployment = deployment.iter().find(|d| d["metadata"]["name"] == worker).unwrap();
+                assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(2), "{overlay}/{worker}: active + standby");
+                continue;
+            }
             let scaled = by_kind(&documents, "ScaledObject");
             let scaled = scaled.iter().find(|s| s["spec"]["scaleTargetRef"]["name"] == worker).unwrap();
             assert_eq!(scaled["spec"]["maxReplicaCount"].as_u64(), Some(partitions), "{overlay}/{worker}");
@@ -240,7 +255,9 @@ fn secret_files() -> tempfile::TempDir {
     let write = |name: &str, value: &str| std::fs::write(dir.path().join(name), value).unwrap();
     write("mongodb-uri", "mongodb://mongo:27017/?replicaSet=rs0&tls=true");
     write("redis-url", "rediss://redis:6379");
+    write("rabbitmq-url", "amqps://ridehail:password@rabbitmq.rabbitmq.svc:5671/%2f");
     write("kafka-ca.crt", "not read by `config check`");
+    write("rabbitmq-ca.crt", "not read by `config check`");
     write("hash-key", "0123456789abcdef0123456789abcdef0123456789abcdef");
     write("jwt-previous-public-keys.json", "{\"keys\":[]}");
     let key = dir.path().join("jwt-private-key.pem");
@@ -283,8 +300,11 @@ fn every_setting_the_deployments_set_is_one_the_binary_reads() {
     assert!(image.len() >= 4, "{image:?}");
     image.remove("RIDEHAIL_PROBE_URL").expect("the probe's URL is set in the image");
 
-    // Every Ridehail service of docker-compose.yml (the anchors merged).
+    // Every Ridehail service of docker-compose.yml (the anchors merged), and again with the RabbitMQ
+    // variant's environment over it.
     let compose = yaml_documents(&python, &std::fs::read_to_string(root().join("docker-compose.yml")).unwrap());
+    let variant =
+        yaml_documents(&python, &std::fs::read_to_string(root().join("deploy/compose/rabbitmq.yml")).unwrap());
     for (name, service) in compose[0]["services"].as_object().unwrap() {
         let is_ridehail = service["image"].as_str().is_some_and(|i| i.contains("ridehail"));
         if !is_ridehail {
@@ -294,12 +314,17 @@ fn every_setting_the_deployments_set_is_one_the_binary_reads() {
         env.extend(ridehail_vars(&service["environment"]));
         let (ok, said) = config_check(&env, name == "edge", secrets.path());
         assert!(ok, "compose service {name}: {said}");
+        let over = ridehail_vars(&variant[0]["services"][name]["environment"]);
+        assert_eq!(over.get("RIDEHAIL__BACKEND__BUS").map(String::as_str), Some("rabbitmq"), "{name} in the variant");
+        env.extend(over);
+        let (ok, said) = config_check(&env, name == "edge", secrets.path());
+        assert!(ok, "compose service {name} on RabbitMQ: {said}");
         checked += 1;
     }
     assert!(checked >= 5, "only {checked} compose services checked");
 
     // Every container of the rendered overlays: the ConfigMap plus its own variables.
-    for overlay in ["dev", "prod"] {
+    for overlay in OVERLAYS {
         let documents = yaml_documents(&python, &render(&kubectl, overlay));
         let settings = ridehail_vars(&by_kind(&documents, "ConfigMap")[0]["data"]);
         for workload in documents.iter().filter(|d| d["kind"] == "Deployment" || d["kind"] == "Job") {
