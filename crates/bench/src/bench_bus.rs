@@ -1,7 +1,7 @@
 //! `ridehail-bench bench-bus`: the raw ceiling of the configured message bus — one producer and one consumer
 //! moving `--messages` records of `--size` bytes through a scratch topic, with nothing else. The
 //! benchmark of the full pipeline (`ridehail-bench loadgen`) is compared against this number on the same
-//! broker in the same run (see docs/benchmarks.md and scripts/bench-kafka).
+//! broker in the same run (see docs/benchmarks.md and scripts/bench-broker).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

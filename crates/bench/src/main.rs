@@ -9,7 +9,7 @@
 //! - `ridehail-bench bench-bus`: the raw ceiling of a bus, one producer and one consumer on a scratch
 //!   topic.
 //!
-//! `scripts/bench-kafka` and `scripts/bench-reads` run them; method and results are in
+//! `scripts/bench-broker` and `scripts/bench-reads` run them; method and results are in
 //! docs/benchmarks.md.
 
 mod bench_bus;
@@ -60,22 +60,24 @@ enum Command {
     },
 }
 
-/// Which bus `bench-bus` measures: the embedded one in `--data-dir`, or Kafka as configured by the
-/// same `RIDEHAIL__KAFKA__*` variables the services read.
+/// Which bus `bench-bus` measures: the embedded one in `--data-dir`, or Kafka or RabbitMQ as configured
+/// by the same `RIDEHAIL__KAFKA__*` / `RIDEHAIL__RABBITMQ__*` variables the services read.
 #[derive(Debug, clap::Args)]
 struct BusArgs {
-    #[arg(long, env = "RIDEHAIL__BACKEND__BUS", default_value = "embedded", value_parser = ["embedded", "kafka"])]
+    #[arg(long, env = "RIDEHAIL__BACKEND__BUS", default_value = "embedded", value_parser = ["embedded", "kafka", "rabbitmq"])]
     bus: String,
     /// Data directory of the embedded bus.
     #[arg(long, default_value = "data")]
     data_dir: PathBuf,
 }
 
-/// The `[kafka]` section of the services' settings, from the environment.
+/// The brokers' sections of the services' settings, from the environment.
 #[derive(Debug, Default, serde::Deserialize)]
-struct KafkaOnly {
+struct BrokerSettings {
     #[serde(default)]
     kafka: ridehail_kafka::KafkaSettings,
+    #[serde(default)]
+    rabbitmq: ridehail_rabbitmq::RabbitMqSettings,
 }
 
 impl BusArgs {
@@ -86,7 +88,11 @@ impl BusArgs {
             return Ok(Arc::new(ridehail_sqlite::EmbeddedBus::open(&self.data_dir.join("bench-bus"), &topics)?));
         }
         let env = config::Environment::with_prefix("RIDEHAIL").prefix_separator("__").separator("__").try_parsing(true);
-        let settings: KafkaOnly = config::Config::builder().add_source(env).build()?.try_deserialize()?;
+        let settings: BrokerSettings = config::Config::builder().add_source(env).build()?.try_deserialize()?;
+        if self.bus == "rabbitmq" {
+            ridehail_rabbitmq::apply_topics(&settings.rabbitmq, &[bench_bus::TOPIC]).await?;
+            return Ok(Arc::new(ridehail_rabbitmq::RabbitMqBus::connect(&settings.rabbitmq, "bench")?));
+        }
         settings.kafka.validate()?;
         ridehail_kafka::apply_topics(&settings.kafka, &[bench_bus::TOPIC]).await?;
         Ok(Arc::new(ridehail_kafka::KafkaBus::connect(&settings.kafka, "bench")?))
