@@ -449,7 +449,9 @@ async fn apply_topics(settings: &Settings) -> anyhow::Result<()> {
         settings::BusKind::Kafka => ridehail_kafka::apply_topics(&settings.kafka, topics).await?,
         settings::BusKind::Rabbitmq => ridehail_rabbitmq::apply_topics(&settings.rabbitmq, topics).await?,
         settings::BusKind::Embedded => {
-            anyhow::bail!("topics apply is for backend.bus = \"kafka\" or \"rabbitmq\" (the embedded bus creates its topics itself)")
+            anyhow::bail!(
+                "topics apply is for backend.bus = \"kafka\" or \"rabbitmq\" (the embedded bus creates its topics itself)"
+            )
         }
     };
     let mut stdout = std::io::stdout();

@@ -194,10 +194,7 @@ impl Settings {
         if self.backend.bus == BusKind::Kafka && !self.kafka.uses_tls() && !all_loopback(&self.kafka.hosts()) {
             plaintext.push("kafka (set kafka.tls or security.protocol=ssl|sasl_ssl)");
         }
-        if self.backend.bus == BusKind::Rabbitmq
-            && !self.rabbitmq.uses_tls()
-            && !all_loopback(&self.rabbitmq.hosts())
-        {
+        if self.backend.bus == BusKind::Rabbitmq && !self.rabbitmq.uses_tls() && !all_loopback(&self.rabbitmq.hosts()) {
             plaintext.push("rabbitmq (use an amqps:// URL)");
         }
         if self.backend.store == StoreKind::Mongodb && !self.mongodb.uses_tls() && !all_loopback(&self.mongodb.hosts())
@@ -253,12 +250,8 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 /// The settings that carry credentials: each can come from a file instead, named by the variable
 /// with `_FILE` appended (`RIDEHAIL__MONGODB__URI_FILE=/run/secrets/mongodb-uri`), the way Kubernetes
 /// Secrets and Vault Agent deliver them.
-pub const SECRET_SETTINGS: [&str; 4] = [
-    "RIDEHAIL__MONGODB__URI",
-    "RIDEHAIL__REDIS__URL",
-    "RIDEHAIL__KAFKA__SASL_PASSWORD",
-    "RIDEHAIL__RABBITMQ__URL",
-];
+pub const SECRET_SETTINGS: [&str; 4] =
+    ["RIDEHAIL__MONGODB__URI", "RIDEHAIL__REDIS__URL", "RIDEHAIL__KAFKA__SASL_PASSWORD", "RIDEHAIL__RABBITMQ__URL"];
 
 /// The `RIDEHAIL__…` variables, with each secret setting's `…_FILE` variable replaced by the file's
 /// contents (trailing newline trimmed).

@@ -122,6 +122,11 @@ fn production_refuses_plaintext_to_other_hosts_unless_told_the_network_is_truste
     );
     let redis = [("RIDEHAIL__BACKEND__HOT_STORE", "redis"), ("RIDEHAIL__REDIS__URL", "redis://cache.internal:6379")];
     assert!(settings_accepted(dir.path(), &redis).unwrap_err().contains("redis (use a rediss:// URL)"));
+    let rabbitmq =
+        [("RIDEHAIL__BACKEND__BUS", "rabbitmq"), ("RIDEHAIL__RABBITMQ__URL", "amqp://u:p@rabbit.internal:5672/%2f")];
+    assert!(settings_accepted(dir.path(), &rabbitmq).unwrap_err().contains("rabbitmq (use an amqps:// URL)"));
+    let amqps = [rabbitmq[0], ("RIDEHAIL__RABBITMQ__URL", "amqps://u:p@rabbit.internal:5671/%2f")];
+    settings_accepted(dir.path(), &amqps).unwrap();
     let mongo = [("RIDEHAIL__BACKEND__STORE", "mongodb"), ("RIDEHAIL__MONGODB__URI", "mongodb://db.internal:27017")];
     assert!(settings_accepted(dir.path(), &mongo).unwrap_err().contains("mongodb (set tls=true"));
     // On this machine, over TLS, or with plaintext explicitly allowed: accepted.

@@ -84,7 +84,9 @@ pub(crate) async fn connect(settings: &RabbitMqSettings, name: &str) -> Result<C
         tls.cert_chain = Some(pem);
     }
     let runtime = lapin::runtime::default_runtime().map_err(unavailable("the AMQP runtime"))?;
-    Connection::connect_uri_with_config(uri, properties, tls, runtime).await.map_err(unavailable("connecting to RabbitMQ"))
+    Connection::connect_uri_with_config(uri, properties, tls, runtime)
+        .await
+        .map_err(unavailable("connecting to RabbitMQ"))
 }
 
 pub(crate) fn unavailable(context: &'static str) -> impl FnOnce(lapin::Error) -> BusError {
@@ -231,10 +233,7 @@ fn properties(message: &OutgoingMessage, now: chrono::DateTime<chrono::Utc>) -> 
     }
     headers.insert(KEY_HEADER.into(), long_string(message.key.as_bytes()));
     headers.insert(PUBLISHED_HEADER.into(), AMQPValue::LongLongInt(now.timestamp_millis()));
-    BasicProperties::default()
-        .with_headers(headers)
-        .with_delivery_mode(2)
-        .with_timestamp(now.timestamp().max(0) as u64)
+    BasicProperties::default().with_headers(headers).with_delivery_mode(2).with_timestamp(now.timestamp().max(0) as u64)
 }
 
 #[async_trait]

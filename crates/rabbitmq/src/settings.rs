@@ -77,10 +77,7 @@ impl RabbitMqSettings {
         anyhow::ensure!(self.dead_letter_partitions >= 1, "rabbitmq.dead_letter_partitions must be at least 1");
         anyhow::ensure!(self.prefetch >= 1, "rabbitmq.prefetch must be at least 1");
         anyhow::ensure!(self.confirm_timeout_ms >= 100, "rabbitmq.confirm_timeout_ms must be at least 100");
-        anyhow::ensure!(
-            self.tls_ca_file.is_none() || self.uses_tls(),
-            "rabbitmq.tls_ca_file needs an amqps:// URL"
-        );
+        anyhow::ensure!(self.tls_ca_file.is_none() || self.uses_tls(), "rabbitmq.tls_ca_file needs an amqps:// URL");
         Ok(())
     }
 
@@ -133,8 +130,7 @@ mod tests {
 
     #[test]
     fn a_ca_file_needs_tls_and_the_url_needs_a_scheme() {
-        let plain_with_ca =
-            RabbitMqSettings { tls_ca_file: Some("/ca.pem".into()), ..RabbitMqSettings::default() };
+        let plain_with_ca = RabbitMqSettings { tls_ca_file: Some("/ca.pem".into()), ..RabbitMqSettings::default() };
         assert!(plain_with_ca.validate().is_err());
         let no_scheme = RabbitMqSettings { url: "127.0.0.1:5672".into(), ..RabbitMqSettings::default() };
         assert!(no_scheme.validate().is_err());

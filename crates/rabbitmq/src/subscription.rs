@@ -33,10 +33,21 @@ const END_LIMIT: Duration = Duration::from_secs(2);
 
 enum Event {
     /// A lease queue delivered its token: this member owns the partition from `offset` on.
-    Token { partition: Partition, offset: u64, acker: Acker },
-    Record { partition: Partition, generation: u64, message: IncomingMessage, acker: Acker },
+    Token {
+        partition: Partition,
+        offset: u64,
+        acker: Acker,
+    },
+    Record {
+        partition: Partition,
+        generation: u64,
+        message: IncomingMessage,
+        acker: Acker,
+    },
     /// A consumer's channel or connection ended.
-    Closed { what: String },
+    Closed {
+        what: String,
+    },
 }
 
 /// Where a partition stream is read from.
@@ -422,7 +433,11 @@ impl RabbitSubscription {
     }
 
     /// The last offset of `partition`'s stream plus one (0 when empty), read from its last chunk.
-    async fn end_of(connection: &Connection, settings: &RabbitMqSettings, partition: &Partition) -> Result<u64, BusError> {
+    async fn end_of(
+        connection: &Connection,
+        settings: &RabbitMqSettings,
+        partition: &Partition,
+    ) -> Result<u64, BusError> {
         let channel = connection.create_channel().await.map_err(unavailable("opening a channel"))?;
         channel.basic_qos(1000, BasicQosOptions::default()).await.map_err(unavailable("setting a prefetch"))?;
         let mut arguments = FieldTable::default();
@@ -443,7 +458,13 @@ impl RabbitSubscription {
             let wait = if end == 0 { END_EMPTY } else { END_QUIET };
             match tokio::time::timeout(wait, consumer.next()).await {
                 Ok(Some(Ok(delivery))) => {
-                    if let Some(offset) = delivery.properties.headers().as_ref().and_then(|h| h.inner().get(OFFSET_HEADER)).and_then(integer) {
+                    if let Some(offset) = delivery
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .and_then(|h| h.inner().get(OFFSET_HEADER))
+                        .and_then(integer)
+                    {
                         end = end.max(offset as u64 + 1);
                     }
                     let _ = delivery.acker.ack(BasicAckOptions { multiple: true }).await;
@@ -587,10 +608,9 @@ impl Subscription for RabbitSubscription {
     async fn end_offsets(&self) -> Result<Vec<PartitionOffset>, BusError> {
         let Some(live) = &self.live else { return Ok(Vec::new()) };
         let reading: Vec<&Partition> = live.reading.keys().collect();
-        let ends = futures::future::try_join_all(
-            reading.iter().map(|p| Self::end_of(&live.connection, &self.settings, p)),
-        )
-        .await?;
+        let ends =
+            futures::future::try_join_all(reading.iter().map(|p| Self::end_of(&live.connection, &self.settings, p)))
+                .await?;
         Ok(reading
             .into_iter()
             .zip(ends)

@@ -49,7 +49,9 @@ fn number(message: &IncomingMessage) -> u32 {
 }
 
 fn done(got: &[IncomingMessage]) -> Vec<PartitionOffset> {
-    got.iter().map(|m| PartitionOffset { topic: m.topic.clone(), partition: m.partition, offset: m.offset + 1 }).collect()
+    got.iter()
+        .map(|m| PartitionOffset { topic: m.topic.clone(), partition: m.partition, offset: m.offset + 1 })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +87,11 @@ async fn ping_reports_an_unreachable_broker() {
     assert!(nowhere.ping().await.is_err());
 }
 
-async fn read(member: &mut Box<dyn ridehail_ports::Subscription>, want: usize, within: Duration) -> Vec<IncomingMessage> {
+async fn read(
+    member: &mut Box<dyn ridehail_ports::Subscription>,
+    want: usize,
+    within: Duration,
+) -> Vec<IncomingMessage> {
     let mut got = Vec::new();
     let deadline = tokio::time::Instant::now() + within;
     while got.len() < want && tokio::time::Instant::now() < deadline {

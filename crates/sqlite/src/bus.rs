@@ -17,8 +17,7 @@ use tokio::sync::Notify;
 
 use crate::sqlite::{Db, exec, from_millis, millis, one};
 use ridehail_ports::{
-    BusError, IncomingMessage, MessageBus, OutgoingMessage, PartitionOffset, StartFrom, Subscription,
-    partition_for_key,
+    BusError, IncomingMessage, MessageBus, OutgoingMessage, PartitionOffset, StartFrom, Subscription, partition_for_key,
 };
 
 const SCHEMA: &str = "
