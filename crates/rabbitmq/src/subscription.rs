@@ -26,10 +26,13 @@ use crate::{KEY_HEADER, OFFSET_HEADER, PUBLISHED_HEADER, RabbitMqSettings, long_
 /// A logical topic and one of its partitions.
 type Partition = (String, u32);
 
-/// How long [`Subscription::end_offsets`] waits for the records of a partition's last chunk.
+/// How long [`Subscription::end_offsets`] waits for the records of a partition's last chunk: until
+/// none came for `END_QUIET` (`END_EMPTY` for the first), and never longer than `END_LIMIT` in all —
+/// the consume loop awaits it, and under steady traffic the chunk never goes quiet (the end is then
+/// the furthest offset seen, a lag estimate).
 const END_QUIET: Duration = Duration::from_millis(40);
 const END_EMPTY: Duration = Duration::from_millis(250);
-const END_LIMIT: Duration = Duration::from_secs(2);
+const END_LIMIT: Duration = Duration::from_millis(300);
 
 enum Event {
     /// A lease queue delivered its token: this member owns the partition from `offset` on.
@@ -456,6 +459,7 @@ impl RabbitSubscription {
         let started = tokio::time::Instant::now();
         loop {
             let wait = if end == 0 { END_EMPTY } else { END_QUIET };
+            let wait = wait.min(END_LIMIT.saturating_sub(started.elapsed()));
             match tokio::time::timeout(wait, consumer.next()).await {
                 Ok(Some(Ok(delivery))) => {
                     if let Some(offset) = delivery
@@ -471,9 +475,6 @@ impl RabbitSubscription {
                 }
                 Ok(Some(Err(e))) => return Err(unavailable("reading a stream's end")(e)),
                 Ok(None) | Err(_) => break,
-            }
-            if started.elapsed() > END_LIMIT {
-                break;
             }
         }
         let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
