@@ -179,12 +179,15 @@ async fn publisher_and_member_come_back_after_the_broker_was_unreachable() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut numbers = Vec::new();
-    while numbers.len() < 5 && tokio::time::Instant::now() < deadline {
+    while numbers.iter().filter(|n| **n != 99).count() < 5 && tokio::time::Instant::now() < deadline {
         match member.poll(100, Duration::from_millis(200)).await {
             Ok(got) => numbers.extend(got.iter().map(number)),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+    // Record 99's publish failed for the caller, but the broker may have stored it before the cut
+    // took its confirm (at least once: the caller retries it, a duplicate is possible, a loss is not).
+    numbers.retain(|n| *n != 99);
     numbers.sort_unstable();
     assert_eq!(numbers, [5, 6, 7, 8, 9], "resumed after the committed records, none lost");
 }
