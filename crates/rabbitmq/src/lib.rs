@@ -142,6 +142,32 @@ pub(crate) async fn count_partitions(
     }
 }
 
+/// Puts one persistent message (`body`) in `queue` through the default exchange and waits for the
+/// broker to confirm it stored it (the channel is in confirm mode); `what` names it in errors.
+pub(crate) async fn put_in_queue(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    what: &'static str,
+) -> Result<(), BusError> {
+    let confirmation = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .map_err(unavailable(what))?
+        .await
+        .map_err(unavailable(what))?;
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        _ => Err(BusError::Unavailable(anyhow::anyhow!("the broker did not store {what} in {queue}"))),
+    }
+}
+
 /// See the crate documentation.
 #[derive(Clone)]
 pub struct RabbitMqBus {

@@ -12,11 +12,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection};
+use lapin::{Acker, Channel, Connection};
 use ridehail_ports::{BusError, IncomingMessage, PartitionOffset, StartFrom, Subscription};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -485,22 +485,7 @@ impl RabbitSubscription {
 
 /// A token for a lease queue, confirmed by the broker.
 async fn publish_token(channel: &Channel, queue: &str, offset: u64) -> Result<(), BusError> {
-    let confirmation = channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            offset.to_string().as_bytes(),
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .map_err(unavailable("writing a committed offset"))?
-        .await
-        .map_err(unavailable("writing a committed offset"))?;
-    match confirmation {
-        Confirmation::Ack(_) => Ok(()),
-        _ => Err(BusError::Unavailable(anyhow::anyhow!("the broker refused a committed offset"))),
-    }
+    crate::put_in_queue(channel, queue, offset.to_string().as_bytes(), "a committed offset").await
 }
 
 /// A short unique suffix for consumer tags.

@@ -3,11 +3,9 @@
 //! running it again changes nothing. Consumer groups declare their own lease queues when
 //! they subscribe (see the crate documentation).
 
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Confirmation, Connection, ExchangeKind};
+use lapin::{Connection, ExchangeKind};
 use ridehail_ports::{TopicReport, TopicState};
 
 use crate::{RabbitMqSettings, count_partitions, long_string, meta_name, stream_name, unavailable};
@@ -75,19 +73,7 @@ async fn apply_topic(connection: &Connection, settings: &RabbitMqSettings, topic
             .await
             .map_err(unavailable("declaring a topic's meta stream"))?;
         channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable("enabling confirms"))?;
-        let confirmation = channel
-            .basic_publish(
-                "".into(),
-                meta.as_str().into(),
-                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-                partitions.to_string().as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .map_err(unavailable("writing a topic's partition count"))?
-            .await
-            .map_err(unavailable("writing a topic's partition count"))?;
-        anyhow::ensure!(matches!(confirmation, Confirmation::Ack(None)), "the broker refused {meta}'s partition count");
+        crate::put_in_queue(&channel, &meta, partitions.to_string().as_bytes(), "a topic's partition count").await?;
     }
     let _ = channel.close(200, "declared".into()).await;
     Ok(report(if existing == 0 { TopicState::Created } else { TopicState::Unchanged }))
